@@ -1,0 +1,58 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up what it needs first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+# CPU-only machines get the CPU build of torch (see .ci/constraints-cpu.txt); a machine with an
+# NVIDIA driver keeps pip's default CUDA build.
+CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c .ci/constraints-cpu.txt)
+# pip's noise about this machine's local mirrors is not news
+PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
+
+.PHONY: help install services sync-check test test-nbs test-py demo bench clean
+
+help:
+	@echo "make demo   set up, record a sample run in the ops store, print 'aiinfra status'"
+	@echo "make test   set up, then: nbdev sync check, notebook tests, pytest (store on SQLite and PostgreSQL)"
+	@echo "make bench  the benchmarks in benchmarks/ (ratios measured side by side)"
+
+$(BIN)/python:
+	python3 -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml .ci/constraints-cpu.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -U pip 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e ".[dev]" 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null
+	touch $@
+
+install: $(VENV)/.installed
+
+services:
+	@bash .ci/services.sh
+
+sync-check: install
+	bash .ci/check_sync.sh
+
+test-nbs: install
+	AIINFRA_HOME=$$(mktemp -d) nbdev-test nbs/api
+	AIINFRA_HOME=$$(mktemp -d) pytest -q --nbval-lax --nbval-current-env nbs/tutorials
+
+test-py: install services
+	pytest tests
+
+test: sync-check test-nbs test-py
+
+demo: install
+	mkdir -p data/runs
+	papermill -k python3 --log-level WARNING nbs/tutorials/quickstart.ipynb data/runs/quickstart.ipynb
+	aiinfra status
+
+bench: install
+	python benchmarks/store_ingest.py
+
+clean:
+	rm -rf $(VENV) _proc .pytest_cache

@@ -1,0 +1,66 @@
+"""Shared fixtures: a fresh store on each backend, on a real SQLite file and a real PostgreSQL server."""
+import os, subprocess, sys, uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get('AIINFRA_TEST_PG_URL', 'postgresql+psycopg://postgres@127.0.0.1:5432/postgres')
+_pg_skip_reason = None
+
+
+@pytest.fixture(autouse=True)
+def aiinfra_home(tmp_path, monkeypatch):
+    "Every test gets its own AIINFRA_HOME (and so its own default store); none touches ~/.aiinfra"
+    home = tmp_path/'aiinfra-home'
+    monkeypatch.setenv('AIINFRA_HOME', str(home))
+    monkeypatch.delenv('AIINFRA_DB_URL', raising=False)
+    return home
+
+
+def _pg_admin():
+    global _pg_skip_reason
+    try:
+        eng = sa.create_engine(PG_ADMIN_URL, isolation_level='AUTOCOMMIT', connect_args={'connect_timeout': 3})
+        with eng.connect() as c: c.exec_driver_sql('SELECT 1')
+        return eng
+    except Exception as e:
+        _pg_skip_reason = f"PostgreSQL not reachable at {PG_ADMIN_URL} ({str(e).splitlines()[0]}): `make test` installs it when root"
+        return None
+
+
+@pytest.fixture
+def pg_url():
+    "A fresh, empty PostgreSQL database on the real server, dropped afterwards"
+    admin = _pg_admin()
+    if admin is None: pytest.skip(_pg_skip_reason)
+    name = f'aiinfra_test_{uuid.uuid4().hex[:12]}'
+    with admin.connect() as c: c.exec_driver_sql(f'CREATE DATABASE {name}')
+    yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    from aiinfra_nb.ops import store
+    for key in [k for k in store._engines if k[0].endswith(f'/{name}')]: store._engines.pop(key).dispose()
+    with admin.connect() as c: c.exec_driver_sql(f'DROP DATABASE IF EXISTS {name} WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path/'store.db'}"
+
+
+@pytest.fixture(params=['sqlite', 'postgresql'])
+def store_url(request, tmp_path):
+    "The same test on both backends"
+    return request.getfixturevalue('sqlite_url' if request.param == 'sqlite' else 'pg_url')
+
+
+def run_py(code: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    "Run `code` in a fresh Python process of this environment"
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _pg_skip_reason:
+        terminalreporter.write_sep('!', f'PostgreSQL store tests SKIPPED: {_pg_skip_reason}', red=True, bold=True)

@@ -1,0 +1,56 @@
+"""The aiinfra CLI on real stores, and its errors: one clear line, never a traceback."""
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+
+AIINFRA = str(Path(sys.executable).parent/'aiinfra')
+
+
+def aiinfra(*args, cwd=None, **env):
+    e = {**os.environ, **env}
+    e.pop('AIINFRA_PROJECT_ROOT', None)
+    return subprocess.run([AIINFRA, *args], capture_output=True, text=True, cwd=cwd, env=e, timeout=120)
+
+
+def one_line_error(p, *contains):
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('aiinfra: error: '), p.stderr
+    for c in contains: assert c in lines[0], lines[0]
+
+
+def test_status_runs_logs_on_a_store(tmp_path, store_url):
+    code = f"""
+from aiinfra_nb.ops import record
+from aiinfra_nb.ops.store import get_engine
+with record.start_run('etl', name='nightly', project='flights', engine=get_engine({store_url!r})) as r:
+    r.log_metrics({{'rows': 336776}}); r.log_event('loaded 336776 rows', level='WARNING')
+"""
+    assert subprocess.run([sys.executable, '-c', code], env={**os.environ, 'AIINFRA_DB_URL': store_url}).returncode == 0
+    st = aiinfra('status', AIINFRA_DB_URL=store_url)
+    assert st.returncode == 0 and 'nightly' in st.stdout and 'cost today' in st.stdout, st.stderr
+    runs = json.loads(aiinfra('runs', '--project', 'flights', '--json', AIINFRA_DB_URL=store_url).stdout)
+    assert [(r['name'], r['status']) for r in runs] == [('nightly', 'finished')]
+    logs = json.loads(aiinfra('logs', '--level', 'warning', '--grep', '336776', '--json', AIINFRA_DB_URL=store_url).stdout)
+    assert logs[0]['message'] == 'loaded 336776 rows'
+    assert json.loads(aiinfra('logs', '--level', 'error', '--json', AIINFRA_DB_URL=store_url).stdout) == []
+
+
+def test_malformed_settings_ini(tmp_path):
+    (tmp_path/'settings.ini').write_text('[store\nurl = x\n')
+    one_line_error(aiinfra('status', cwd=tmp_path), str(tmp_path/'settings.ini'), 'line 1')
+    (tmp_path/'settings.ini').write_text('[service]\nport = http\n')
+    one_line_error(aiinfra('status', cwd=tmp_path), '[service] port', 'expected a whole number')
+
+
+def test_unknown_store_scheme():
+    one_line_error(aiinfra('runs', AIINFRA_DB_URL='mongodb://db:27017/x'), "unknown scheme 'mongodb'")
+
+
+def test_unreachable_postgresql():
+    one_line_error(aiinfra('status', AIINFRA_DB_URL='postgresql://aiinfra@127.0.0.1:1/aiinfra'),
+                   'cannot open the store postgresql+psycopg://aiinfra@127.0.0.1:1/aiinfra')
+
+
+def test_bad_level_is_one_line():
+    one_line_error(aiinfra('logs', '--level', 'loud'), "level 'loud'")

@@ -1,0 +1,96 @@
+"""The ops store on both backends: schema, upgrade in place, concurrent creation, records round-trip."""
+import math, textwrap
+import sqlalchemy as sa
+from aiinfra_nb.ops import record
+from aiinfra_nb.ops.machines import MachineSession, hourly_price, machine_status
+from aiinfra_nb.ops.store import machine_sessions, ensure_schema, events, get_engine, metrics, query, runs, store_summary
+from conftest import run_py
+
+
+def test_schema_created_with_every_table(store_url):
+    eng = get_engine(store_url)
+    s = store_summary(eng)
+    assert s['schema_version'] == 1
+    assert set(s['rows']) == {'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
+                              'services', 'api_keys', 'audit'}
+    assert all(n == 0 for n in s['rows'].values())
+
+
+def test_upgrade_in_place_keeps_rows(store_url):
+    eng = get_engine(store_url)
+    with record.start_run('etl', project='p', engine=eng) as run: run.log_metrics({'rows': 10})
+    step = {2: lambda op: op.add_column('runs', sa.Column('cost', sa.Float))}
+    assert ensure_schema(eng, step) == 2
+    assert ensure_schema(eng, step) == 2  # already there: nothing to do
+    with eng.connect() as c:
+        assert c.exec_driver_sql('SELECT status, cost FROM runs').all() == [('finished', None)]
+        assert c.exec_driver_sql('SELECT version FROM schema_version').scalar() == 2
+
+
+def test_processes_creating_the_store_at_once(store_url):
+    code = f"from aiinfra_nb.ops.store import get_engine, store_summary; print(store_summary(get_engine({store_url!r}))['schema_version'])"
+    import subprocess, sys
+    procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [o.strip() for o, _ in outs] == ['1'] * 6, [e for _, e in outs]
+    with get_engine(store_url).connect() as c:
+        assert c.exec_driver_sql('SELECT count(*) FROM schema_version').scalar() == 1
+
+
+def test_runs_metrics_events_round_trip(store_url):
+    eng = get_engine(store_url)
+    with record.start_run('train', name='t', project='flights', params={'lr': 0.01, 'layers': [64, 64]}, engine=eng) as run:
+        for step in range(100): run.log_metrics({'loss': 1 / (step + 1), 'acc': step / 100}, step=step)
+        run.log_metrics({'bad': float('nan')})
+        record.log_event('epoch done', level='warning', epoch=3)
+    r = query(sa.select(runs).where(runs.c.id == run.id), eng)[0]
+    assert (r['status'], r['params'], r['project']) == ('finished', {'lr': 0.01, 'layers': [64, 64]}, 'flights')
+    assert r['duration_s'] >= 0 and r['ended_at'] >= r['started_at']
+    pts = query(sa.select(metrics.c.key, metrics.c.step, metrics.c.value).where(metrics.c.run_id == run.id)
+                .order_by(metrics.c.key, metrics.c.step), eng)
+    assert len(pts) == 201
+    assert pts[0] == {'key': 'acc', 'step': 0, 'value': 0.0}
+    assert [p['value'] for p in pts if p['key'] == 'bad'] == [None]
+    ev = query(sa.select(events).where(events.c.run_id == run.id), eng)
+    assert [(e['level'], e['message'], e['extra']) for e in ev] == [('WARNING', 'epoch done', {'epoch': 3})]
+
+
+def test_failed_run_keeps_error_and_metrics(store_url):
+    eng = get_engine(store_url)
+    try:
+        with record.start_run('etl', project='flights', engine=eng) as run:
+            run.log_metrics({'rows_in': 336776})
+            raise RuntimeError('contract broken: dep_delay has nulls')
+    except RuntimeError: pass
+    r = query(sa.select(runs.c.status, runs.c.error).where(runs.c.id == run.id), eng)[0]
+    assert r == {'status': 'failed', 'error': 'RuntimeError: contract broken: dep_delay has nulls'}
+    assert query(sa.select(metrics.c.value).where(metrics.c.run_id == run.id), eng) == [{'value': 336776.0}]
+
+
+def test_machine_session_on_then_off(store_url, monkeypatch):
+    monkeypatch.setenv('AIINFRA_DB_URL', store_url)
+    eng = get_engine(store_url)
+    with MachineSession(project='flights', heartbeat_s=0.2, engine=eng) as ms:
+        import time; time.sleep(0.7)
+        on = {m['machine']: m for m in machine_status(engine=eng)}[ms.machine]
+        assert on['state'] == 'on' and on['cpu_pct'] is not None  # the heartbeat thread sampled
+    off = {m['machine']: m for m in machine_status(engine=eng)}[ms.machine]
+    assert off['state'] == 'off'
+    s = query(sa.select(machine_sessions).where(machine_sessions.c.id == ms.id), eng)[0]
+    assert s['price_per_hour'] == hourly_price(s['kind'])  # machine kind priced from settings.ini
+    assert math.isclose(s['cost'], (s['ended_at'] - s['started_at']) / 3600 * (s['price_per_hour'] or 0))
+
+
+def test_records_from_a_child_process_flushed_at_exit(store_url):
+    "Nothing acknowledged is lost on a clean exit: the atexit flush writes what the queue still holds"
+    code = textwrap.dedent(f"""
+        from aiinfra_nb.ops import record
+        from aiinfra_nb.ops.store import get_engine
+        run = record.Run.start('train', project='p', engine=get_engine({store_url!r}))
+        for s in range(3000): run.log_metrics({{'loss': s}}, step=s)
+        print(run.id)  # no flush, no end: exit right away
+    """)
+    p = run_py(code, env={'AIINFRA_RECORD_FLUSH_S': '30'})
+    assert p.returncode == 0, p.stderr
+    n = query(sa.select(sa.func.count()).select_from(metrics).where(metrics.c.run_id == p.stdout.strip()), get_engine(store_url))
+    assert list(n[0].values()) == [3000]
