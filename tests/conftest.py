@@ -55,6 +55,17 @@ def store_url(request, tmp_path):
     return request.getfixturevalue('sqlite_url' if request.param == 'sqlite' else 'pg_url')
 
 
+def copy_repo(dst: Path) -> Path:
+    "A copy of the project's files (tracked, and untracked but not ignored) in `dst`"
+    import shutil
+    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, capture_output=True, text=True, check=True)
+    for f in files.stdout.splitlines():
+        if (ROOT/f).is_file():
+            (dst/f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT/f, dst/f)
+    return dst
+
+
 def run_py(code: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     "Run `code` in a fresh Python process of this environment"
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout,

@@ -1,16 +1,7 @@
 """The nbdev sync check is real: a notebook changed without exporting fails `make test`."""
-import json, os, shutil, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
-from conftest import ROOT
-
-
-def copy_repo(dst: Path) -> Path:
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, capture_output=True, text=True, check=True)
-    for f in files.stdout.splitlines():
-        if (ROOT/f).is_file():
-            (dst/f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT/f, dst/f)
-    return dst
+from conftest import copy_repo
 
 
 def check_sync(repo: Path) -> subprocess.CompletedProcess:
