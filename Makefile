@@ -57,11 +57,12 @@ demo: install
 	$(PAPERMILL) nbs/tutorials/quickstart.ipynb data/runs/quickstart.ipynb
 	$(PAPERMILL) nbs/tutorials/analytics.ipynb data/runs/analytics.ipynb -p data_dir data
 	aiinfra datasets
-	aiinfra sql "select name, kind, status, round(duration_s, 1) as seconds from runs order by started_at desc limit 6"
+	aiinfra sql "select r.name as run, r.status, m.key as dataset_rows, m.value as n from runs r join metrics m on m.run_id = r.id where m.key like 'rows/%' order by r.started_at desc, m.key limit 12"
 	aiinfra status
 
 bench: install
 	python benchmarks/store_ingest.py
+	python benchmarks/etl.py
 
 clean:
 	rm -rf $(VENV) _proc .pytest_cache

@@ -123,6 +123,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                     'aiinfra_nb/data/transforms.py'),
                                             'aiinfra_nb.data.transforms.features': ( 'api/data.transforms.html#features',
                                                                                      'aiinfra_nb/data/transforms.py'),
+                                            'aiinfra_nb.data.transforms.origin_hour_key': ( 'api/data.transforms.html#origin_hour_key',
+                                                                                            'aiinfra_nb/data/transforms.py'),
                                             'aiinfra_nb.data.transforms.sample_flights13': ( 'api/data.transforms.html#sample_flights13',
                                                                                              'aiinfra_nb/data/transforms.py')},
             'aiinfra_nb.ops.machines': { 'aiinfra_nb.ops.machines.MachineSession': ( 'api/ops.machines.html#machinesession',
