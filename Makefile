@@ -58,6 +58,8 @@ demo: install
 	$(PAPERMILL) nbs/tutorials/analytics.ipynb data/runs/analytics.ipynb -p data_dir data
 	aiinfra datasets
 	aiinfra sql "select r.name as run, r.status, m.key as dataset_rows, m.value as n from runs r join metrics m on m.run_id = r.id where m.key like 'rows/%' order by r.started_at desc, m.key limit 12"
+	aiinfra sql "select r.name as run, r.status, s.machine, s.kind, s.started_at, s.ended_at, s.cost from runs r join machine_sessions s on s.run_id = r.id order by r.started_at desc limit 3"
+	aiinfra models list
 	aiinfra status
 
 bench: install
