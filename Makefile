@@ -65,6 +65,7 @@ demo: install
 bench: install
 	python benchmarks/store_ingest.py
 	python benchmarks/etl.py
+	python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) _proc .pytest_cache
