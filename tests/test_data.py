@@ -54,9 +54,7 @@ def catalog_dir(tmp_path, csv_source):
 def test_ingest_records_run_with_row_counts(catalog_dir):
     r = last_run('ingest')
     assert (r['kind'], r['status'], r['params']['sample_days']) == ('ingest', 'finished', 0)
-    rows = {m['key']: m['value'] for m in query('SELECT key, value FROM metrics WHERE run_id = :id', run_id=r['id'], id=r['id'])
-            if m['key'].startswith('rows/')} if False else {
-        m['key']: m['value'] for m in query(f"SELECT key, value FROM metrics WHERE run_id = '{r['id']}' AND key LIKE 'rows/%'")}
+    rows = {m['key']: m['value'] for m in query("SELECT key, value FROM metrics WHERE run_id = :id AND key LIKE 'rows/%'", id=r['id'])}
     assert rows == {'rows/raw/flights': 2000, 'rows/raw/weather': 26115, 'rows/raw/planes': 3322,
                     'rows/raw/airports': 1458, 'rows/raw/airlines': 16}
     assert io.Catalog(catalog_dir).meta('raw/flights')['run_id'] == r['id']
