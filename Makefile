@@ -36,6 +36,7 @@ services:
 
 sync-check: install
 	bash .ci/check_sync.sh
+	python .ci/check_markdown.py nbs
 
 test-nbs: install
 	AIINFRA_HOME=$$(mktemp -d) nbdev-test nbs/api

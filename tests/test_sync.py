@@ -25,3 +25,17 @@ def test_notebook_changed_without_export_fails(tmp_path):
     assert p.returncode == 1 and 'sync check FAILED' in p.stderr, (p.stdout, p.stderr)
     assert '# changed in the notebook, not exported' in (repo/'aiinfra_nb/core.py').read_text()  # left fixed
     assert check_sync(repo).returncode == 0
+
+
+def test_markdown_written_as_comments_fails(tmp_path):
+    "A markdown cell whose lines start with '# ' renders as a wall of headings: the check refuses it"
+    repo = copy_repo(tmp_path)
+    check = lambda: subprocess.run([sys.executable, '.ci/check_markdown.py', 'nbs'], cwd=repo, capture_output=True, text=True)
+    assert check().returncode == 0
+    nb_path = repo/'nbs/api/00_core.ipynb'
+    nb = json.loads(nb_path.read_text())
+    nb['cells'].insert(1, dict(cell_type='markdown', id='planted0', metadata={},
+                               source=['# ## A section\n', '#\n', '# Prose behind comment marks.']))
+    nb_path.write_text(json.dumps(nb, indent=1))
+    p = check()
+    assert p.returncode == 1 and 'nbs/api/00_core.ipynb cell 1' in p.stderr and 'markdown check FAILED' in p.stderr
