@@ -4,15 +4,16 @@
 
 # %% ../nbs/api/00_core.ipynb #3379bf31
 from __future__ import annotations
-import ast, configparser, hashlib, os, subprocess, tempfile
+import ast, configparser, hashlib, os, subprocess, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 from fastcore.basics import AttrDict
 
 # %% auto #0
-__all__ = ['ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'AiinfraError', 'SettingsError', 'project_root',
-           'load_settings', 'aiinfra_home', 'atomic_file', 'atomic_write', 'file_hash', 'git_revision']
+__all__ = ['ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S', 'AiinfraError',
+           'SettingsError', 'FeatureError', 'project_root', 'read_settings', 'load_settings', 'clear_settings_cache',
+           'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'file_hash', 'git_revision']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -20,6 +21,9 @@ class AiinfraError(Exception):
 
 class SettingsError(AiinfraError):
     "A malformed `settings.ini` or `AIINFRA_*` value"
+
+class FeatureError(AiinfraError):
+    "A model input that is missing or of the wrong type: names the column (the service answers it with a 4xx)"
 
 # %% ../nbs/api/00_core.ipynb #4b878252
 ROOT_MARKERS = ('settings.ini', 'dvc.yaml', '.git')
@@ -108,6 +112,8 @@ SETTINGS_SCHEMA = {
 
 # environment variables that are not AIINFRA_<SECTION>_<KEY> but name a setting
 ENV_ALIASES = {'AIINFRA_HOME': ('store', 'home'), 'AIINFRA_DB_URL': ('store', 'url')}
+# AIINFRA_* variables that look like AIINFRA_<SECTION>_<KEY> but are not settings
+NOT_SETTINGS = {'AIINFRA_PROJECT_ROOT'}
 
 # %% ../nbs/api/00_core.ipynb #c7f5c41d
 def _to_bool(v: str) -> bool:
@@ -156,7 +162,7 @@ def _env_settings(environ) -> dict:
         if var in ENV_ALIASES: out[ENV_ALIASES[var]] = raw, var; continue
         if not var.startswith('AIINFRA_'): continue
         section, _, key = var[len('AIINFRA_'):].lower().partition('_')
-        if section not in SETTINGS_SCHEMA or not key: continue  # e.g. AIINFRA_PROJECT_ROOT is not a setting
+        if section not in SETTINGS_SCHEMA or not key or var in NOT_SETTINGS: continue
         known = SETTINGS_SCHEMA[section]
         if isinstance(known, dict):
             if key not in known: raise SettingsError(f"{var}: no key {key!r} in [{section}]; known: {', '.join(known)}")
@@ -164,10 +170,10 @@ def _env_settings(environ) -> dict:
         out[(section, key)] = raw, var
     return out
 
-def load_settings(root: str | Path | None = None,  # project root; default: `project_root()`
+def read_settings(root: str | Path | None = None,  # project root; default: `project_root()`
                   environ: dict | None = None,  # environment; default: `os.environ`
                  ) -> AttrDict:  # section -> key -> typed value
-    "Package defaults < `settings.ini` at the project root < `AIINFRA_*` environment variables"
+    "Package defaults < `settings.ini` at the project root < `AIINFRA_*` environment variables, read now"
     root = Path(root) if root else project_root()
     environ = os.environ if environ is None else environ
     cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=('#', ';'))
@@ -191,12 +197,56 @@ def load_settings(root: str | Path | None = None,  # project root; default: `pro
     if not out.project.name: out.project.name = root.name
     return out
 
+# %% ../nbs/api/00_core.ipynb #8b8e83bb
+FILE_CHECK_S = 1.0  # how often a cached settings.ini is checked for changes
+_settings_cache: dict = {}  # (cwd, root) -> [settings, env signature, file signature, checked at]
+_env_names: tuple = (-1, ())  # (number of variables when scanned, the AIINFRA_* names then)
+
+def _env_signature() -> tuple:
+    "What the AIINFRA_* variables are now, cheaply"
+    global _env_names
+    n = len(os.environ)
+    if n != _env_names[0]: _env_names = (n, tuple(sorted(k for k in os.environ if k.startswith('AIINFRA_'))))
+    return _env_names[1], tuple(map(os.environ.get, _env_names[1]))
+
+def _file_signature(root: Path) -> tuple | None:
+    try: st = os.stat(root/'settings.ini')
+    except OSError: return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+def load_settings(root: str | Path | None = None,  # project root; default: `project_root()`
+                  environ: dict | None = None,  # an environment to read instead of `os.environ` (never cached)
+                 ) -> AttrDict:  # section -> key -> typed value
+    "The settings (defaults < `settings.ini` < `AIINFRA_*`), read once and refreshed when they change"
+    if environ is not None: return read_settings(root, environ)
+    key, env, now = (os.getcwd(), root), _env_signature(), time.monotonic()
+    hit = _settings_cache.get(key)
+    if hit is not None and hit[1] == env:
+        if now - hit[3] < FILE_CHECK_S: return hit[0]
+        if hit[2] == _file_signature(Path(hit[0]._root)): hit[3] = now; return hit[0]
+    s = read_settings(root)
+    s._root = str(Path(root) if root else project_root())
+    _settings_cache[key] = [s, env, _file_signature(Path(s._root)), now]
+    return s
+
+def clear_settings_cache():
+    "Forget the settings read so far: the next `load_settings()` reads the file and the environment again"
+    _settings_cache.clear()
+
 # %% ../nbs/api/00_core.ipynb #32b157d7
 def aiinfra_home(settings: AttrDict | None = None) -> Path:
     "The folder of aiinfra's own files (`[store] home`, `AIINFRA_HOME`), created if missing"
     home = (settings or load_settings()).store.home
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+# %% ../nbs/api/00_core.ipynb #eae137f4
+def scratch_dir(*parts: str) -> Path:
+    "A folder for try-it runs (the pipeline notebooks' defaults), under the system's temporary directory"
+    d = Path(tempfile.gettempdir())/f'aiinfra-scratch-{os.getuid()}'
+    d = d.joinpath(*parts)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 # %% ../nbs/api/00_core.ipynb #a37c6523
 def _umask() -> int:

@@ -3,14 +3,16 @@ import math, textwrap
 import sqlalchemy as sa
 from aiinfra_nb.ops import record
 from aiinfra_nb.ops.machines import MachineSession, hourly_price, machine_status
-from aiinfra_nb.ops.store import machine_sessions, ensure_schema, events, get_engine, metrics, query, runs, store_summary
+from aiinfra_nb.ops.store import MIGRATIONS, machine_sessions, ensure_schema, events, get_engine, metrics, query, runs, store_summary
+
+LATEST = max([1, *MIGRATIONS])
 from conftest import run_py
 
 
 def test_schema_created_with_every_table(store_url):
     eng = get_engine(store_url)
     s = store_summary(eng)
-    assert s['schema_version'] == 1
+    assert s['schema_version'] == LATEST
     assert set(s['rows']) == {'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
                               'services', 'api_keys', 'audit'}
     assert all(n == 0 for n in s['rows'].values())
@@ -19,12 +21,30 @@ def test_schema_created_with_every_table(store_url):
 def test_upgrade_in_place_keeps_rows(store_url):
     eng = get_engine(store_url)
     with record.start_run('etl', project='p', engine=eng) as run: run.log_metrics({'rows': 10})
-    step = {2: lambda op: op.add_column('runs', sa.Column('cost', sa.Float))}
-    assert ensure_schema(eng, step) == 2
-    assert ensure_schema(eng, step) == 2  # already there: nothing to do
+    step = {**MIGRATIONS, LATEST + 1: lambda op: op.add_column('runs', sa.Column('cost', sa.Float))}
+    assert ensure_schema(eng, step) == LATEST + 1
+    assert ensure_schema(eng, step) == LATEST + 1  # already there: nothing to do
     with eng.connect() as c:
         assert c.exec_driver_sql('SELECT status, cost FROM runs').all() == [('finished', None)]
-        assert c.exec_driver_sql('SELECT version FROM schema_version').scalar() == 2
+        assert c.exec_driver_sql('SELECT version FROM schema_version').scalar() == LATEST + 1
+
+
+def test_store_made_by_v1_upgrades_in_place(store_url):
+    "A store created by the v1 schema as it landed (tests/fixtures/schema_v1.py) opens upgraded, its rows intact"
+    from fixtures import schema_v1
+    from aiinfra_nb.ops.store import create_store_engine
+    old = create_store_engine(store_url)
+    with old.begin() as c:
+        schema_v1.metadata.create_all(c)
+        c.execute(schema_v1.schema_version.insert().values(version=1))
+        c.execute(schema_v1.runs.insert().values(id='r1', project='p', kind='etl', status='finished', started_at=1.0, extra={'a': 1}))
+    old.dispose()
+    eng = get_engine(store_url)
+    assert store_summary(eng)['schema_version'] == LATEST
+    (r,) = query(sa.select(runs), eng)
+    assert (r['id'], r['status'], r['extra'], r['parent_id']) == ('r1', 'finished', {'a': 1}, None)
+    with record.start_run('train', engine=eng, parent='r1') as child: pass
+    assert query(sa.select(runs.c.parent_id).where(runs.c.id == child.id), eng) == [{'parent_id': 'r1'}]
 
 
 def test_processes_creating_the_store_at_once(store_url):
@@ -32,7 +52,7 @@ def test_processes_creating_the_store_at_once(store_url):
     import subprocess, sys
     procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outs = [p.communicate(timeout=120) for p in procs]
-    assert [o.strip() for o, _ in outs] == ['1'] * 6, [e for _, e in outs]
+    assert [o.strip() for o, _ in outs] == [str(LATEST)] * 6, [e for _, e in outs]
     with get_engine(store_url).connect() as c:
         assert c.exec_driver_sql('SELECT count(*) FROM schema_version').scalar() == 1
 

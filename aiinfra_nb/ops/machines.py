@@ -92,6 +92,7 @@ class MachineSession:
         self.project, self.run_id, self.engine = project or self.settings.project.name, run_id, engine or get_engine()
         self.heartbeat_s = self.settings.machines.heartbeat_s if heartbeat_s is None else heartbeat_s
         self.id, self.idle_since, self._stop, self._thread = new_id(), None, threading.Event(), None
+        self.opened, self.cost = False, None  # `cost` is set by `close`
 
     def open(self) -> MachineSession:
         "Register the machine and open its session (the machine is now on)"
@@ -106,6 +107,7 @@ class MachineSession:
             conn.execute(machine_sessions.insert().values(
                 id=self.id, machine=self.machine, kind=self.kind, project=self.project, run_id=self.run_id,
                 started_at=now, last_heartbeat_at=now, price_per_hour=self.price))
+        self.opened = True
         if self.heartbeat_s > 0:
             self._thread = threading.Thread(target=self._beat, name='aiinfra-heartbeat', daemon=True)
             self._thread.start()
@@ -136,8 +138,9 @@ def _beat(self: MachineSession):
         except Exception as e: print(f"aiinfra: heartbeat of session {self.id} failed: {e}", file=sys.stderr)
 
 @patch
-def close(self: MachineSession) -> float:
-    "Close the session (the machine is off unless another session runs) and return its cost"
+def close(self: MachineSession) -> float | None:
+    "Close the session (the machine is off unless another session runs) and return its cost; closing again returns it again"
+    if not self.opened or self.cost is not None: return self.cost
     self._stop.set()
     if self._thread: self._thread.join(timeout=10)
     now = time.time()
@@ -146,6 +149,7 @@ def close(self: MachineSession) -> float:
         cost = session_cost(started, now, self.price)
         conn.execute(machine_sessions.update().where(machine_sessions.c.id == self.id).values(
             ended_at=now, last_heartbeat_at=now, cost=cost))
+    self.cost = cost
     return cost
 
 def session_cost(start: float, end: float, price: float | None) -> float:

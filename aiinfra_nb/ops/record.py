@@ -4,18 +4,19 @@
 
 # %% ../../nbs/api/02_ops.record.ipynb #95fb8de6
 from __future__ import annotations
-import atexit, contextvars, json, logging, math, os, socket, sys, threading, time, traceback, uuid
+import atexit, contextlib, contextvars, json, logging, math, os, signal, socket, sys, threading, time, traceback, uuid
 from collections import deque
 from contextlib import contextmanager
 import sqlalchemy as sa
 from fastcore.basics import patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, git_revision, load_settings
-from .store import events, get_engine, insert_ignore, projects, query, runs, writing
+from .store import events, get_engine, insert_ignore, projects, query, runs, store_url, writing
 
 # %% auto #0
-__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'BatchWriter', 'writer', 'flush', 'new_id', 'Run', 'jsonable', 'current_run',
-           'error_text', 'start_run', 'log_metrics', 'log_event', 'StoreHandler', 'list_runs', 'list_events']
+__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'END_FLUSH_S', 'LEVELS', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id',
+           'Run', 'jsonable', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run',
+           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'list_runs', 'list_events']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {
@@ -120,36 +121,47 @@ def _run(self: BatchWriter):
             if self._closed and not self._items: return
 
 # %% ../../nbs/api/02_ops.record.ipynb #8b55968d
-_writer: BatchWriter | None = None
+_writers: dict[Engine, BatchWriter] = {}
+_default: tuple = (None, None)  # (the settings it was resolved with, the default store's writer)
 _writer_lock = threading.Lock()
 
-def writer(engine: Engine | None = None) -> BatchWriter:
-    "This process's `BatchWriter` for the store"
-    global _writer
+def writer(engine: Engine | None = None,  # a store; default: the configured one
+          ) -> BatchWriter:
+    "This process's `BatchWriter` for `engine`"
+    global _default
+    if engine is not None: return _writers.get(engine) or _new_writer(engine)
+    s = load_settings()
+    if _default[0] is not s: _default = (s, _writers.get(e := get_engine(store_url(s))) or _new_writer(e))
+    return _default[1]
+
+def _new_writer(engine: Engine) -> BatchWriter:
     with _writer_lock:
-        if _writer is None or (engine is not None and _writer.engine is not engine):
-            if _writer is not None: _writer.close()
-            s = load_settings()
-            _writer = BatchWriter(engine or get_engine(), s.record.queue_rows, s.record.batch_rows, s.record.flush_s)
-        return _writer
+        if engine not in _writers:
+            r = load_settings().record
+            _writers[engine] = BatchWriter(engine, r.queue_rows, r.batch_rows, r.flush_s)
+        return _writers[engine]
 
 def flush(timeout: float | None = None) -> bool:
-    "Wait until everything this process recorded so far is in the store"
-    return _writer.flush(timeout) if _writer else True
+    "Wait until everything this process recorded so far is in the store(s); False if `timeout` passed first"
+    end = None if timeout is None else time.monotonic() + timeout
+    return all([w.flush(None if end is None else max(end - time.monotonic(), 0)) for w in list(_writers.values())])
 
-def _close_writer():
-    global _writer
-    if _writer is not None: _writer.close(); _writer = None
+def _close_writers():
+    for w in list(_writers.values()): w.close()
+    _writers.clear()
 
-def _forget_writer():
-    global _writer
-    _writer = None
+def _forget_writers():
+    global _default
+    _writers.clear(); _default = (None, None)
 
-atexit.register(_close_writer)
-os.register_at_fork(after_in_child=_forget_writer)
+atexit.register(_close_writers)
+os.register_at_fork(after_in_child=_forget_writers)
 
 # %% ../../nbs/api/02_ops.record.ipynb #31c99823
 RUN_STATUSES = ('running', 'finished', 'failed', 'interrupted')
+
+class RecordError(AiinfraError):
+    "A bad argument to the recording API: an unknown run, status or log level"
 
 def new_id() -> str:
     "A random 32-character hex id"
@@ -167,10 +179,12 @@ class Run:
               project: str | None = None,  # default: `[project] name`
               params: dict | None = None,  # parameters, JSON-able
               data_version: str | None = None,  # version of the input data (a hash, a DVC rev)
+              parent: Run | str | None = None,  # the run this one runs inside; default: the current run
               engine: Engine | None = None, **extra) -> Run:
         "Record a new running run and return it"
         engine = engine or get_engine()
-        project = project or load_settings().project.name
+        parent = parent or current_run()
+        project = project or (parent.project if isinstance(parent, Run) else load_settings().project.name)
         run = cls(new_id(), project, kind, engine, jsonable(params or {}))
         now = time.time()
         with writing(engine) as conn:
@@ -178,7 +192,8 @@ class Run:
             conn.execute(runs.insert().values(
                 id=run.id, project=project, kind=kind, name=name, status='running', params=run.params,
                 started_at=now, host=socket.gethostname(), pid=os.getpid(), git_rev=git_revision(),
-                data_version=data_version, extra=jsonable(extra) or None))
+                data_version=data_version, extra=jsonable(extra) or None,
+                parent_id=parent.id if isinstance(parent, Run) else parent))
         return run
 
     @classmethod
@@ -186,7 +201,7 @@ class Run:
         "The run `run_id`, already in the store (started by another process)"
         engine = engine or get_engine()
         row = query(sa.select(runs.c.project, runs.c.kind, runs.c.status, runs.c.params).where(runs.c.id == run_id), engine)
-        if not row: raise AiinfraError(f"no run {run_id!r} in the store {engine.url.render_as_string(hide_password=True)}")
+        if not row: raise RecordError(f"no run {run_id!r} in the store {engine.url.render_as_string(hide_password=True)}")
         run = cls(run_id, row[0]['project'], row[0]['kind'], engine, row[0]['params'])
         run.status = row[0]['status']
         return run
@@ -216,19 +231,27 @@ def log_event(self: Run, message: str, level: str = 'INFO', logger: str = 'aiinf
     log_event(message, level=level, logger=logger, run=self, **extra)
 
 # %% ../../nbs/api/02_ops.record.ipynb #4d689791
+END_FLUSH_S = 60.0  # the longest `end` waits for the run's queued metrics and events
+
 @patch
 def update(self: Run, **fields):
-    "Set columns of this run's row (e.g. `output`, `data_version`, `extra`)"
-    if 'extra' in fields: fields['extra'] = jsonable(fields['extra'])
+    "Set columns of this run's row (`output`, `data_version`, ...); `extra` is merged into the run's extra"
     if 'params' in fields: fields['params'] = self.params = jsonable(fields['params'])
-    with writing(self.engine) as conn: conn.execute(runs.update().where(runs.c.id == self.id).values(**fields))
+    with writing(self.engine) as conn:
+        where = runs.c.id == self.id
+        if 'extra' in fields:
+            old = conn.execute(sa.select(runs.c.extra).where(where).with_for_update()).scalar_one_or_none() or {}
+            fields['extra'] = {**old, **jsonable(fields['extra'])}
+        conn.execute(runs.update().where(where).values(**fields))
 
 @patch
 def end(self: Run, status: str = 'finished',  # one of `RUN_STATUSES`
         error: str | None = None):  # what went wrong, for failed runs
-    "Flush this run's metrics and events, then mark it ended"
-    if status not in RUN_STATUSES: raise ValueError(f"status {status!r}: expected one of {RUN_STATUSES}")
-    flush()
+    "Flush this run's metrics and events, then mark it ended (once: later calls do nothing)"
+    if status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
+    if self.status != 'running': return
+    if not flush(END_FLUSH_S):
+        print(f"aiinfra: the store did not take run {self.id}'s last rows within {END_FLUSH_S:.0f}s; ending it anyway", file=sys.stderr)
     now = time.time()
     with writing(self.engine) as conn:
         started = conn.execute(sa.select(runs.c.started_at).where(runs.c.id == self.id)).scalar_one()
@@ -253,37 +276,64 @@ def current_run() -> Run | None:
 def error_text(e: BaseException) -> str:
     return ''.join(traceback.format_exception_only(type(e), e)).strip()
 
+class Terminated(KeyboardInterrupt):
+    "The process received SIGTERM"
+
+def _raise_terminated(signum, frame): raise Terminated('SIGTERM')
+
 @contextmanager
-def start_run(kind: str = 'notebook', name: str | None = None, project: str | None = None,
-              params: dict | None = None, **kw):
-    "Record a run around a block: finished, failed (with its error) or interrupted"
-    run = Run.start(kind, name=name, project=project, params=params, **kw)
+def on_sigterm(handler=_raise_terminated):
+    "Handle SIGTERM with `handler` inside the block (main thread only; elsewhere nothing changes)"
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, previous)
+
+@contextmanager
+def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGTERM interrupts the block
+    "Make `run` current around a block, then end it: finished, failed (with its error) or interrupted"
     token = _current.set(run)
-    try: yield run
-    except KeyboardInterrupt:
-        run.end('interrupted', 'KeyboardInterrupt'); raise
+    try:
+        with on_sigterm() if sigterm else contextlib.nullcontext(): yield run
+    except KeyboardInterrupt as e:
+        run.end('interrupted', 'SIGTERM' if isinstance(e, Terminated) else 'KeyboardInterrupt'); raise
+    except SystemExit as e:
+        if e.code in (None, 0): run.end('finished')
+        else: run.end('failed', f"SystemExit: {e.code}")
+        raise
     except BaseException as e:
         run.end('failed', error_text(e)); raise
     else: run.end('finished')
     finally: _current.reset(token)
 
+@contextmanager
+def start_run(kind: str = 'notebook', name: str | None = None, project: str | None = None,
+              params: dict | None = None, **kw):
+    "Record a run around a block: finished, failed (with its error) or interrupted (Ctrl-C, SIGTERM)"
+    with recording(Run.start(kind, name=name, project=project, params=params, **kw)) as run: yield run
+
 def log_metrics(metrics: dict, step: int | None = None, run: Run | None = None):
     "Record `metrics` for `run` (default: the current run)"
     run = run or current_run()
-    if run is None: raise AiinfraError("no active run: wrap the code in `with start_run(...)` or pass run=")
+    if run is None: raise RecordError("no active run: wrap the code in `with start_run(...)` or pass run=")
     run.log_metrics(metrics, step)
 
 # %% ../../nbs/api/02_ops.record.ipynb #e2cc0e77
 LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
 _HOST = socket.gethostname()
 
+def check_level(level: str) -> str:
+    "`level` in upper case if it is one of `LEVELS`, else a `RecordError`"
+    up = str(level).upper()
+    if up not in LEVELS: raise RecordError(f"level {level!r}: expected one of {', '.join(LEVELS)}")
+    return up
+
 def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', service: str | None = None,
               request_id: str | None = None,
               run: Run | str | None = None,  # a run or a run id; default: the current run
               project: str | None = None, time_: float | None = None, **extra):
     "Record one structured log record in `events`"
-    level = level.upper()
-    if level not in LEVELS: raise ValueError(f"level {level!r}: expected one of {LEVELS}")
+    level = check_level(level)
     run = run or current_run()
     run_obj = run if isinstance(run, Run) else None
     project = project or (run_obj.project if run_obj else load_settings().project.name)
@@ -315,8 +365,9 @@ class StoreHandler(logging.Handler):
 def list_runs(project: str | None = None, status: str | None = None, kind: str | None = None,
               limit: int = 20, engine: Engine | None = None) -> list[dict]:
     "The most recent runs, newest first"
+    if status and status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
     q = sa.select(runs.c.id, runs.c.project, runs.c.kind, runs.c.name, runs.c.status, runs.c.started_at,
-                  runs.c.duration_s, runs.c.host, runs.c.error).order_by(runs.c.started_at.desc()).limit(limit)
+                  runs.c.duration_s, runs.c.host, runs.c.error, runs.c.parent_id).order_by(runs.c.started_at.desc()).limit(limit)
     if project: q = q.where(runs.c.project == project)
     if status: q = q.where(runs.c.status == status)
     if kind: q = q.where(runs.c.kind == kind)
@@ -328,9 +379,7 @@ def list_events(service: str | None = None, level: str | None = None, grep: str 
     q = sa.select(events.c.time, events.c.service, events.c.level, events.c.logger, events.c.message,
                   events.c.run_id, events.c.request_id).order_by(events.c.time.desc(), events.c.id.desc()).limit(limit)
     if service: q = q.where(events.c.service == service)
-    if level:
-        if level.upper() not in LEVELS: raise AiinfraError(f"level {level!r}: expected one of {', '.join(LEVELS)}")
-        q = q.where(events.c.level.in_(LEVELS[LEVELS.index(level.upper()):]))
+    if level: q = q.where(events.c.level.in_(LEVELS[LEVELS.index(check_level(level)):]))
     if grep: q = q.where(events.c.message.contains(grep, autoescape=True))
     if run_id: q = q.where(events.c.run_id == run_id)
     return query(q, engine)

@@ -11,7 +11,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from ..core import AiinfraError, aiinfra_home, load_settings
+from ..core import AiinfraError, load_settings
 
 # %% auto #0
 __all__ = ['metadata', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models', 'services', 'api_keys',
@@ -36,7 +36,9 @@ runs = sa.Table('runs', metadata,
     _col('params', _JSON), _col('started_at', _Float, nullable=False), _col('ended_at', _Float), _col('duration_s', _Float),
     _col('host', _Str), _col('pid', _Int), _col('git_rev', sa.String(64)), _col('data_version', _Str),
     _col('error', _Text), _col('output', _Text), _col('extra', _JSON),
-    sa.Index('ix_runs_project_started', 'project', 'started_at'), sa.Index('ix_runs_status', 'status'))
+    _col('parent_id', sa.String(32)),  # the run this one ran inside (fit inside a pipeline notebook's run); v2
+    sa.Index('ix_runs_project_started', 'project', 'started_at'), sa.Index('ix_runs_status', 'status'),
+    sa.Index('ix_runs_parent', 'parent_id'))
 
 metrics = sa.Table('metrics', metadata,
     _col('id', _Id, primary_key=True, autoincrement=True),
@@ -100,7 +102,7 @@ class StoreError(AiinfraError):
 def store_url(settings=None) -> str:
     "The configured store URL: `AIINFRA_DB_URL` / `[store] url`, else SQLite under `AIINFRA_HOME`"
     s = settings or load_settings()
-    return s.store.url or f"sqlite:///{aiinfra_home(s)/'aiinfra.db'}"
+    return s.store.url or f"sqlite:///{s.store.home/'aiinfra.db'}"  # the folder is made with the engine
 
 def _safe(url: sa.URL) -> str: return url.render_as_string(hide_password=True)
 
@@ -142,7 +144,12 @@ def create_store_engine(url: str | sa.URL) -> Engine:
     return sa.create_engine(u, pool_pre_ping=True, connect_args={'connect_timeout': 5})
 
 # %% ../../nbs/api/01_ops.store.ipynb #fa66c6a4
-MIGRATIONS: dict[int, Callable] = {}  # version -> step(op: alembic Operations) from version-1; version 1 is `metadata`
+def _v2_run_parents(op):
+    "v2: a run records the run it ran inside"
+    op.add_column('runs', sa.Column('parent_id', sa.String(32)))
+    op.create_index('ix_runs_parent', 'runs', ['parent_id'])
+
+MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine
@@ -178,8 +185,9 @@ def _reach_error(url: sa.URL, e: Exception) -> StoreError:
 
 def get_engine(url: str | None = None) -> Engine:
     "The store engine for `url` (default: `store_url()`), created and upgraded on first use"
-    url = url or store_url()
-    key = (url, os.getpid())
+    key = (url or store_url(), os.getpid())
+    if (engine := _engines.get(key)) is not None: return engine
+    url = key[0]
     with _engines_lock:
         if key not in _engines:
             engine = create_store_engine(url)
