@@ -16,8 +16,8 @@ from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
-__all__ = ['app', 'models_app', 'show', 'status', 'runs', 'machines', 'logs', 'sql_', 'datasets', 'models_list', 'models_show',
-           'models_promote', 'main']
+__all__ = ['app', 'models_app', 'money', 'duration', 'show', 'status', 'runs', 'machines', 'logs', 'sql_', 'datasets',
+           'models_list', 'models_show', 'models_promote', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -27,12 +27,28 @@ app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML proj
 def _group():
     "aiinfra: runs, machines, costs and logs of every ML project, from the ops store."
 
+def money(v: float) -> str:
+    "Dollars as people read them: $1,234.50, $0.0012, <$0.0001"
+    if v == 0: return '$0.00'
+    if abs(v) >= 0.01: return f'${v:,.2f}'
+    return f'${v:.4f}' if abs(v) >= 0.0001 else '<$0.0001'
+
+def duration(seconds: float) -> str:
+    "0.42 s, 12.3 s, 4 min 05 s, 2 h 03 min"
+    if seconds < 60: return f'{seconds:.2g} s' if seconds < 1 else f'{seconds:.1f} s'
+    m, s = divmod(round(seconds), 60)
+    return f'{m} min {s:02d} s' if m < 60 else f'{m // 60} h {m % 60:02d} min'
+
 def _cell(key: str, v) -> str:
+    "A value as a table shows it: times as times, costs as money, durations as durations, counts as integers"
     if v is None: return ''
     if isinstance(v, datetime): return v.strftime('%Y-%m-%d %H:%M:%S')
-    if (key.endswith('_at') or key == 'time') and isinstance(v, (int, float)): return datetime.fromtimestamp(v).strftime('%Y-%m-%d %H:%M:%S')
-    if isinstance(v, float): return f'{v:,.2f}' if abs(v) >= 0.01 or v == 0 else f'{v:.2g}'
-    return str(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)): return str(v)
+    if key.endswith('_at') or key == 'time': return datetime.fromtimestamp(v).strftime('%Y-%m-%d %H:%M:%S')
+    if 'cost' in key or key.startswith('price'): return money(v)
+    if key.endswith('_s') or key == 'duration': return duration(v)
+    if isinstance(v, int) or float(v).is_integer(): return f'{int(v):,}'
+    return f'{v:,.4g}' if abs(v) < 1e6 else f'{v:,.0f}'
 
 def show(rows: list[dict], columns: list[str], title: str | None = None, as_json: bool = False):
     "Print `rows` as JSON or as a table of `columns`"
@@ -56,7 +72,7 @@ def status(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     c.print('[bold]rows[/]       ' + '  '.join(f"{k} {v:,}" for k, v in summary['rows'].items()))
     idle = f"  [yellow]idle: {', '.join(out['idle_machines'])}[/]" if out['idle_machines'] else ''
     c.print(f"[bold]machines[/]   {out['machines_on']} on of {out['machines']}{idle}")
-    c.print(f"[bold]cost today[/] ${out['cost_today']:,.2f}" if out['cost_today'] >= 1 else f"[bold]cost today[/] ${out['cost_today']:.4f}")
+    c.print(f"[bold]cost today[/] {money(out['cost_today'])}")
     show(out['latest_runs'], ['started_at', 'project', 'kind', 'name', 'status', 'duration_s', 'id'], title='latest runs')
 
 # %% ../nbs/api/50_cli.ipynb #745ea559
@@ -68,7 +84,7 @@ def runs(project: str = typer.Option(None, help='only this project'),
          as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The latest runs"
     rows = list_runs(project=project, status=status, kind=kind, limit=limit)
-    show(rows, ['started_at', 'project', 'kind', 'name', 'status', 'duration_s', 'host', 'error', 'id'], as_json=as_json)
+    show(rows, ['started_at', 'project', 'kind', 'name', 'status', 'duration_s', 'host', 'error', 'id', 'parent_id'], as_json=as_json)
 
 @app.command()
 def machines(as_json: bool = typer.Option(False, '--json', help='print JSON')):
@@ -106,7 +122,7 @@ def sql_(query: str = typer.Argument(..., help='one SELECT or WITH statement'),
 def datasets(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The datasets of the project's catalog, with rows and the run that wrote each"
     from aiinfra_nb.data.io import list_datasets
-    show(list_datasets(), ['name', 'rows', 'columns', 'created_at', 'run_id'], as_json=as_json)
+    show(list_datasets(), ['name', 'rows', 'columns', 'modified_at', 'run_id'], as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #69516a4a
 models_app = typer.Typer(help="The model registry: versions, stages, promote.", no_args_is_help=True)
@@ -120,7 +136,7 @@ def models_list(name: str = typer.Argument(None, help='only this model'),
     rows = Registry().list(name)
     if as_json: return show(rows, [], as_json=True)
     flat = [{**r, 'eval_auc': (r['metrics'] or {}).get('eval_auc'), 'val_auc': (r['metrics'] or {}).get('val_auc')} for r in rows]
-    show(flat, ['name', 'version', 'stage', 'created_at', 'eval_auc', 'val_auc', 'data_version', 'run_id'])
+    show(flat, ['name', 'version', 'stage', 'files', 'created_at', 'eval_auc', 'val_auc', 'data_version', 'run_id'])
 
 @models_app.command('show')
 def models_show(name: str, version: int = typer.Option(None, help='default: the latest'),

@@ -90,12 +90,27 @@ def test_sigkill_then_resume_from_last_epoch(env):
 
 
 def test_corrupted_checkpoint_is_a_clear_error(env):
+    "An interrupted training's checkpoint, corrupted: resuming it fails clearly, and the attempt is recorded as failed"
     script, e, last, url = env
-    last.parent.mkdir(parents=True); last.write_bytes(b'\x00' * 100)
-    p = start(script, e, epochs=1)
+    p = start(script, e)
+    wait_for(lambda: last.exists())
+    p.send_signal(signal.SIGTERM)
+    assert result(p)[0] == 'interrupted'
+    last.write_bytes(b'\x00' * 100)
+    p = start(script, e)
     out, err = p.communicate(timeout=300)
     assert p.returncode != 0 and 'is unreadable' in err and 'resume=False' in err
-    assert train_runs(url) == []
+    failed = train_runs(url)[-1]
+    assert failed['status'] == 'failed' and 'is unreadable' in failed['error']
+
+
+def test_finished_checkpoint_is_not_picked_up_by_a_new_training(env):
+    "A finished run's checkpoint belongs to that run: the same call again trains anew and registers a second version"
+    script, e, last, url = env
+    assert result(start(script, e, n=20_000, epochs=2)) == ['finished', '2', '1']
+    assert result(start(script, e, n=20_000, epochs=2)) == ['finished', '2', '2']
+    first, second = train_runs(url)
+    assert second['extra']['resumed_from'] is None and second['extra']['trained'] is True
 
 
 def test_ddp_two_cpu_processes(env):

@@ -11,10 +11,12 @@ from fastcore.basics import patch
 from ..core import AiinfraError, atomic_file, atomic_write, file_hash, load_settings, project_root
 from .contracts import Contract, check, load_contract
 from .sources import Extract
+import sqlalchemy as sa
 from ..ops.record import current_run, flush, log_event
+from ..ops.store import metrics, query
 
 # %% auto #0
-__all__ = ['DatasetError', 'check_name', 'Catalog', 'catalog', 'save', 'load', 'list_datasets']
+__all__ = ['DatasetError', 'check_name', 'Catalog', 'catalog', 'save', 'load', 'lineage', 'list_datasets']
 
 # %% ../../nbs/api/13_data.io.ipynb #ccf98bc8
 class DatasetError(AiinfraError):
@@ -83,7 +85,7 @@ def save(self: Catalog, data: pl.DataFrame | pl.LazyFrame,  # the dataset
         digest = file_hash(tmp)
     run = current_run()
     meta = dict(name=name, rows=rows, columns={k: str(v) for k, v in schema.items()}, sha256=digest,
-                contract=contract.name if contract else None, run_id=run.id if run else None, created_at=time.time(),
+                contract=contract.name if contract else None,
                 sources=[dict(source=s.source, version=s.version) if isinstance(s, Extract) else s for s in (sources or [])])
     if contract: contract.save(self._side(name, 'contract'))
     atomic_write(self._side(name, 'meta'), json.dumps(meta, indent=1) + '\n')
@@ -145,12 +147,24 @@ def load(name: str, rev: str | None = None) -> pl.LazyFrame:
     "Dataset `name` of the project's catalog, lazily (see `Catalog.load`)"
     return catalog().load(name, rev=rev)
 
+def lineage(names: list[str]) -> dict[str, dict]:
+    "The latest run that saved each dataset name (any catalog), from the store: name -> {run_id, time}"
+    keys = {f'rows/{n}': n for n in names}
+    if not keys: return {}
+    rows = query(sa.select(metrics.c.key, metrics.c.run_id, metrics.c.time).where(metrics.c.key.in_(list(keys)))
+                 .order_by(metrics.c.time.desc()))
+    out = {}
+    for r in rows: out.setdefault(keys[r['key']], dict(run_id=r['run_id'], time=r['time']))
+    return out
+
 def list_datasets() -> list[dict]:
-    "Name, rows, columns and creation time of each dataset in the project's catalog"
+    "Name, rows, columns, file time and the run that last saved it, for each dataset in the project's catalog"
     cat = catalog()
-    out = []
-    for n in cat.names():
+    names, out = cat.names(), []
+    runs_ = lineage(names)
+    for n in names:
         try: m = cat.meta(n)
         except DatasetError: m = {}
-        out.append(dict(name=n, rows=m.get('rows'), columns=len(m.get('columns', {})), created_at=m.get('created_at'), run_id=m.get('run_id')))
+        out.append(dict(name=n, rows=m.get('rows'), columns=len(m.get('columns', {})), modified_at=cat.path(n).stat().st_mtime,
+                        run_id=runs_.get(n, {}).get('run_id')))
     return out

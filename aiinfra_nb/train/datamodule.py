@@ -11,7 +11,7 @@ import torch
 from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.io import Catalog
-from .model import Preprocessor
+from .model import Preprocessor, TrainingError
 
 # %% auto #0
 __all__ = ['TensorBatches', 'ShardedBatchSampler', 'TabularDataModule']
@@ -54,8 +54,9 @@ class TabularDataModule(ptl.LightningDataModule):
                  time_column: str = 'time_hour', val_fraction: float = 0.2, seed: int = 0, batch_size: int = 1024,
                  catalog: str | None = None):  # catalog folder, when `data` is a name
         super().__init__()
-        if split not in ('time', 'random'): raise ValueError(f"split {split!r}: expected 'time' or 'random'")
-        if not 0 < val_fraction < 1: raise ValueError(f"val_fraction {val_fraction}: expected between 0 and 1")
+        if split not in ('time', 'random'): raise TrainingError(f"split {split!r}: expected 'time' or 'random'")
+        if not 0 < val_fraction < 1: raise TrainingError(f"val_fraction {val_fraction}: expected between 0 and 1")
+        if not isinstance(batch_size, int) or batch_size < 1: raise TrainingError(f"batch_size {batch_size!r}: expected a whole number >= 1")
         self.data, self.target, self.numeric, self.categorical = data, target, numeric, categorical
         self.split, self.time_column, self.val_fraction, self.seed, self.batch_size, self.catalog = split, time_column, val_fraction, seed, batch_size, catalog
         self.train_set = self.val_set = self.preprocessor = None
@@ -75,7 +76,7 @@ class TabularDataModule(ptl.LightningDataModule):
 def _split(self: TabularDataModule, df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     n_val = max(1, int(round(df.height * self.val_fraction)))
     if self.split == 'time':
-        if self.time_column not in df.columns: raise ValueError(f"split='time' needs the column {self.time_column!r}")
+        if self.time_column not in df.columns: raise TrainingError(f"split='time' needs the column {self.time_column!r}; or use split='random'")
         order = torch.from_numpy(df.select(pl.arg_sort_by(self.time_column, maintain_order=True)).to_series().to_numpy().astype('int64'))
     else: order = torch.randperm(df.height, generator=torch.Generator().manual_seed(self.seed))
     return order[:-n_val], order[-n_val:]
@@ -85,13 +86,15 @@ def setup(self: TabularDataModule, stage: str | None = None):
     "Load the data, split it, fit the preprocessing on the training split, make the tensors (once)"
     if self.train_set is not None: return
     df = self._frame()
-    if self.target not in df.columns: raise ValueError(f"target column {self.target!r} not in the data ({', '.join(df.columns)})")
+    if self.target not in df.columns: raise TrainingError(f"target column {self.target!r} not in the data ({', '.join(df.columns)})")
+    if (nulls := df[self.target].null_count()): raise TrainingError(f"target column {self.target!r} has {nulls:,} missing values: drop or fill those rows first")
+    if df.height < 2: raise TrainingError(f"the data has {df.height} row(s): training needs at least 2 (one to train on, one to validate)")
     numeric, categorical = self._columns(df)
     train_rows, val_rows = self._split(df)
     train, val = df[train_rows.numpy()], df[val_rows.numpy()]
     self.preprocessor = Preprocessor.fit(train, numeric, categorical)
     self.val_frame = val  # the validation rows as data, for evaluating a saved model as the service runs it
-    make = lambda part: TensorBatches(*self.preprocessor.transform(part), torch.from_numpy(part[self.target].cast(pl.Float32).to_numpy()))
+    make = lambda part: TensorBatches(*self.preprocessor.transform(part), torch.from_numpy(part[self.target].cast(pl.Float32).to_numpy(writable=True)))
     self.train_set, self.val_set = make(train), make(val)
 
 @patch

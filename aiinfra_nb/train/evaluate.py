@@ -7,10 +7,13 @@ from __future__ import annotations
 import polars as pl
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_roc
+from ..core import file_hash
+from ..data.io import Catalog
+from .model import Preprocessor
 from .registry import Registry, RegistryError
 
 # %% auto #0
-__all__ = ['score', 'promote_if_better']
+__all__ = ['score', 'validation_frame', 'score_model', 'promote_if_better']
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #68d1a8fc
 @torch.no_grad()
@@ -27,6 +30,26 @@ def score(model: torch.nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, y: t
     keep = torch.unique(torch.linspace(0, len(fpr) - 1, min(roc_points, len(fpr))).round().long())
     roc = pl.DataFrame({'fpr': fpr[keep].numpy(), 'tpr': tpr[keep].numpy(), 'threshold': thr[keep].clamp(max=1).numpy()})
     return metrics, roc
+
+# %% ../../nbs/api/26_train.evaluate.ipynb #a138bdb2
+def validation_frame(meta: dict,  # a model's metadata (`Registry.load`)
+                     catalog: Catalog,  # where its validation rows were saved
+                    ) -> pl.DataFrame:
+    "The validation rows recorded in a model's JSON, checked against their recorded hash"
+    v = meta.get('validation') or {}
+    what = f"model {meta.get('name')!r} v{meta.get('version')}"
+    if not v.get('dataset'): raise RegistryError(f"{what} records no validation rows: train it with fit(..., validation_catalog=...)")
+    path = catalog.path(v['dataset'])
+    if not path.is_file(): raise RegistryError(f"{what}: its validation rows {v['dataset']!r} are not in {catalog.root}")
+    if file_hash(path) != v.get('sha256'):
+        raise RegistryError(f"{what}: the dataset {v['dataset']!r} in {catalog.root} is not the one it was validated on (SHA-256 differs)")
+    return catalog.load(v['dataset']).collect()
+
+def score_model(model: torch.nn.Module, meta: dict, frame: pl.DataFrame, **kw) -> tuple[dict, pl.DataFrame]:
+    "`score` of a registered model on `frame`, prepared with the model's own preprocessing"
+    x_num, x_cat = Preprocessor.from_dict(meta['preprocessing']).transform(frame)
+    y = torch.from_numpy(frame[meta['features']['target']].cast(pl.Float32).to_numpy(writable=True))
+    return score(model, x_num, x_cat, y, **kw)
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #c3b7fd64
 def promote_if_better(registry: Registry, name: str, version: int, metrics: dict,

@@ -4,25 +4,25 @@
 
 # %% ../../nbs/api/25_train.fit.ipynb #76663793
 from __future__ import annotations
-import os, signal, subprocess, threading, time
+import contextlib, hashlib, json, logging, os, pathlib, signal, subprocess, sys, threading, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pytorch_lightning as ptl
 import torch
-from fastcore.basics import patch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
-from ..core import AiinfraError, load_settings
+from ..core import AiinfraError, atomic_write, load_settings
+from ..data.io import Catalog
 from ..ops.machines import MachineSession
-from ..ops.record import Run, error_text, log_event
+from ..ops.record import Run, log_event, recording
 from .datamodule import TabularDataModule
 from .logger import StoreLogger
 from .model import TabularNet
-from .registry import Registry
-from .system import NonFiniteLossError, TabularSystem
+from .registry import Registry, check_model_name
+from .system import TabularSystem
 
 # %% auto #0
-__all__ = ['Preemption', 'CheckpointError', 'FitResult', 'fit']
+__all__ = ['log', 'Preemption', 'CheckpointError', 'fingerprint', 'Checkpoints', 'FitResult', 'fit']
 
 # %% ../../nbs/api/25_train.fit.ipynb #c8666da8
 class Preemption(Callback):
@@ -46,8 +46,58 @@ class Preemption(Callback):
 
 # %% ../../nbs/api/25_train.fit.ipynb #bee8d5ae
 class CheckpointError(AiinfraError):
-    "A checkpoint that cannot be read"
+    "A checkpoint that cannot be read or resumed"
 
+_SAFE_GLOBALS = [pathlib.PosixPath, pathlib.PurePosixPath]  # ModelCheckpoint keeps its dirpath as a Path
+
+def _read_checkpoint(path: Path) -> dict:
+    "The checkpoint at `path`, loaded without unpickling code, or a `CheckpointError`"
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS): ck = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable or holds more than weights ({msg}): delete it, or train with resume=False") from None
+    if not isinstance(ck, dict) or 'state_dict' not in ck: raise CheckpointError(f"checkpoint {path} holds no model state: delete it, or train with resume=False")
+    return ck
+
+def fingerprint(**what) -> str:
+    "A short hash of what a training depends on (JSON-able values)"
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# %% ../../nbs/api/25_train.fit.ipynb #50b6b6f8
+class Checkpoints:
+    "The checkpoint folder of one model: `last.ckpt` and the `lineage.json` of the run that wrote it"
+    def __init__(self, folder: Path): self.folder, self.last, self.lineage_file = folder, folder/'last.ckpt', folder/'lineage.json'
+
+    def lineage(self) -> dict:
+        try: d = json.loads(self.lineage_file.read_text())
+        except (OSError, ValueError): return {}
+        return d if isinstance(d, dict) else {}
+
+    def record(self, run_id: str, status: str, fp: str):
+        "Write who owns `last.ckpt` now, and how that run stands"
+        atomic_write(self.lineage_file, json.dumps(dict(run_id=run_id, status=status, fingerprint=fp)) + '\n')
+
+    def resume_point(self, resume: bool | str, fp: str) -> tuple[Path | None, str]:
+        "(checkpoint to resume or None, why)"
+        lin = self.lineage()
+        if not resume: return None, 'resume=False: starting over'
+        if not self.last.exists():
+            if isinstance(resume, str): raise CheckpointError(f"resume={resume!r}: there is no checkpoint in {self.folder}")
+            return None, 'no checkpoint: starting'
+        owner = lin.get('run_id')
+        if isinstance(resume, str):
+            if resume != owner: raise CheckpointError(f"resume={resume!r}: the checkpoint in {self.folder} belongs to run {owner!r}; "
+                                                      f"only the latest run's checkpoint is kept")
+            return self.last, f"continuing run {owner} as asked"
+        if lin.get('status') == 'finished':
+            return None, f"the checkpoint is of run {owner}, which finished: starting a new training (resume='{owner}' continues it)"
+        if lin.get('fingerprint') != fp:
+            why = 'it has no lineage' if not lin else 'its data or hyperparameters differ'
+            return None, f"the checkpoint in {self.folder} is not this training's ({why}): starting over"
+        return self.last, f"resuming run {owner} ({lin.get('status')}) from its checkpoint"
+
+# %% ../../nbs/api/25_train.fit.ipynb #34a1ea90
 @dataclass
 class FitResult:
     status: str  # finished, interrupted or failed
@@ -56,84 +106,115 @@ class FitResult:
     metrics: dict = field(default_factory=dict)
     cost: float | None = None
     epochs: int = 0
+    trained: bool = False  # False: no optimizer step was taken (e.g. resuming a checkpoint that had reached max_epochs)
+    note: str | None = None
 
-def _checkpoint_ok(path: Path):
-    "Raise a `CheckpointError` unless `path` is a readable Lightning checkpoint"
-    try: ck = torch.load(path, map_location='cpu', weights_only=False)  # our own file, written by this code
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:100]}): delete it, or train with resume=False") from None
-    if not isinstance(ck, dict) or 'state_dict' not in ck: raise CheckpointError(f"checkpoint {path} holds no model state: delete it, or train with resume=False")
-    return ck
-
-# %% ../../nbs/api/25_train.fit.ipynb #50b6b6f8
+# %% ../../nbs/api/25_train.fit.ipynb #b86da8c4
 def fit(dm: TabularDataModule,  # the data
         name: str = 'flights-delay',  # the model's name (registry, checkpoints, run)
         hidden: list[int] = [128, 128], dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0,
         max_epochs: int = 5, max_time: str | None = None,  # e.g. '00:02:00:00' (DD:HH:MM:SS)
         accelerator: str = 'auto', devices: int | str = 'auto', num_nodes: int = 1, strategy: str = 'auto',
         precision: str = '32-true', seed: int = 0,
-        resume: bool = True,  # continue from the last checkpoint of `name`, if any
+        resume: bool | str = True,  # True: continue this training's unfinished checkpoint; a run id: that run's; False: start over
         register: bool = True,  # save the trained model in the registry
+        registry: Registry | str | Path | None = None,  # a Registry, a folder (with the shared store); default: the project's
+        validation_catalog: Catalog | None = None,  # save the validation rows here, referenced from the model's JSON
         project: str | None = None, data_version: str | None = None, progress: bool = True,
         checkpoints_dir: str | Path | None = None,  # default: `[train] checkpoints`
-        registry_dir: str | Path | None = None,  # default: the registry's (`[data] dir`/models)
        ) -> FitResult:
     "Train on demand: ledger, checkpoints, resume, preemption, registration"
+    check_model_name(name)
     ptl.seed_everything(seed, workers=True, verbose=False)
     s = load_settings()
-    ckpt_dir = Path(checkpoints_dir or s.train.checkpoints)/name
-    last = ckpt_dir/'last.ckpt'
-    resume_from = last if resume and last.exists() else None
-    if resume_from: _checkpoint_ok(resume_from)
+    ckpts = Checkpoints(Path(checkpoints_dir or s.train.checkpoints)/name)
     params = dict(hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs, seed=seed,
-                  accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision)
-    rank0 = rank_zero_only.rank == 0
-    run = Run.start('train', name=name, project=project, params=params, data_version=data_version,
-                    resumed_from=str(resume_from) if resume_from else None) if rank0 else None
-    session = MachineSession(project=project, run_id=run.id if run else None) if int(os.environ.get('LOCAL_RANK', 0)) == 0 else None
-    if session: session.open()
-    try: return _fit(dm, run, session, ckpt_dir, resume_from, name, register, progress, **params, max_time=max_time,
-                     data_version=data_version, registry_dir=registry_dir)
+                  batch_size=dm.batch_size, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                  precision=precision)
+    rank0, local0 = rank_zero_only.rank == 0, int(os.environ.get('LOCAL_RANK', 0)) == 0
+    run = Run.start('train', name=name, project=project, params=params, data_version=data_version) if rank0 else None
+    try:
+        with recording(run) if run else contextlib.nullcontext(), \
+             MachineSession(project=run.project if run else project, run_id=run.id if run else None) if local0 else contextlib.nullcontext() as session:
+            return _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params,
+                        max_time=max_time, data_version=data_version)
     finally:
-        if session and session.id and not getattr(session, '_closed', False): session.close()
         if s.train.shutdown_command and rank0: _shutdown(s.train.shutdown_command, run)
 
-# %% ../../nbs/api/25_train.fit.ipynb #34a1ea90
-def _fit(dm, run, session, ckpt_dir, resume_from, name, register, progress, *, hidden, dropout, lr, weight_decay,
-         max_epochs, seed, accelerator, devices, num_nodes, strategy, precision, max_time, data_version, registry_dir) -> FitResult:
+# %% ../../nbs/api/25_train.fit.ipynb #6b136630
+_QUIET_WARNINGS = ('.*does not have many workers.*', '.*is smaller than the logging interval.*')
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    "Lightning's info lines (device summary, tips) and the warnings that do not apply to in-memory batches, silenced"
+    log = logging.getLogger('pytorch_lightning.utilities.rank_zero')
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _QUIET_WARNINGS: warnings.filterwarnings('ignore', message=pattern)
+            yield
+    finally: log.setLevel(level)
+
+def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, *, max_time, data_version) -> FitResult:
     dm.setup('fit')
-    net = TabularNet(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=hidden, dropout=dropout)
-    system = TabularSystem(net.config, lr=lr, weight_decay=weight_decay)
-    preempt = Preemption(ckpt_dir/'last.ckpt')
+    p = params
+    fp = fingerprint(name=name, preprocessing=dm.preprocessor.to_dict(), rows=(len(dm.train_set), len(dm.val_set)), target=dm.target,
+                     **{k: p[k] for k in ('hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})
+    resume_from, why = ckpts.resume_point(resume, fp)
+    start_step = _read_checkpoint(resume_from).get('global_step', 0) if resume_from else 0
+    if run:
+        run.update(extra=dict(resumed_from=str(resume_from) if resume_from else None, checkpoint=str(ckpts.last), fingerprint=fp))
+        run.log_event(why, logger='aiinfra.train')
+        ckpts.record(run.id, 'running', fp)
+    net = TabularNet(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=p['hidden'], dropout=p['dropout'])
+    system = TabularSystem(net.config, lr=p['lr'], weight_decay=p['weight_decay'])
+    preempt = Preemption(ckpts.last)
     trainer = ptl.Trainer(
-        max_epochs=max_epochs, max_time=max_time, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-        strategy=strategy, precision=precision, logger=StoreLogger(run) if run else False, deterministic=False,
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1, every_n_epochs=1), preempt],
+        max_epochs=p['max_epochs'], max_time=max_time, accelerator=p['accelerator'], devices=p['devices'], num_nodes=p['num_nodes'],
+        strategy=p['strategy'], precision=p['precision'], logger=StoreLogger(run) if run else False, deterministic=False,
+        callbacks=[ModelCheckpoint(dirpath=ckpts.folder, save_last=True, save_top_k=1, every_n_epochs=1), preempt]
+                  + ([TQDMProgressBar()] if progress else []),
         use_distributed_sampler=False,  # the DataModule shards its own batches
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=50, num_sanity_val_steps=0)
-    try: trainer.fit(system, datamodule=dm, ckpt_path=resume_from)
-    except KeyboardInterrupt:
-        if run: run.end('interrupted', 'KeyboardInterrupt')
-        raise
-    except BaseException as e:
-        if run: run.end('failed', error_text(e))
-        raise
+    with _quiet_lightning():
+        try: trainer.fit(system, datamodule=dm, ckpt_path=resume_from)
+        except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after its own cleanup: keep it an interrupt
+            if isinstance(e.__context__, KeyboardInterrupt): raise e.__context__ from None
+            raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    trained = trainer.global_step > start_step
     status = 'interrupted' if preempt.requested else 'finished'
-    result = FitResult(status, run.id if run else None, metrics=metrics, epochs=trainer.current_epoch)
+    result = FitResult(status, run.id if run else None, metrics=metrics, epochs=trainer.current_epoch, trained=trained)
+    if not trained:
+        result.note = (f"nothing left to train: the checkpoint is at epoch {trainer.current_epoch} of max_epochs={p['max_epochs']}; "
+                       "raise max_epochs to continue, or pass resume=False to start over. No version registered.")
     if run is None: return result  # not rank 0: rank 0 registers and records
-    if status == 'finished' and register:
-        meta = Registry(registry_dir).save(system.model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id,
-                               data_version=data_version, features=dict(numeric=list(dm.preprocessor.numeric),
-                                                                        categorical=list(dm.preprocessor.categorical), target=dm.target))
-        result.model_version = meta['version']
-    if session:
-        result.cost = session.close(); session._closed = True
-    run.update(extra=dict(cost=result.cost, epochs=result.epochs, model_version=result.model_version, checkpoint=str(ckpt_dir/'last.ckpt')))
+    if status == 'finished' and register and trained and metrics:
+        result.model_version = _register(system.model, dm, name, registry, validation_catalog, metrics, run, data_version)
+    if session: result.cost = session.close()
+    ckpts.record(run.id, status, fp)
+    if result.note: run.log_event(result.note, level='WARNING', logger='aiinfra.train'); log.warning(result.note)
+    run.update(extra=dict(cost=result.cost, epochs=result.epochs, model_version=result.model_version, trained=trained, note=result.note))
     run.end(status, 'preempted (SIGTERM): checkpoint saved, resume with resume=True' if status == 'interrupted' else None)
     return result
 
+# %% ../../nbs/api/25_train.fit.ipynb #413b97bb
+log = logging.getLogger('aiinfra.train')
+
+def _register(model, dm, name, registry, validation_catalog, metrics, run, data_version) -> int:
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    validation = None
+    if validation_catalog is not None:
+        ds = f'validation/{name}/{run.id}'
+        vmeta = validation_catalog.save(dm.val_frame, ds)
+        validation = dict(dataset=ds, sha256=vmeta['sha256'], rows=vmeta['rows'])
+    features = dict(numeric=list(dm.preprocessor.numeric), categorical=list(dm.preprocessor.categorical), target=dm.target)
+    return reg.save(model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id, data_version=data_version,
+                    features=features, validation=validation)['version']
+
 def _shutdown(command: str, run: Run | None):
-    "Run `[train] shutdown_command` (how a cloud VM turns itself off), recording that it did"
-    log_event(f"running shutdown command: {command}", logger='aiinfra.train', run=run.id if run else None)
+    "Run `[train] shutdown_command` (how a cloud VM turns itself off), recording that it did when the store answers"
+    try: log_event(f"running shutdown command: {command}", logger='aiinfra.train', run=run.id if run else None)
+    except Exception as e: print(f"aiinfra: could not record the shutdown command ({e}); running it anyway", file=sys.stderr)
     subprocess.run(command, shell=True, check=False)

@@ -4,13 +4,19 @@
 
 # %% ../../nbs/api/20_train.model.ipynb #6eb5fd1a
 from __future__ import annotations
+import math
 from dataclasses import asdict, dataclass, field
 import polars as pl
 import torch
 from torch import nn
+from ..core import AiinfraError, FeatureError
 
 # %% auto #0
-__all__ = ['TASKS', 'MODELS', 'embedding_size', 'TabularNet', 'Preprocessor']
+__all__ = ['TASKS', 'MODELS', 'TrainingError', 'embedding_size', 'TabularNet', 'Preprocessor']
+
+# %% ../../nbs/api/20_train.model.ipynb #e26f0833
+class TrainingError(AiinfraError):
+    "A training that cannot run as asked: names the argument or column to fix"
 
 # %% ../../nbs/api/20_train.model.ipynb #cc1a89c7
 TASKS = ('binary', 'multiclass', 'regression')
@@ -29,9 +35,9 @@ class TabularNet(nn.Module):
                  n_classes: int = 2,  # for multiclass
                  embedding_dims: list[int] | None = None):  # default: `embedding_size` of each
         super().__init__()
-        if task not in TASKS: raise ValueError(f"task {task!r}: expected one of {TASKS}")
+        if task not in TASKS: raise TrainingError(f"task {task!r}: expected one of {', '.join(TASKS)}")
         embedding_dims = embedding_dims or [embedding_size(c) for c in cardinalities]
-        if len(embedding_dims) != len(cardinalities): raise ValueError("one embedding width per categorical column")
+        if len(embedding_dims) != len(cardinalities): raise TrainingError("embedding_dims: one width per categorical column")
         self.config = dict(n_numeric=n_numeric, cardinalities=list(cardinalities), hidden=list(hidden), dropout=dropout,
                            task=task, n_classes=n_classes, embedding_dims=list(embedding_dims))
         self.embeddings = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(cardinalities, embedding_dims))
@@ -65,9 +71,12 @@ class Preprocessor:
     @classmethod
     def fit(cls, df: pl.DataFrame, numeric: list[str], categorical: list[str]) -> Preprocessor:
         "Learn means, standard deviations and vocabularies from `df` (the training split)"
-        stats = df.select([pl.col(c).cast(pl.Float64).mean().alias(f'm{i}') for i, c in enumerate(numeric)] +
-                          [pl.col(c).cast(pl.Float64).std().alias(f's{i}') for i, c in enumerate(numeric)]).row(0, named=True) if numeric else {}
-        num = {c: dict(mean=stats[f'm{i}'] or 0.0, std=stats[f's{i}'] or 1.0) for i, c in enumerate(numeric)}
+        _check_numeric(df, numeric)
+        finite = [_finite(c) for c in numeric]
+        stats = df.select([x.mean().alias(f'm{i}') for i, x in enumerate(finite)] +
+                          [x.std().alias(f's{i}') for i, x in enumerate(finite)]).row(0, named=True) if numeric else {}
+        ok = lambda v, default: v if v is not None and math.isfinite(v) and v != 0 else default
+        num = {c: dict(mean=ok(stats[f'm{i}'], 0.0), std=ok(stats[f's{i}'], 1.0)) for i, c in enumerate(numeric)}
         cat = {c: sorted(df[c].drop_nulls().cast(pl.String).unique().to_list()) for c in categorical}
         return cls(num, cat)
 
@@ -77,8 +86,9 @@ class Preprocessor:
     def transform(self, df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         "`(x_num, x_cat)` tensors of `df`: float32 standardized numerics, int64 category indices (0: unknown)"
         missing = [c for c in [*self.numeric, *self.categorical] if c not in df.columns]
-        if missing: raise ValueError(f"missing input columns: {', '.join(missing)}")
-        num = df.select([((pl.col(c).cast(pl.Float64) - s['mean']) / (s['std'] or 1.0)).fill_null(0.0).fill_nan(0.0).cast(pl.Float32)
+        if missing: raise FeatureError(f"missing input columns: {', '.join(missing)}")
+        _check_numeric(df, list(self.numeric))
+        num = df.select([((_finite(c) - s['mean']) / (s['std'] or 1.0)).fill_null(0.0).cast(pl.Float32)
                          for c, s in self.numeric.items()])
         cat = df.select([pl.col(c).cast(pl.String).replace_strict(v, list(range(1, len(v) + 1)), default=0, return_dtype=pl.Int64)
                          for c, v in self.categorical.items()])
@@ -89,3 +99,14 @@ class Preprocessor:
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessor: return cls(**d)
+
+def _finite(c: str) -> pl.Expr:
+    "Column `c` as Float64, with NaN and infinities as missing"
+    x = pl.col(c).cast(pl.Float64)
+    return pl.when(x.is_finite()).then(x)
+
+def _check_numeric(df: pl.DataFrame, columns: list[str]):
+    for c in columns:
+        t = df.schema[c]
+        if not (t.is_numeric() or t in (pl.Boolean, pl.Null)):
+            raise FeatureError(f"column {c!r} must be numeric, not {t}: e.g. {df[c].drop_nulls().head(1).to_list()}")

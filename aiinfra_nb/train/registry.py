@@ -17,7 +17,7 @@ from ..ops.store import get_engine, models, query, writing
 from .model import MODELS
 
 # %% auto #0
-__all__ = ['FORMAT', 'STAGES', 'WEIGHTS', 'META', 'RegistryError', 'Registry']
+__all__ = ['FORMAT', 'STAGES', 'WEIGHTS', 'META', 'RegistryError', 'check_model_name', 'Registry']
 
 # %% ../../nbs/api/24_train.registry.ipynb #70fdfdd0
 class RegistryError(AiinfraError):
@@ -28,6 +28,12 @@ STAGES = ('staging', 'production', 'archived')
 WEIGHTS, META = 'model.safetensors', 'model.json'
 _NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')
 
+def check_model_name(name: str) -> str:
+    "`name` if it can name a model (a folder of the registry and of the checkpoints), else a `RegistryError`"
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 100:
+        raise RegistryError(f"invalid model name {name!r}: up to 100 letters, digits, '_', '-', '.', not starting with '.' or '-'")
+    return name
+
 class Registry:
     "Versioned models on disk, listed with their stages in the store"
     def __init__(self, root: str | Path | None = None,  # default: `[data] dir`/models
@@ -35,9 +41,14 @@ class Registry:
         self.root = Path(root) if root else load_settings().data.dir/'models'
         self.engine = engine or get_engine()
 
+    @classmethod
+    def scratch(cls, root: str | Path) -> Registry:
+        "A registry in `root` with a store of its own (`root`/registry.db), apart from the shared one"
+        root = Path(root).resolve()
+        return cls(root, get_engine(f"sqlite:///{root/'registry.db'}"))
+
     def dir(self, name: str, version: int) -> Path:
-        if not _NAME.match(name or ''): raise RegistryError(f"invalid model name {name!r}: letters, digits, '_', '-', '.'")
-        return self.root/name/str(int(version))
+        return self.root/check_model_name(name)/str(int(version))
 
     def __repr__(self): return f"Registry({str(self.root)!r})"
 
@@ -48,6 +59,7 @@ def save(self: Registry, model: torch.nn.Module,  # a model of `train.model.MODE
          features: dict | None = None,  # the inputs it expects: column names, categories
          preprocessing: dict | None = None,  # normalization and encodings fitted on the training data
          metrics: dict | None = None, data_version: str | None = None, run_id: str | None = None,
+         validation: dict | None = None,  # the held-out rows it was validated on: {'dataset': name, 'sha256': ...}
          stage: str | None = None,  # optionally 'staging' at once
         ) -> dict:  # the model's metadata, with its version
     "Save a new version of model `name`"
@@ -60,12 +72,14 @@ def save(self: Registry, model: torch.nn.Module,  # a model of `train.model.MODE
             with writing(self.engine) as conn:
                 if conn.dialect.name == 'postgresql':  # SQLite's BEGIN IMMEDIATE already serializes writers
                     conn.execute(sa.text('SELECT pg_advisory_xact_lock(hashtext(:k))'), {'k': f'aiinfra-model:{name}'})
+                self._adopt(conn, name)
                 version = (conn.execute(sa.select(sa.func.max(models.c.version)).where(models.c.name == name)).scalar() or 0) + 1
                 final = self.dir(name, version)
                 meta = dict(format=FORMAT, name=name, version=version, architecture={'class': cls, 'config': model.config},
                             tensors={k: dict(dtype=str(v.dtype).removeprefix('torch.'), shape=list(v.shape)) for k, v in state.items()},
                             features=features or {}, preprocessing=preprocessing or {}, metrics=metrics or {},
-                            data_version=data_version, run_id=run_id, git_rev=git_revision(), created_at=time.time())
+                            validation=validation, data_version=data_version, run_id=run_id, git_rev=git_revision(),
+                            created_at=time.time())
                 conn.execute(models.insert().values(name=name, version=version, stage=stage, path=str(final), run_id=run_id,
                                                     created_at=meta['created_at'], data_version=data_version, git_rev=meta['git_rev'],
                                                     metrics=metrics or {}, meta={'architecture': meta['architecture'], 'features': meta['features']}))
@@ -73,6 +87,24 @@ def save(self: Registry, model: torch.nn.Module,  # a model of `train.model.MODE
             return meta
         except sa.exc.IntegrityError: time.sleep(0.01 * attempt)  # another process took this version number: take the next
     raise RegistryError(f"could not allocate a version for {name!r}: too many concurrent saves")
+
+@patch
+def _adopt(self: Registry, conn, name: str):
+    "Give version folders of `name` that have no row in this store their row back (see above)"
+    folder = self.root/check_model_name(name)
+    on_disk = sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()) if folder.is_dir() else []
+    known = set(conn.execute(sa.select(models.c.version).where(models.c.name == name)).scalars())
+    for v in (v for v in on_disk if v not in known):
+        d = folder/str(v)
+        try: meta = json.loads((d/META).read_text())
+        except (OSError, ValueError): meta = None
+        if not isinstance(meta, dict) or meta.get('format') != FORMAT or meta.get('name') != name or meta.get('version') != v:
+            raise RegistryError(f"{d} is in the registry's folder but is not version {v} of {name!r} (no readable {META} describing it) "
+                                f"and this store has no row for it: move the folder out of {self.root}")
+        conn.execute(models.insert().values(name=name, version=v, stage=None, path=str(d), run_id=meta.get('run_id'),
+                                            created_at=meta.get('created_at') or time.time(), data_version=meta.get('data_version'),
+                                            git_rev=meta.get('git_rev'), metrics=meta.get('metrics') or {},
+                                            meta={'architecture': meta.get('architecture'), 'features': meta.get('features'), 'adopted': True}))
 
 @patch
 def _write(self: Registry, final: Path, state: dict, meta: dict):
@@ -169,8 +201,10 @@ def set_metrics(self: Registry, name: str, version: int, metrics: dict) -> dict:
 
 @patch
 def list(self: Registry, name: str | None = None) -> list[dict]:
-    "Every version (of `name`), newest first, with stage and metrics"
+    "Every version (of `name`), newest first, with stage, metrics and `files` (ok, or missing from this registry folder)"
     q = sa.select(models.c.name, models.c.version, models.c.stage, models.c.created_at, models.c.metrics, models.c.run_id,
                   models.c.data_version).order_by(models.c.name, models.c.version.desc())
     if name: q = q.where(models.c.name == name)
-    return query(q, self.engine)
+    rows = query(q, self.engine)
+    for r in rows: r['files'] = 'ok' if (self.root/r['name']/str(r['version'])/META).is_file() else 'missing'
+    return rows

@@ -9,13 +9,13 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
-from .model import MODELS
+from .model import MODELS, TrainingError
 
 # %% auto #0
 __all__ = ['NonFiniteLossError', 'TabularSystem']
 
 # %% ../../nbs/api/22_train.system.ipynb #2cea5551
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(TrainingError, FloatingPointError):
     "The training loss became NaN or infinite"
 
 class TabularSystem(ptl.LightningModule):
