@@ -1,5 +1,5 @@
 """The reference pipeline under real DVC, in a throwaway copy of the repository."""
-import json, os, subprocess, sys
+import json, os, subprocess, sys, textwrap
 from pathlib import Path
 
 import polars as pl
@@ -8,7 +8,8 @@ import sqlalchemy as sa
 
 from aiinfra_nb.data import io
 from aiinfra_nb.ops.store import query, runs
-from conftest import copy_repo
+from aiinfra_nb.train.registry import Registry
+from conftest import ROOT, copy_repo
 
 BIN = Path(sys.executable).parent
 
@@ -81,6 +82,9 @@ def test_train_stage_registers_evaluates_and_promotes(repo):
     assert 'auc' in dvc(repo, 'metrics', 'show')
     fit_run = query(sa.select(runs).where(runs.c.name == 'flights-delay'))[0]  # the training run of `fit`, with its cost
     assert fit_run['status'] == 'finished' and fit_run['extra']['cost'] is not None and fit_run['extra']['model_version'] == 1
+    stage_run = query(sa.select(runs).where(runs.c.name == 'train'))[0]  # ...inside the train stage's notebook run
+    assert fit_run['parent_id'] == stage_run['id'] and stage_run['extra']['notebook'] == 'nbs/pipelines/train.ipynb'
+    assert len(query(sa.select(runs.c.id).where(runs.c.kind == 'train'))) == 2  # one stage run, one training run: a tree
 
     git(repo, 'add', '-A'); git(repo, 'commit', '-qm', 'baseline')
     dvc(repo, 'exp', 'run', '-S', 'train.lr=0.01')  # a second model: registered, then promoted only if it beats the first
@@ -89,3 +93,56 @@ def test_train_stage_registers_evaluates_and_promotes(repo):
     assert sorted(stages) == [1, 2] and list(stages.values()).count('production') == 1
     shown = dvc(repo, 'exp', 'show', '--json')  # the experiment, with its parameter and metrics, next to the baseline
     assert '"lr": 0.01' in shown and '"lr": 0.001' in shown and '"auc"' in shown
+
+
+def lock_entry(repo, stage) -> dict:
+    import yaml
+    return yaml.safe_load((repo/'dvc.lock').read_text())['stages'][stage]
+
+
+def test_rerun_on_identical_inputs_keeps_outputs_so_downstream_is_skipped(repo):
+    "Forcing the ingest stage to rerun on the same inputs gives the same bytes: DVC skips etl and everything after it"
+    dvc(repo, 'repro')
+    before = {s: lock_entry(repo, s) for s in STAGES}
+    out = dvc(repo, 'repro', '-f', '-s', 'ingest')
+    assert "Running stage 'ingest'" in out
+    assert lock_entry(repo, 'ingest') == before['ingest']
+    out = dvc(repo, 'repro')
+    assert all(f"Stage '{s}' didn't change" in out for s in STAGES), out
+    assert {s: lock_entry(repo, s) for s in STAGES} == before
+
+
+def test_readme_fit_after_the_pipeline_trains_and_never_registers_an_untrained_version(repo):
+    "After the pipeline, the README's fit(...) trains anew (the pipeline's checkpoint is a finished run's); resuming a done run registers nothing"
+    dvc(repo, 'repro')
+    snippet = textwrap.dedent("""
+        from aiinfra_nb.train.datamodule import TabularDataModule
+        from aiinfra_nb.train.fit import fit
+        result = fit(TabularDataModule('processed/features', split='time'), name='flights-delay', max_epochs=3)
+        print('RESULT', result.trained, result.model_version, result.run_id)
+        again = fit(TabularDataModule('processed/features', split='time'), name='flights-delay', max_epochs=3, resume=result.run_id,
+                    progress=False)
+        print('AGAIN', again.trained, again.model_version, again.note)
+    """)
+    p = subprocess.run([sys.executable, '-c', snippet], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = {l.split()[0]: l.split(None, 3)[1:] for l in p.stdout.splitlines() if l.startswith(('RESULT', 'AGAIN'))}
+    assert lines['RESULT'][:2] == ['True', '2']  # trained, registered as version 2 (the pipeline's is 1)
+    assert lines['AGAIN'][:2] == ['False', 'None'] and 'nothing left to train' in lines['AGAIN'][2]
+    versions = query("SELECT version, metrics FROM models WHERE name = 'flights-delay' ORDER BY version")
+    assert [v['version'] for v in versions] == [1, 2] and all(json.loads(v['metrics']) if isinstance(v['metrics'], str) else v['metrics'] for v in versions)
+
+
+def test_train_notebook_defaults_leave_the_shared_registry_untouched(tmp_path):
+    "The pipeline notebooks' try-it defaults register into a scratch registry, never the shared one; evaluate's defaults find it"
+    env = {**os.environ, 'TMPDIR': str(tmp_path)}
+    for nb in ('train', 'evaluate'):
+        p = subprocess.run([str(BIN/'papermill'), '-k', 'python3', '--engine', 'aiinfra', '--log-level', 'WARNING', '--no-progress-bar',
+                            str(ROOT/f'nbs/pipelines/{nb}.ipynb'), str(tmp_path/f'{nb}.out.ipynb')],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert 'without encryption' not in p.stderr and 'Tip:' not in p.stderr + p.stdout
+    assert query('SELECT count(*) AS n FROM models') == [{'n': 0}]
+    assert [r['status'] for r in query("SELECT status FROM runs WHERE name IN ('train', 'evaluate', 'flights-delay')")] == ['finished'] * 3
+    scratch = Registry.scratch(tmp_path/f'aiinfra-scratch-{os.getuid()}/pipeline/models')
+    assert [(r['version'], r['stage']) for r in scratch.list('flights-delay')][0][1] == 'production'
