@@ -9,6 +9,10 @@ store's schema, WAL mode and synchronous=NORMAL:
 - core: SQLAlchemy Core `conn.execute(insert(metrics), list_of_dicts)`, for reference.
 
 Each is repeated (fresh database each time) and the best run is kept, to damp a shared machine's noise.
+
+It also times one `log_event` call (what a service pays per logged request; the write itself happens in
+the background) outside any run, where the project and the store come from the cached settings, and
+inside a `start_run` block. Goal: outside within 2x of inside.
 The last line is one JSON object.
 """
 import argparse, json, os, sqlite3, sys, tempfile, time
@@ -62,6 +66,18 @@ def core(d: Path, steps: int, keys: int, batch: int) -> float:
     eng.dispose()
     return elapsed
 
+def log_event_us(calls: int, inside: bool) -> float:
+    "Microseconds per `log_event` call (queued, not yet committed), outside or inside a run"
+    def loop():
+        t0 = time.perf_counter()
+        for i in range(calls): record.log_event('request served', logger='bench', status=200)
+        return time.perf_counter() - t0
+    if inside:
+        with record.start_run('bench', project='bench'): elapsed = loop()
+    else: elapsed = loop()
+    record.flush()
+    return elapsed / calls * 1e6
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--points', type=int, default=1_000_000, help='metric points per measurement')
@@ -80,14 +96,22 @@ def main():
             times['ours'].append(ours(d, steps, a.keys))
             times['core'].append(core(d, steps, a.keys, batch))
             print(f"round {i + 1}: " + ', '.join(f"{k} {n / v[-1]:,.0f} points/s" for k, v in times.items()), file=sys.stderr)
+        events = {'outside': [], 'inside': []}
+        for i in range(a.repeat * 2):
+            for where in events: events[where].append(log_event_us(20_000, where == 'inside'))
     best = {k: n / min(v) for k, v in times.items()}
+    ev = {k: min(v) for k, v in events.items()}
     print(f"{n:,} points, {a.keys} per step, batches of {batch:,} rows, best of {a.repeat}")
     print(f"  ops.record (batched writer):  {best['ours']:>12,.0f} points/s")
     print(f"  raw sqlite3 executemany:      {best['raw']:>12,.0f} points/s   (the floor)")
     print(f"  SQLAlchemy Core executemany:  {best['core']:>12,.0f} points/s   ({best['core'] / best['raw']:.2f} of raw)")
     print(f"  ratio ours / raw:             {best['ours'] / best['raw']:.2f}   (goal >= 0.5, and >= 200,000 points/s)")
+    print(f"  log_event: {ev['outside']:.2f} us outside a run, {ev['inside']:.2f} us inside one: "
+          f"{ev['outside'] / ev['inside']:.2f}x   (goal <= 2)")
     print(json.dumps({'benchmark': 'store_ingest', 'points_per_s': round(best['ours']),
-                      'raw_sqlite_points_per_s': round(best['raw']), 'ratio_vs_raw': round(best['ours'] / best['raw'], 3)}))
+                      'raw_sqlite_points_per_s': round(best['raw']), 'ratio_vs_raw': round(best['ours'] / best['raw'], 3),
+                      'log_event_us_outside': round(ev['outside'], 2), 'log_event_us_inside': round(ev['inside'], 2),
+                      'log_event_ratio': round(ev['outside'] / ev['inside'], 2)}))
 
 if __name__ == '__main__':
     main()

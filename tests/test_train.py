@@ -125,3 +125,17 @@ def test_ddp_two_cpu_processes(env):
     from aiinfra_nb.train.registry import Registry
     model, meta = Registry(Path(e['AIINFRA_DATA_DIR'])/'models', get_engine(url)).load('job')
     assert meta['run_id'] == r['id'] and model.config['hidden'] == [32]
+
+
+def test_ctrl_c_ends_the_run_interrupted_and_closes_the_machine_session(env):
+    "Ctrl-C (SIGINT) during training: the run is interrupted, not failed or left running; the machine is off, its cost known"
+    script, e, last, url = env
+    p = start(script, e)
+    wait_for(lambda: last.exists())
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode != 0 and 'KeyboardInterrupt' in err
+    r = train_runs(url)[-1]
+    assert (r['status'], r['error']) == ('interrupted', 'KeyboardInterrupt')
+    s = query(sa.select(machine_sessions).where(machine_sessions.c.run_id == r['id']), get_engine(url))[0]
+    assert s['ended_at'] is not None and s['cost'] is not None

@@ -8,7 +8,7 @@ import atexit, contextlib, contextvars, json, logging, math, os, signal, socket,
 from collections import deque
 from contextlib import contextmanager
 import sqlalchemy as sa
-from fastcore.basics import patch
+from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, git_revision, load_settings
 from .store import events, get_engine, insert_ignore, projects, query, runs, store_url, writing
@@ -126,11 +126,12 @@ _default: tuple = (None, None)  # (the settings it was resolved with, the defaul
 _writer_lock = threading.Lock()
 
 def writer(engine: Engine | None = None,  # a store; default: the configured one
+           settings: AttrDict | None = None,  # the settings naming the configured store, if already at hand
           ) -> BatchWriter:
     "This process's `BatchWriter` for `engine`"
     global _default
     if engine is not None: return _writers.get(engine) or _new_writer(engine)
-    s = load_settings()
+    s = settings or load_settings()
     if _default[0] is not s: _default = (s, _writers.get(e := get_engine(store_url(s))) or _new_writer(e))
     return _default[1]
 
@@ -335,11 +336,13 @@ def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', servic
     "Record one structured log record in `events`"
     level = check_level(level)
     run = run or current_run()
-    run_obj = run if isinstance(run, Run) else None
-    project = project or (run_obj.project if run_obj else load_settings().project.name)
-    row = (time_ or time.time(), project, service, level, logger, str(message), run_obj.id if run_obj else run,
+    if isinstance(run, Run): project, w, run_id = project or run.project, writer(run.engine), run.id
+    else:
+        s = load_settings()  # outside a run: the project and the store come from the cached settings
+        project, w, run_id = project or s.project.name, writer(settings=s), run
+    row = (time_ or time.time(), project, service, level, logger, str(message), run_id,
            request_id, _HOST, os.getpid(), json.dumps(extra, default=str) if extra else None)
-    writer(run_obj.engine if run_obj else None).put('events', [row])
+    w.put('events', [row])
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {'message', 'asctime', 'taskName'}
 

@@ -57,7 +57,7 @@ class AiinfraEngine(NBClientEngine):
                         notebook=source, kernel=kernel_name)
         run.update(output=str(pm_meta.get('output_path') or kwargs.get('output_path') or '') or None)
         sockets = tempfile.mkdtemp(prefix='aiinfra-kernel-')
-        km = KernelManager(kernel_name=kernel_name, transport='ipc', ip=os.path.join(sockets, 'kernel'))
+        km = _Kernel(kernel_name=kernel_name, transport='ipc', ip=os.path.join(sockets, 'kernel'))
         try:
             with recording(run), _run_id_for_kernel(run.id):
                 try: return super().execute_managed_notebook(nb_man, kernel_name, km=km, **kwargs)
@@ -66,8 +66,16 @@ class AiinfraEngine(NBClientEngine):
                     _record_cells(run, nb_man.nb)
         finally: shutil.rmtree(sockets, ignore_errors=True)
 
-def _shutdown(km: KernelManager):
+class _Kernel(KernelManager):
+    "A kernel manager that keeps its clients, so that the engine can close their channels"
+    def client(self, **kw):
+        c = super().client(**kw)
+        self.clients = [*getattr(self, 'clients', []), c]
+        return c
+
+def _shutdown(km: _Kernel):
     "Stop the kernel we started (nbclient leaves a kernel it was given running): politely, then by force"
+    for c in getattr(km, 'clients', []): c.stop_channels()
     try:
         if km.has_kernel: km.shutdown_kernel(now=False)
     except Exception: km.shutdown_kernel(now=True)

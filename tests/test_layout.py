@@ -1,0 +1,56 @@
+"""The import rule of the architecture (nbs/index.ipynb), checked on the generated package: a module imports only
+from lower notebook bands; nothing imports `ui` or `cli`, except the package root's lazy `load_ipython_extension`."""
+import ast, json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bands() -> dict[str, int]:
+    "module -> band, from the notebooks' numbers and their `default_exp`"
+    out = {}
+    for nb in (ROOT/'nbs/api').glob('*.ipynb'):
+        for c in json.loads(nb.read_text())['cells']:
+            src = ''.join(c['source'])
+            if src.startswith('#| default_exp'): out['aiinfra_nb.' + src.split()[-1]] = int(nb.name[:2])
+    out['aiinfra_nb'] = out.pop('aiinfra_nb.__init__', 99)
+    return out
+
+
+def imports(path: Path, module: str) -> set[str]:
+    "aiinfra_nb modules imported anywhere in `path` (lazy imports inside functions included)"
+    found, pkg = set(), module.rsplit('.', 1)[0] if path.name != '__init__.py' else module
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level: base = '.'.join(pkg.split('.')[:len(pkg.split('.')) - node.level + 1] + ([base] if base else []))
+            if base.startswith('aiinfra_nb'): found.add(base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith('aiinfra_nb')}
+    return found
+
+
+def test_modules_import_only_from_lower_bands():
+    band = bands()
+    bad = []
+    for module, b in band.items():
+        path = ROOT/(module.replace('.', '/') + ('/__init__.py' if module == 'aiinfra_nb' else '.py'))
+        for dep in imports(path, module):
+            dep = dep if dep in band else dep.rsplit('.', 1)[0]  # `from aiinfra_nb.ops import store` names the module store
+            if dep == module or dep not in band: continue
+            allowed = module == 'aiinfra_nb' and dep == 'aiinfra_nb.ui.magics'  # the one sanctioned exception
+            if (band[dep] >= b or dep.startswith(('aiinfra_nb.ui', 'aiinfra_nb.cli'))) and not allowed:
+                bad.append(f"{module} (band {b}) imports {dep} (band {band[dep]})")
+    assert not bad, bad
+    assert band['aiinfra_nb.ops.runner'] < 10 and band['aiinfra_nb.train.model'] < band['aiinfra_nb.train.datamodule']
+
+
+def test_vertical_layers_do_not_import_each_other():
+    "data never imports train or serve; train reads data only through data.io; ops imports core only"
+    for module in bands():
+        layer = module.split('.')[1] if '.' in module else None
+        path = ROOT/(module.replace('.', '/') + ('/__init__.py' if module == 'aiinfra_nb' else '.py'))
+        for dep in imports(path, module):
+            if layer == 'data': assert not dep.startswith(('aiinfra_nb.train', 'aiinfra_nb.serve')), (module, dep)
+            if layer == 'train' and dep.startswith('aiinfra_nb.data'): assert dep == 'aiinfra_nb.data.io', (module, dep)
+            if layer == 'ops': assert dep.startswith(('aiinfra_nb.core', 'aiinfra_nb.ops')), (module, dep)
