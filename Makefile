@@ -16,8 +16,9 @@ PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
 .PHONY: help install services sync-check test test-nbs test-py demo bench clean
 
 help:
-	@echo "make demo   set up, run the pipeline (dvc repro: ingest, etl) on the full data, record it in the ops store, print 'aiinfra status'"
-	@echo "make test   set up, then: nbdev sync check, notebook tests, pytest (store on SQLite and PostgreSQL)"
+	@echo "make demo   set up, run the pipeline (dvc repro: ingest, etl, train, evaluate) on the full 2013 data, push it to the DVC remote,"
+	@echo "            run the tutorials, and print the datasets, row counts, the training's machine session and cost, the registry, 'aiinfra status'"
+	@echo "make test   set up, then: nbdev sync, markdown and dvc.lock checks, notebook tests, pytest (store on SQLite and PostgreSQL)"
 	@echo "make bench  the benchmarks in benchmarks/ (ratios measured side by side)"
 
 $(BIN)/python:
@@ -37,6 +38,7 @@ services:
 sync-check: install
 	bash .ci/check_sync.sh
 	python .ci/check_markdown.py nbs
+	python .ci/check_lock.py
 
 test-nbs: install
 	AIINFRA_HOME=$$(mktemp -d) nbdev-test nbs/api

@@ -39,3 +39,17 @@ def test_markdown_written_as_comments_fails(tmp_path):
     nb_path.write_text(json.dumps(nb, indent=1))
     p = check()
     assert p.returncode == 1 and 'nbs/api/00_core.ipynb cell 1' in p.stderr and 'markdown check FAILED' in p.stderr
+
+
+def test_stale_dvc_lock_fails(tmp_path):
+    "dvc.lock must be what the committed code produces: a changed dependency of a stage fails the check"
+    repo = copy_repo(tmp_path)
+    env = {**os.environ, 'PATH': f"{Path(sys.executable).parent}:{os.environ['PATH']}", 'DVC_NO_ANALYTICS': '1',
+           'GIT_AUTHOR_NAME': 't', 'GIT_AUTHOR_EMAIL': 't@t', 'GIT_COMMITTER_NAME': 't', 'GIT_COMMITTER_EMAIL': 't@t'}
+    for args in (['init', '-q'], ['add', '-A'], ['commit', '-qm', 'copy']): subprocess.run(['git', *args], cwd=repo, check=True, env=env)
+    check = lambda: subprocess.run([sys.executable, '.ci/check_lock.py'], cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+    p = check()
+    assert p.returncode == 0, p.stderr
+    (repo/'contracts/flights.json').write_text((repo/'contracts/flights.json').read_text() + '\n')
+    p = check()
+    assert p.returncode == 1 and 'ingest: contracts/flights.json modified' in p.stderr and 'lock check FAILED' in p.stderr
