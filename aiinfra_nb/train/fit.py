@@ -142,7 +142,8 @@ def fit(dm: TabularDataModule,  # the data
         if s.train.shutdown_command and rank0: _shutdown(s.train.shutdown_command, run)
 
 # %% ../../nbs/api/25_train.fit.ipynb #6b136630
-_QUIET_WARNINGS = ('.*does not have many workers.*', '.*is smaller than the logging interval.*')
+_QUIET_WARNINGS = ('.*does not have many workers.*', '.*is smaller than the logging interval.*',
+                   '.*exists and is not empty.*')  # the checkpoint folder is ours, kept on purpose (lineage.json)
 
 @contextlib.contextmanager
 def _quiet_lightning():
@@ -153,6 +154,7 @@ def _quiet_lightning():
     try:
         with warnings.catch_warnings():
             for pattern in _QUIET_WARNINGS: warnings.filterwarnings('ignore', message=pattern)
+            warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'pytorch_lightning\.')  # its own internals
             yield
     finally: log.setLevel(level)
 
@@ -170,14 +172,14 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
     net = TabularNet(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=p['hidden'], dropout=p['dropout'])
     system = TabularSystem(net.config, lr=p['lr'], weight_decay=p['weight_decay'])
     preempt = Preemption(ckpts.last)
-    trainer = ptl.Trainer(
-        max_epochs=p['max_epochs'], max_time=max_time, accelerator=p['accelerator'], devices=p['devices'], num_nodes=p['num_nodes'],
-        strategy=p['strategy'], precision=p['precision'], logger=StoreLogger(run) if run else False, deterministic=False,
-        callbacks=[ModelCheckpoint(dirpath=ckpts.folder, save_last=True, save_top_k=1, every_n_epochs=1), preempt]
-                  + ([TQDMProgressBar()] if progress else []),
-        use_distributed_sampler=False,  # the DataModule shards its own batches
-        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=50, num_sanity_val_steps=0)
     with _quiet_lightning():
+        trainer = ptl.Trainer(
+            max_epochs=p['max_epochs'], max_time=max_time, accelerator=p['accelerator'], devices=p['devices'], num_nodes=p['num_nodes'],
+            strategy=p['strategy'], precision=p['precision'], logger=StoreLogger(run) if run else False, deterministic=False,
+            callbacks=[ModelCheckpoint(dirpath=ckpts.folder, save_last=True, save_top_k=1, every_n_epochs=1), preempt]
+                      + ([TQDMProgressBar()] if progress else []),
+            use_distributed_sampler=False,  # the DataModule shards its own batches
+            enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=50, num_sanity_val_steps=0)
         try: trainer.fit(system, datamodule=dm, ckpt_path=resume_from)
         except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after its own cleanup: keep it an interrupt
             if isinstance(e.__context__, KeyboardInterrupt): raise e.__context__ from None
