@@ -154,7 +154,7 @@ def _quiet_lightning():
     try:
         with warnings.catch_warnings():
             for pattern in _QUIET_WARNINGS: warnings.filterwarnings('ignore', message=pattern)
-            warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'pytorch_lightning\.')  # its own internals
+            warnings.filterwarnings('ignore', message='.*LeafSpec.*', category=FutureWarning)  # Lightning's use of torch internals
             yield
     finally: log.setLevel(level)
 
