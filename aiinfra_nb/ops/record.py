@@ -274,7 +274,9 @@ def current_run() -> Run | None:
         run = _attached[run_id]
     return run
 
+# %% ../../nbs/api/02_ops.record.ipynb #d9586ca9
 def error_text(e: BaseException) -> str:
+    "The one-line form of an exception, as a failed run records it"
     return ''.join(traceback.format_exception_only(type(e), e)).strip()
 
 class Terminated(KeyboardInterrupt):
@@ -290,6 +292,7 @@ def on_sigterm(handler=_raise_terminated):
     try: yield
     finally: signal.signal(signal.SIGTERM, previous)
 
+# %% ../../nbs/api/02_ops.record.ipynb #d06d9c25
 @contextmanager
 def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGTERM interrupts the block
     "Make `run` current around a block, then end it: finished, failed (with its error) or interrupted"
