@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import polars as pl
 import sqlalchemy as sa
+import sqlglot
+from sqlglot import exp
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError
 from .io import Catalog
@@ -19,17 +21,41 @@ __all__ = ['STORE_TABLES', 'SQLError', 'check_query', 'table_name', 'tables', 's
 class SQLError(AiinfraError):
     "A query refused or failed"
 
-def _strip_comments(q: str) -> str:
-    return re.sub(r'--[^\n]*|/\*.*?\*/', ' ', q, flags=re.S)
+_READER = re.compile(r'^(read|scan)_', re.I)
 
-def check_query(query: str) -> str:
-    "`query` without comments if it is one read-only statement, else a `SQLError`"
-    q = _strip_comments(query).strip().rstrip(';').strip()
-    if not q: raise SQLError("empty query")
-    if ';' in re.sub(r"'[^']*'", '', q): raise SQLError("one statement at a time: the query holds a ';' between statements")
-    first = q.split(None, 1)[0].upper()
-    if first not in ('SELECT', 'WITH'): raise SQLError(f"only queries (SELECT, WITH) are allowed here, not {first}")
-    return q
+def _parse(query: str) -> exp.Expression:
+    "The one statement of `query`, parsed; a `SQLError` when it is not exactly one parsable statement"
+    if not query.strip(' ;\n\t'): raise SQLError("empty query")
+    error = None
+    for dialect in ('postgres', 'duckdb'):  # polars' SQL is PostgreSQL-like; DuckDB's spellings parse too
+        try: statements = [st for st in sqlglot.parse(query, read=dialect) if st is not None]; break
+        except sqlglot.errors.SqlglotError as e: error = error or e
+    else: raise SQLError(f"cannot parse the query: {str(error).splitlines()[0][:200]}")
+    if len(statements) != 1: raise SQLError(f"one statement at a time: the query holds {len(statements)} statements")
+    return statements[0]
+
+def check_query(query: str,  # SQL text, untrusted
+                allowed: list[str] | None = None,  # table names it may read (None: any plain table name)
+               ) -> set[str]:  # the tables it reads, as spelled in the query
+    "The tables `query` reads, if it is one read-only query over `allowed` tables only; else a `SQLError`"
+    st = _parse(query)
+    if not isinstance(st, exp.Query) or st.find(exp.Into):
+        raise SQLError(f"only queries (SELECT, WITH) are allowed here, not {st.key.upper()}")
+    for f in st.find_all(exp.Func):
+        name = f.name if isinstance(f, exp.Anonymous) else type(f).__name__
+        if _READER.match(name) or type(f).__name__.startswith('Read'):
+            raise SQLError(f"{f.sql()[:80]!r}: reading files or URLs is not allowed here; query the registered tables")
+    ctes = {c.alias_or_name.lower() for c in st.find_all(exp.CTE)}
+    known = {t.lower(): t for t in allowed} if allowed is not None else None
+    used = set()
+    for t in st.find_all(exp.Table):
+        if not isinstance(t.this, exp.Identifier) or t.args.get('db') or t.args.get('catalog'):
+            raise SQLError(f"{t.sql()[:80]!r} is not a table that may be queried here; tables: {', '.join(sorted(allowed or []))}")
+        if t.name.lower() in ctes: continue
+        if known is not None and t.name.lower() not in known:
+            raise SQLError(f"no table {t.name!r}; tables: {', '.join(sorted(known.values()))}")
+        used.add(t.name)
+    return used
 
 # %% ../../nbs/api/14_data.sql.ipynb #10e17993
 STORE_TABLES = [t for t in metadata.tables if t not in ('api_keys', 'schema_version')]
@@ -57,15 +83,15 @@ def sql(query: str,  # one SELECT / WITH statement
         engine: Engine | None = None,  # default: the configured store
        ) -> pl.DataFrame:
     "Run a read-only SQL query over the catalog's datasets and the store's tables"
-    q = check_query(query)
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     known = tables(cat)
-    words = {w.lower() for w in re.findall(r'[A-Za-z_][A-Za-z0-9_]*', re.sub(r"'[^']*'", '', q))}
+    by_lower = {k.lower(): k for k in known}
     ctx = pl.SQLContext()
-    for name, what in known.items():
-        if name.lower() not in words: continue
-        ctx.register(name, cat.load(what.removeprefix('dataset ')) if what.startswith('dataset') else _store_frame(name, engine or get_engine()))
-    try: return ctx.execute(q, eager=True)
+    for spelled in check_query(query, list(known)):  # registered under the query's own spelling
+        name = by_lower[spelled.lower()]
+        what = known[name]
+        ctx.register(spelled, cat.load(what.removeprefix('dataset ')) if what.startswith('dataset') else _store_frame(name, engine or get_engine()))
+    try: return ctx.execute(query.strip().rstrip(';'), eager=True)
     except (pl.exceptions.SQLInterfaceError, pl.exceptions.SQLSyntaxError, pl.exceptions.ColumnNotFoundError,
             pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
         msg = str(e).splitlines()[0]

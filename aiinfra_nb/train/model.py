@@ -4,15 +4,17 @@
 
 # %% ../../nbs/api/20_train.model.ipynb #6eb5fd1a
 from __future__ import annotations
-import math
+import logging, math
 from dataclasses import asdict, dataclass, field
 import polars as pl
 import torch
 from torch import nn
 from ..core import AiinfraError, FeatureError
 
+log = logging.getLogger('aiinfra.train')
+
 # %% auto #0
-__all__ = ['TASKS', 'MODELS', 'TrainingError', 'embedding_size', 'TabularNet', 'Preprocessor']
+__all__ = ['log', 'TASKS', 'MODELS', 'FLOAT32_MAX', 'TrainingError', 'embedding_size', 'TabularNet', 'Preprocessor']
 
 # %% ../../nbs/api/20_train.model.ipynb #e26f0833
 class TrainingError(AiinfraError):
@@ -77,6 +79,7 @@ class Preprocessor:
                           [x.std().alias(f's{i}') for i, x in enumerate(finite)]).row(0, named=True) if numeric else {}
         ok = lambda v, default: v if v is not None and math.isfinite(v) and v != 0 else default
         num = {c: dict(mean=ok(stats[f'm{i}'], 0.0), std=ok(stats[f's{i}'], 1.0)) for i, c in enumerate(numeric)}
+        _report(df, numeric, stats)
         cat = {c: sorted(df[c].drop_nulls().cast(pl.String).unique().to_list()) for c in categorical}
         return cls(num, cat)
 
@@ -100,10 +103,20 @@ class Preprocessor:
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessor: return cls(**d)
 
+FLOAT32_MAX = 3.4028234663852886e38  # the model's inputs are float32: a larger magnitude cannot reach it
+
 def _finite(c: str) -> pl.Expr:
-    "Column `c` as Float64, with NaN and infinities as missing"
+    "Column `c` as Float64, with NaN, infinities and values beyond float32's range as missing"
     x = pl.col(c).cast(pl.Float64)
-    return pl.when(x.is_finite()).then(x)
+    return pl.when(x.is_finite() & (x.abs() <= FLOAT32_MAX)).then(x)
+
+def _report(df: pl.DataFrame, numeric: list[str], stats: dict):
+    "Log the numeric columns a person should look at: values treated as missing, or no variation at all"
+    if not numeric: return
+    bad = df.select([(pl.col(c).cast(pl.Float64).is_not_null() & _finite(c).is_null()).sum().alias(c) for c in numeric]).row(0, named=True)
+    for i, c in enumerate(numeric):
+        if bad[c]: log.warning(f"column {c!r}: {bad[c]:,} NaN, infinite or out-of-range values in the training split, treated as missing")
+        if not stats.get(f's{i}'): log.warning(f"column {c!r} is constant (or empty) in the training split: it carries no information")
 
 def _check_numeric(df: pl.DataFrame, columns: list[str]):
     for c in columns:
