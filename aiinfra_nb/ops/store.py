@@ -72,7 +72,9 @@ models = sa.Table('models', metadata,
     _col('name', _Str, nullable=False), _col('version', _Int, nullable=False), _col('stage', sa.String(32)),
     _col('path', _Text), _col('run_id', sa.String(32)), _col('created_at', _Float, nullable=False),
     _col('data_version', _Str), _col('git_rev', sa.String(64)), _col('metrics', _JSON), _col('meta', _JSON),
-    sa.UniqueConstraint('name', 'version', name='uq_models_name_version'))
+    sa.UniqueConstraint('name', 'version', name='uq_models_name_version'),
+    sa.Index('uq_models_production', 'name', unique=True,  # at most one production version per model; v3
+             sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'")))
 
 services = sa.Table('services', metadata,
     _col('name', _Str, primary_key=True), _col('project', _Str), _col('kind', sa.String(32)), _col('url', _Text),
@@ -149,7 +151,14 @@ def _v2_run_parents(op):
     op.add_column('runs', sa.Column('parent_id', sa.String(32)))
     op.create_index('ix_runs_parent', 'runs', ['parent_id'])
 
-MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents}  # version -> step(op: alembic Operations) from version-1
+def _v3_one_production(op):
+    "v3: at most one production version per model (older duplicates, from concurrent promotions, are archived)"
+    op.execute(sa.text("UPDATE models SET stage = 'archived' WHERE stage = 'production' AND version < "
+                       "(SELECT max(m.version) FROM models m WHERE m.name = models.name AND m.stage = 'production')"))
+    op.create_index('uq_models_production', 'models', ['name'], unique=True,
+                    sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'"))
+
+MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, file_hash, git_revision, load_settings
-from ..ops.store import get_engine, models, query, writing
+from ..ops.store import StoreError, get_engine, models, query, writing
 from .model import MODELS
 
 # %% auto #0
@@ -67,26 +67,53 @@ def save(self: Registry, model: torch.nn.Module,  # a model of `train.model.MODE
     if MODELS.get(cls) is not type(model): raise RegistryError(f"{cls} is not a registered model class ({', '.join(MODELS)})")
     if stage not in (None, 'staging'): raise RegistryError("a new version starts unstaged or in 'staging'; use promote()")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for attempt in range(20):
-        try:
-            with writing(self.engine) as conn:
-                if conn.dialect.name == 'postgresql':  # SQLite's BEGIN IMMEDIATE already serializes writers
-                    conn.execute(sa.text('SELECT pg_advisory_xact_lock(hashtext(:k))'), {'k': f'aiinfra-model:{name}'})
-                self._adopt(conn, name)
-                version = (conn.execute(sa.select(sa.func.max(models.c.version)).where(models.c.name == name)).scalar() or 0) + 1
-                final = self.dir(name, version)
-                meta = dict(format=FORMAT, name=name, version=version, architecture={'class': cls, 'config': model.config},
-                            tensors={k: dict(dtype=str(v.dtype).removeprefix('torch.'), shape=list(v.shape)) for k, v in state.items()},
-                            features=features or {}, preprocessing=preprocessing or {}, metrics=metrics or {},
-                            validation=validation, data_version=data_version, run_id=run_id, git_rev=git_revision(),
-                            created_at=time.time())
-                conn.execute(models.insert().values(name=name, version=version, stage=stage, path=str(final), run_id=run_id,
-                                                    created_at=meta['created_at'], data_version=data_version, git_rev=meta['git_rev'],
-                                                    metrics=metrics or {}, meta={'architecture': meta['architecture'], 'features': meta['features']}))
-                self._write(final, state, meta)
-            return meta
-        except sa.exc.IntegrityError: time.sleep(0.01 * attempt)  # another process took this version number: take the next
-    raise RegistryError(f"could not allocate a version for {name!r}: too many concurrent saves")
+    folder = self.root/check_model_name(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix='.saving.'))
+    try:
+        save_file(state, tmp/WEIGHTS, metadata={'format': FORMAT})
+        sha = file_hash(tmp/WEIGHTS)
+        meta = dict(format=FORMAT, name=name, version=None, architecture={'class': cls, 'config': model.config},
+                    tensors={k: dict(dtype=str(v.dtype).removeprefix('torch.'), shape=list(v.shape)) for k, v in state.items()},
+                    features=features or {}, preprocessing=preprocessing or {}, metrics=metrics or {}, validation=validation,
+                    data_version=data_version, run_id=run_id, git_rev=git_revision(), created_at=time.time(), sha256=sha)
+        for attempt in range(20):
+            try:
+                with writing(self.engine) as conn:
+                    _lock_model(conn, name)
+                    self._adopt(conn, name)
+                    meta['version'] = (conn.execute(sa.select(sa.func.max(models.c.version)).where(models.c.name == name)).scalar() or 0) + 1
+                    final = self.dir(name, meta['version'])
+                    conn.execute(models.insert().values(
+                        name=name, version=meta['version'], stage=stage, path=str(final), run_id=run_id, created_at=meta['created_at'],
+                        data_version=data_version, git_rev=meta['git_rev'], metrics=metrics or {},
+                        meta={'architecture': meta['architecture'], 'features': meta['features'], 'sha256': sha}))
+                    (tmp/META).write_text(json.dumps(meta, indent=1, default=str) + '\n')
+                    os.chmod(tmp, 0o755)
+                    os.replace(tmp, final)  # if the commit fails now, `_settle` finds out whether it went through
+                return meta
+            except sa.exc.IntegrityError: time.sleep(0.01 * attempt)  # another process took this version number: take the next
+            except sa.exc.OperationalError as e:  # the connection dropped, the store was busy: retry, a bounded number of times
+                if not tmp.exists() and self._settle(name, meta['version'], sha, tmp): return meta
+                if attempt >= 4: raise StoreError(f"could not register {name!r}: the store failed ({str(e.orig).splitlines()[0]})") from None
+                time.sleep(0.2 * (attempt + 1))
+        raise RegistryError(f"could not allocate a version for {name!r}: too many concurrent saves")
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
+@patch
+def _settle(self: Registry, name: str, version: int, sha: str, tmp: Path) -> bool:
+    "After a commit failed once the files were in place: True if it went through after all, else take the files back"
+    final = self.dir(name, version)
+    try: rows = query(sa.select(models.c.meta).where((models.c.name == name) & (models.c.version == version)), self.engine)
+    except sa.exc.OperationalError: return False  # still unreachable: the folder stays, and the next save adopts it
+    if rows and (rows[0]['meta'] or {}).get('sha256') == sha: return True
+    os.replace(final, tmp)
+    return False
+
+def _lock_model(conn, name: str):
+    "Hold model `name`'s lock until the transaction ends (SQLite's BEGIN IMMEDIATE already serializes writers)"
+    if conn.dialect.name == 'postgresql':
+        conn.execute(sa.text('SELECT pg_advisory_xact_lock(hashtext(:k))'), {'k': f'aiinfra-model:{name}'})
 
 @patch
 def _adopt(self: Registry, conn, name: str):
@@ -104,21 +131,8 @@ def _adopt(self: Registry, conn, name: str):
         conn.execute(models.insert().values(name=name, version=v, stage=None, path=str(d), run_id=meta.get('run_id'),
                                             created_at=meta.get('created_at') or time.time(), data_version=meta.get('data_version'),
                                             git_rev=meta.get('git_rev'), metrics=meta.get('metrics') or {},
-                                            meta={'architecture': meta.get('architecture'), 'features': meta.get('features'), 'adopted': True}))
-
-@patch
-def _write(self: Registry, final: Path, state: dict, meta: dict):
-    "Write the weights and metadata to a temporary folder, then rename it to `final`"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.'))
-    try:
-        save_file(state, tmp/WEIGHTS, metadata={'format': FORMAT})
-        meta['sha256'] = file_hash(tmp/WEIGHTS)
-        (tmp/META).write_text(json.dumps(meta, indent=1, default=str) + '\n')
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+                                            meta={'architecture': meta.get('architecture'), 'features': meta.get('features'),
+                                                  'sha256': meta.get('sha256'), 'adopted': True}))
 
 # %% ../../nbs/api/24_train.registry.ipynb #2ee7ea0c
 @patch
@@ -159,20 +173,35 @@ def load(self: Registry, name: str, version: int | None = None,  # default: the 
         ) -> tuple[torch.nn.Module, dict]:  # the model in eval mode, and its metadata
     "Rebuild model `name` from its JSON and safetensors files, after checking both"
     version = self._resolve(name, version, stage)
-    d = self.dir(name, version)
+    d = self._checked_dir(name, version)
     try: meta = json.loads((d/META).read_text())
     except (OSError, ValueError) as e: raise RegistryError(f"{d/META}: unreadable model metadata ({e})") from None
-    if meta.get('format') != FORMAT: raise RegistryError(f"{d/META}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    cls = MODELS.get(meta.get('architecture', {}).get('class'))
-    if cls is None: raise RegistryError(f"{d/META}: unknown model class {meta.get('architecture', {}).get('class')!r}")
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT: raise RegistryError(f"{d/META}: not an {FORMAT} model description")
+    cls = MODELS.get((meta.get('architecture') or {}).get('class'))
+    if cls is None: raise RegistryError(f"{d/META}: unknown model class {(meta.get('architecture') or {}).get('class')!r}")
+    recorded = query(sa.select(models.c.meta).where((models.c.name == name) & (models.c.version == version)), self.engine)[0]['meta'] or {}
+    if recorded.get('sha256') and recorded['sha256'] != meta.get('sha256'):
+        raise RegistryError(f"{d}: its files are not the ones registered (the store recorded another SHA-256); refusing to load it")
+    try:
+        with torch.device('meta'): shapes = cls.from_config(meta['architecture']['config'])  # no memory: shapes only
+    except Exception as e: raise RegistryError(f"{d/META}: the architecture config does not build a {cls.__name__}: {e}") from None
+    want = {k: dict(dtype=str(v.dtype).removeprefix('torch.'), shape=list(v.shape)) for k, v in shapes.state_dict().items()}
+    if want != meta.get('tensors'):
+        raise RegistryError(f"{d/META}: its architecture does not match its weights: {_tensor_diff(want, meta.get('tensors') or {})}")
     tensors = _check_weights(d/WEIGHTS, meta)
-    try: model = cls.from_config(meta['architecture']['config'])
-    except (TypeError, ValueError) as e: raise RegistryError(f"{d/META}: the architecture config does not build a {cls.__name__}: {e}") from None
-    want = {k: dict(dtype=str(v.dtype).removeprefix('torch.'), shape=list(v.shape)) for k, v in model.state_dict().items()}
-    if want != meta['tensors']:
-        raise RegistryError(f"{d/META}: its architecture does not match its weights: {_tensor_diff(want, meta['tensors'])}")
+    model = cls.from_config(meta['architecture']['config'])
     model.load_state_dict(tensors, strict=True)
     return model.eval(), meta
+
+@patch
+def _checked_dir(self: Registry, name: str, version: int) -> Path:
+    "The folder of a version, refused when it (or a file in it) is a link or resolves outside the registry"
+    d = self.dir(name, version)
+    root = self.root.resolve()
+    for p in (d, d/META, d/WEIGHTS):
+        if p.is_symlink() or (p.exists() and root not in p.resolve().parents):
+            raise RegistryError(f"{p} is a link or lies outside the registry {root}: refusing to load it")
+    return d
 
 # %% ../../nbs/api/24_train.registry.ipynb #772382bc
 @patch
@@ -180,7 +209,9 @@ def promote(self: Registry, name: str, version: int, stage: str = 'production') 
     "Put `version` of model `name` in `stage` (the previous production version is archived)"
     if stage not in STAGES: raise RegistryError(f"stage {stage!r}: expected one of {STAGES}")
     version = self._resolve(name, version, None)
+    if stage != 'archived': self.load(name, version)  # a version whose files are missing or altered never goes live
     with writing(self.engine) as conn:
+        _lock_model(conn, name)  # concurrent promotions take turns: one production version at a time
         if stage in ('production', 'staging'):
             conn.execute(models.update().where((models.c.name == name) & (models.c.stage == stage) & (models.c.version != version))
                          .values(stage='archived' if stage == 'production' else None))
