@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/00_core.ipynb #3379bf31
 from __future__ import annotations
-import ast, configparser, hashlib, os, subprocess, tempfile, time
+import ast, configparser, hashlib, math, os, subprocess, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -55,6 +55,10 @@ home = ~/.aiinfra
 queue_rows = 200000
 batch_rows = 20000
 flush_s = 0.5
+# the longest a caller waits for room in a full queue (the store down or slow) before its rows are dropped and counted
+put_wait_s = 1.0
+# the longest ending a run waits for its queued rows to reach the store
+end_flush_s = 30
 
 [machines]
 # this machine's kind in [prices]; empty: detected (cpu-<cores> or gpu-<model>)
@@ -97,16 +101,18 @@ checkpoints = data/checkpoints
 shutdown_command =
 """
 
+# a type, optionally with its range: 'int 1..65535', 'float 0..' (numbers are always finite)
 SETTINGS_SCHEMA = {
     'project': {'name': 'str'},
-    'store': {'url': 'str', 'home': 'path'},
-    'record': {'queue_rows': 'int', 'batch_rows': 'int', 'flush_s': 'float'},
-    'machines': {'kind': 'str', 'heartbeat_s': 'float', 'off_after_s': 'float', 'idle_cpu_pct': 'float',
-                 'idle_gpu_pct': 'float', 'idle_after_min': 'float'},
-    'prices': '*float',  # open section: any key, each a number
-    'service': {'host': 'str', 'port': 'int'},
+    'store': {'url': 'str', 'home': 'folder'},
+    'record': {'queue_rows': 'int 1..', 'batch_rows': 'int 1..', 'flush_s': 'float 0.001..3600', 'put_wait_s': 'float 0..3600',
+               'end_flush_s': 'float 0..3600'},
+    'machines': {'kind': 'str', 'heartbeat_s': 'float 0..86400', 'off_after_s': 'float 1..', 'idle_cpu_pct': 'float 0..100',
+                 'idle_gpu_pct': 'float 0..100', 'idle_after_min': 'float 0..'},
+    'prices': '*float 0..',  # open section: any key, each a price
+    'service': {'host': 'str', 'port': 'int 1..65535'},
     'portfolio': {'root': 'path'},
-    'data': {'dir': 'path'},
+    'data': {'dir': 'folder'},
     'train': {'checkpoints': 'path', 'shutdown_command': 'str'},
 }
 
@@ -122,16 +128,25 @@ def _to_bool(v: str) -> bool:
     raise ValueError(v)
 
 _TYPES = {'str': (str, 'text'), 'int': (int, 'a whole number, e.g. 8000'), 'float': (float, 'a number, e.g. 0.5'),
-          'bool': (_to_bool, 'true or false'), 'path': (str, 'a folder or file path')}
+          'bool': (_to_bool, 'true or false'), 'path': (str, 'a folder or file path'),
+          'folder': (str, 'a folder (required)')}
 
-def _convert(typ: str, raw: str, where: str, base: Path):
-    "Convert `raw` to `typ`, or raise a `SettingsError` naming `where`"
+def _convert(spec: str, raw: str, where: str, base: Path):
+    "Convert `raw` to the type of `spec` ('int 1..65535'), within its range, or raise a `SettingsError` naming `where`"
+    typ, _, bounds = spec.partition(' ')
     fn, form = _TYPES[typ]
     raw = raw.strip()
-    if typ == 'path': return (base/Path(raw).expanduser()).resolve() if raw else None
+    if typ in ('path', 'folder'):
+        if typ == 'folder' and not raw: raise SettingsError(f"{where} is empty: expected {form}")
+        return (base/Path(raw).expanduser()).resolve() if raw else None
     if typ == 'str': return raw
-    try: return fn(raw)
+    try: v = fn(raw)
     except ValueError: raise SettingsError(f"{where} = {raw!r}: expected {form}") from None
+    lo, _, hi = bounds.partition('..')
+    if (isinstance(v, float) and not math.isfinite(v)) or (lo and v < float(lo)) or (hi and v > float(hi)):
+        want = f"between {lo} and {hi}" if lo and hi else (f"at least {lo}" if lo else f"at most {hi}") if bounds else 'a finite number'
+        raise SettingsError(f"{where} = {raw!r}: expected {want}")
+    return v
 
 # %% ../nbs/api/00_core.ipynb #5eb7de58
 def _parse_error(path: Path, e: configparser.Error) -> SettingsError:
@@ -191,7 +206,7 @@ def read_settings(root: str | Path | None = None,  # project root; default: `pro
     for (s, k), (v, var) in _env_settings(environ).items(): raw[(s, k)] = v, var, Path.cwd()
     out = AttrDict({s: AttrDict() for s in SETTINGS_SCHEMA})
     for (s, k), (v, src, base) in raw.items():
-        typ = SETTINGS_SCHEMA[s][k] if isinstance(SETTINGS_SCHEMA[s], dict) else SETTINGS_SCHEMA[s].lstrip('*')
+        typ = SETTINGS_SCHEMA[s][k] if isinstance(SETTINGS_SCHEMA[s], dict) else SETTINGS_SCHEMA[s].lstrip('*')  # a spec
         where = f"{src} [{s}] {k}" if src.endswith('.ini') or src == '<defaults>' else src
         out[s][k] = _convert(typ, v, where, base)
     if not out.project.name: out.project.name = root.name

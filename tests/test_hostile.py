@@ -73,3 +73,47 @@ def test_non_finite_values_do_not_zero_a_feature(bad):
     assert all(map(lambda v: abs(v) < 1e300, pre.numeric['d'].values()))
     x, _ = pre.transform(pl.DataFrame({'d': [1.0, 4.0]}))
     assert x[0, 0] < 0 < x[1, 0]
+
+
+def test_store_cut_during_fit_fails_the_run_runs_the_shutdown_command_and_returns(tmp_path, pg_url):
+    """The store stops accepting connections mid-training: fit raises a StoreError within a bound, the shutdown command runs,
+    and the run is recorded as failed once the store is back"""
+    import signal, time
+    import sqlalchemy as sa
+    from aiinfra_nb.ops.store import query, runs
+    marker = tmp_path/'machine-off'
+    script = tmp_path/'train.py'
+    script.write_text(TRAIN_SMALL)
+    env = {**os.environ, 'AIINFRA_DB_URL': pg_url, 'AIINFRA_DATA_DIR': str(tmp_path/'data'), 'AIINFRA_TRAIN_CHECKPOINTS': str(tmp_path/'ckpt'),
+           'AIINFRA_TRAIN_SHUTDOWN_COMMAND': f'touch {marker}', 'AIINFRA_RECORD_END_FLUSH_S': '5', 'PYTHONUNBUFFERED': '1'}
+    db = sa.make_url(pg_url).database
+    admin = sa.create_engine(sa.make_url(pg_url).set(database='postgres'), isolation_level='AUTOCOMMIT')
+    t0 = time.time()
+    p = subprocess.Popen([sys.executable, str(script)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path/'ckpt/job/last.ckpt').exists():
+        assert p.poll() is None and time.time() - t0 < 120, p.communicate()
+        time.sleep(0.05)
+    with admin.connect() as c:  # the store goes away
+        c.exec_driver_sql(f'ALTER DATABASE {db} ALLOW_CONNECTIONS false')
+        c.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()")
+    time.sleep(7)
+    with admin.connect() as c: c.exec_driver_sql(f'ALTER DATABASE {db} ALLOW_CONNECTIONS true')  # ...and comes back
+    out, err = p.communicate(timeout=120)
+    assert time.time() - t0 < 120
+    assert p.returncode == 1 and 'StoreError' in err and marker.exists(), err[-3000:]
+    (r,) = query(sa.select(runs.c.status, runs.c.error).where(runs.c.kind == 'train'), get_engine(pg_url))
+    assert r['status'] == 'failed' and 'store' in r['error']
+    admin.dispose()
+
+
+TRAIN_SMALL = """
+from datetime import datetime, timedelta
+import polars as pl, torch
+from aiinfra_nb.train.datamodule import TabularDataModule
+from aiinfra_nb.train.fit import fit
+n = 40_000
+d = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 2000
+df = pl.DataFrame({'time_hour': [datetime(2013, 1, 1) + timedelta(minutes=i) for i in range(n)], 'distance': d.tolist(),
+                   'delayed': (d > 1000).tolist()})
+fit(TabularDataModule(df, batch_size=512), name='job', hidden=[16], max_epochs=2, accelerator='cpu', progress=False)
+"""

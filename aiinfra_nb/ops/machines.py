@@ -114,7 +114,11 @@ class MachineSession:
         return self
 
     def __enter__(self): return self.open()
-    def __exit__(self, *exc): self.close()
+    def __exit__(self, exc_type, *_):
+        try: self.close()
+        except Exception as e:  # the store failed: never hide the exception that is already on its way
+            if exc_type is None: raise
+            print(f"aiinfra: could not close machine session {self.id} (it turns off when its heartbeat goes stale): {e}", file=sys.stderr)
 
 # %% ../../nbs/api/03_ops.machines.ipynb #929620d5
 @patch

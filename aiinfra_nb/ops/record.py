@@ -14,9 +14,9 @@ from ..core import AiinfraError, git_revision, load_settings
 from .store import events, get_engine, insert_ignore, projects, query, runs, store_url, writing
 
 # %% auto #0
-__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'END_FLUSH_S', 'LEVELS', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id',
-           'Run', 'jsonable', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run',
-           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'list_runs', 'list_events']
+__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run', 'jsonable',
+           'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run', 'log_metrics',
+           'check_level', 'log_event', 'StoreHandler', 'list_runs', 'list_events']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {
@@ -39,8 +39,9 @@ class BatchWriter:
     def __init__(self, engine: Engine,  # the store
                  queue_rows: int = 200_000,  # rows queued before `put` waits
                  batch_rows: int = 20_000,  # rows per transaction, at most (a call is never split)
-                 flush_s: float = 0.5):  # the longest a row waits before being written
-        self.engine, self.queue_rows, self.batch_rows, self.flush_s = engine, queue_rows, batch_rows, flush_s
+                 flush_s: float = 0.5,  # the longest a row waits before being written
+                 put_wait_s: float = 1.0):  # the longest `put` waits for room before dropping its rows
+        self.engine, self.queue_rows, self.batch_rows, self.flush_s, self.put_wait_s = engine, queue_rows, batch_rows, flush_s, put_wait_s
         self._sql = {t: _insert_sql(engine, t) for t in FAST_COLUMNS}
         self._items, self._cv = deque(), threading.Condition()
         self._queued = self._put_total = self._done_total = 0
@@ -49,16 +50,24 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name='aiinfra-writer', daemon=True)
         self._thread.start()
 
-    def put(self, table: str, rows: list[tuple]):
-        "Queue `rows` (tuples in `FAST_COLUMNS[table]` order) for `table`; waits only while the queue is full"
-        if not rows: return
+    def put(self, table: str, rows: list[tuple]) -> bool:
+        "Queue `rows` (tuples in `FAST_COLUMNS[table]` order) for `table`; False if they were dropped (queue full too long)"
+        if not rows: return True
         with self._cv:
             if self._closed: raise AiinfraError("the store writer is closed (the process is exiting)")
-            while self._queued >= self.queue_rows: self._cv.wait()
+            if not self._cv.wait_for(lambda: self._queued < self.queue_rows, self.put_wait_s):
+                self._drop(len(rows), f"the queue stayed full for {self.put_wait_s}s (the store is down or slow)")
+                return False
             self._items.append((table, rows))
             self._queued += len(rows); self._put_total += len(rows)
             if self._queued >= self.batch_rows: self._cv.notify_all()
+        return True
 
+    def _drop(self, n: int, why: str):
+        "Count `n` rows lost; say so on stderr the first time and every 10,000 rows after"
+        before, self.dropped = self.dropped, self.dropped + n
+        if before == 0 or before // 10_000 != self.dropped // 10_000:
+            print(f"aiinfra: {self.dropped:,} rows dropped so far: {why}", file=sys.stderr)
     def flush(self, timeout: float | None = None) -> bool:
         "Wait until every row queued so far is committed; False on timeout"
         with self._cv:
@@ -92,16 +101,22 @@ def _commit(self: BatchWriter, batch: list):
         try:
             with self.engine.begin() as conn: self._insert(conn, batch)
             return
-        except sa.exc.OperationalError as e:  # lock held too long, connection lost: wait and retry
-            print(f"aiinfra: store busy or unreachable, retrying in {delay:.1f}s: {str(e.orig).splitlines()[0]}", file=sys.stderr)
+        except sa.exc.OperationalError as e:  # lock held too long, connection lost: wait and retry; a full disk is not transient
+            msg = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+            if _disk_full(e): return self._drop(sum(len(r) for _, r in batch), f"the store's disk is full ({msg})")
+            if self._closed: return self._drop(sum(len(r) for _, r in batch), f"the store is unreachable and the writer is closing ({msg})")
+            print(f"aiinfra: store busy or unreachable, retrying in {delay:.1f}s: {msg}", file=sys.stderr)
             time.sleep(delay); delay = min(delay * 2, 5.0)
         except sa.exc.DBAPIError:
             if len(batch) == 1:
-                self.dropped += len(batch[0][1])
-                print(f"aiinfra: dropped {len(batch[0][1])} {batch[0][0]} rows the store refused: {traceback.format_exc(limit=0).strip()}", file=sys.stderr)
-                return
+                return self._drop(len(batch[0][1]), f"the store refused {batch[0][0]} rows: {traceback.format_exc(limit=0).strip()}")
             for item in batch: self._commit([item])
             return
+
+def _disk_full(e: sa.exc.OperationalError) -> bool:
+    "SQLite's SQLITE_FULL or PostgreSQL's disk_full (53100)"
+    return getattr(e.orig, 'sqlite_errorname', None) == 'SQLITE_FULL' or getattr(e.orig, 'sqlstate', None) == '53100' \
+           or 'disk is full' in str(e.orig) or 'No space left on device' in str(e.orig)
 
 @patch
 def _insert(self: BatchWriter, conn, batch: list):
@@ -139,7 +154,7 @@ def _new_writer(engine: Engine) -> BatchWriter:
     with _writer_lock:
         if engine not in _writers:
             r = load_settings().record
-            _writers[engine] = BatchWriter(engine, r.queue_rows, r.batch_rows, r.flush_s)
+            _writers[engine] = BatchWriter(engine, r.queue_rows, r.batch_rows, r.flush_s, r.put_wait_s)
         return _writers[engine]
 
 def flush(timeout: float | None = None) -> bool:
@@ -232,8 +247,6 @@ def log_event(self: Run, message: str, level: str = 'INFO', logger: str = 'aiinf
     log_event(message, level=level, logger=logger, run=self, **extra)
 
 # %% ../../nbs/api/02_ops.record.ipynb #4d689791
-END_FLUSH_S = 60.0  # the longest `end` waits for the run's queued metrics and events
-
 @patch
 def update(self: Run, **fields):
     "Set columns of this run's row (`output`, `data_version`, ...); `extra` is merged into the run's extra"
@@ -251,8 +264,8 @@ def end(self: Run, status: str = 'finished',  # one of `RUN_STATUSES`
     "Flush this run's metrics and events, then mark it ended (once: later calls do nothing)"
     if status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
     if self.status != 'running': return
-    if not flush(END_FLUSH_S):
-        print(f"aiinfra: the store did not take run {self.id}'s last rows within {END_FLUSH_S:.0f}s; ending it anyway", file=sys.stderr)
+    wait = load_settings().record.end_flush_s
+    if not flush(wait): print(f"aiinfra: the store did not take run {self.id}'s last rows within {wait:.0f}s; ending it anyway", file=sys.stderr)
     now = time.time()
     with writing(self.engine) as conn:
         started = conn.execute(sa.select(runs.c.started_at).where(runs.c.id == self.id)).scalar_one()
@@ -300,15 +313,18 @@ def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGT
     try:
         with on_sigterm() if sigterm else contextlib.nullcontext(): yield run
     except KeyboardInterrupt as e:
-        run.end('interrupted', 'SIGTERM' if isinstance(e, Terminated) else 'KeyboardInterrupt'); raise
+        _end_after(run, 'interrupted', 'SIGTERM' if isinstance(e, Terminated) else 'KeyboardInterrupt'); raise
     except SystemExit as e:
-        if e.code in (None, 0): run.end('finished')
-        else: run.end('failed', f"SystemExit: {e.code}")
-        raise
+        _end_after(run, *(('finished', None) if e.code in (None, 0) else ('failed', f"SystemExit: {e.code}"))); raise
     except BaseException as e:
-        run.end('failed', error_text(e)); raise
+        _end_after(run, 'failed', error_text(e)); raise
     else: run.end('finished')
     finally: _current.reset(token)
+
+def _end_after(run: Run, status: str, error: str | None):
+    "End `run` while an exception propagates: a store that fails now is reported, and never hides that exception"
+    try: run.end(status, error)
+    except Exception as e: print(f"aiinfra: could not record run {run.id} as {status}: {error_text(e)}", file=sys.stderr)
 
 @contextmanager
 def start_run(kind: str = 'notebook', name: str | None = None, project: str | None = None,
