@@ -73,7 +73,7 @@ def status(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     idle = f"  [yellow]idle: {', '.join(out['idle_machines'])}[/]" if out['idle_machines'] else ''
     c.print(f"[bold]machines[/]   {out['machines_on']} on of {out['machines']}{idle}")
     c.print(f"[bold]cost today[/] {money(out['cost_today'])}")
-    show(out['latest_runs'], ['started_at', 'project', 'kind', 'name', 'status', 'duration_s', 'id'], title='latest runs')
+    show(out['latest_runs'], ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'id'], title='latest runs')
 
 # %% ../nbs/api/50_cli.ipynb #745ea559
 @app.command()
@@ -84,7 +84,7 @@ def runs(project: str = typer.Option(None, help='only this project'),
          as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The latest runs"
     rows = list_runs(project=project, status=status, kind=kind, limit=limit)
-    show(rows, ['started_at', 'project', 'kind', 'name', 'status', 'duration_s', 'host', 'error', 'id', 'parent_id'], as_json=as_json)
+    show(rows, ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'host', 'error', 'id', 'parent_id'], as_json=as_json)
 
 @app.command()
 def machines(as_json: bool = typer.Option(False, '--json', help='print JSON')):

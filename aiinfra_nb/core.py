@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/00_core.ipynb #3379bf31
 from __future__ import annotations
-import ast, configparser, hashlib, math, os, subprocess, tempfile, time
+import ast, configparser, hashlib, math, os, re, subprocess, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,8 +12,9 @@ from fastcore.basics import AttrDict
 
 # %% auto #0
 __all__ = ['ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S', 'AiinfraError',
-           'SettingsError', 'FeatureError', 'project_root', 'read_settings', 'load_settings', 'clear_settings_cache',
-           'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'file_hash', 'git_revision']
+           'SettingsError', 'FeatureError', 'project_root', 'read_settings', 'mask_secrets', 'load_settings',
+           'clear_settings_cache', 'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries',
+           'file_hash', 'git_revision']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -212,6 +213,19 @@ def read_settings(root: str | Path | None = None,  # project root; default: `pro
     if not out.project.name: out.project.name = root.name
     return out
 
+# %% ../nbs/api/00_core.ipynb #ede7c2b8
+_SECRET_KEY = re.compile(r'pass(word)?|passwd|pwd|secret|token|api[_-]?key|credential|private[_-]?key', re.I)
+_URL_USERINFO = re.compile(r'(://[^:/@\s]+:)[^@/\s]+@')
+_URL_QUERY = re.compile(r'([?&;](?:[a-z_]*pass(?:word)?|pwd|secret|token|api[_-]?key|sslpassword)=)[^&;#\s]+', re.I)
+
+def mask_secrets(value):
+    "`value` (a string, or dicts and lists of them) with passwords, tokens and keys replaced by ***"
+    if isinstance(value, str): return _URL_QUERY.sub(r'\1***', _URL_USERINFO.sub(r'\1***@', value))
+    if isinstance(value, dict): return {k: '***' if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, '') else mask_secrets(v)
+                                        for k, v in value.items()}
+    if isinstance(value, (list, tuple)): return type(value)(mask_secrets(v) for v in value)
+    return value
+
 # %% ../nbs/api/00_core.ipynb #8b8e83bb
 FILE_CHECK_S = 1.0  # how often a cached settings.ini is checked for changes
 _settings_cache: dict = {}  # (cwd, root) -> [settings, env signature, file signature, checked at]
@@ -279,7 +293,7 @@ def atomic_file(path: str | Path,  # the file to (over)write
     "Yield a temporary path that replaces `path` (durably) when the block succeeds"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp')  # the pid: see `stale_temporaries`
     os.close(fd)
     try:
         yield Path(tmp)
@@ -294,6 +308,17 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     "Write `data` to `path` so that readers only ever see the old or the new content"
     with atomic_file(path) as tmp: tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    "Temporaries of `atomic_file(path)` whose writing process is gone (killed mid-write): safe to delete"
+    path, out = Path(path), []
+    for t in path.parent.glob(f'.{path.name}.*.tmp'):
+        pid = t.name[len(path.name) + 2:].split('.', 1)[0]
+        if not pid.isdigit(): out.append(t); continue  # written before pids were in the name
+        try: os.kill(int(pid), 0)
+        except ProcessLookupError: out.append(t)
+        except PermissionError: pass  # alive, someone else's
+    return out
 
 # %% ../nbs/api/00_core.ipynb #343a0dc1
 def file_hash(path: str | Path) -> str:

@@ -8,7 +8,7 @@ import difflib, io, json, re, time
 from pathlib import Path
 import polars as pl
 from fastcore.basics import patch
-from ..core import AiinfraError, atomic_file, atomic_write, file_hash, load_settings, project_root
+from ..core import AiinfraError, atomic_file, atomic_write, file_hash, load_settings, mask_secrets, project_root, stale_temporaries
 from .contracts import Contract, check, load_contract
 from .sources import Extract
 import sqlalchemy as sa
@@ -39,8 +39,9 @@ class Catalog:
 
     def path(self, name: str) -> Path:
         "The parquet file of dataset `name`"
-        p = (self.root/f'{check_name(name)}.parquet').resolve()
-        if self.root.resolve() not in p.parents: raise DatasetError(f"dataset name {name!r} leaves the catalog {self.root}")
+        root = self.root.resolve()
+        p = root/f'{check_name(name)}.parquet'  # a name cannot climb out (checked above); its folders must not lead out either
+        if p.parent != root and root not in p.parent.resolve().parents: raise DatasetError(f"dataset name {name!r} leaves the catalog {self.root}")
         return p
 
     def _side(self, name: str, kind: str) -> Path: return self.path(name).with_suffix(f'.{kind}.json')
@@ -72,8 +73,8 @@ def save(self: Catalog, data: pl.DataFrame | pl.LazyFrame,  # the dataset
         ) -> dict:  # the dataset's metadata
     "Check `data` against `contract`, then write it atomically as dataset `name` with its metadata"
     path, contract = self.path(name), _as_contract(contract)
-    for f in (path, self._side(name, 'meta'), self._side(name, 'contract')):  # temporaries left by a killed writer
-        for stale in f.parent.glob(f'.{f.name}.*.tmp'): stale.unlink(missing_ok=True)
+    for f in (path, self._side(name, 'meta'), self._side(name, 'contract')):  # temporaries of killed writers, not of live ones
+        for stale in stale_temporaries(f): stale.unlink(missing_ok=True)
     if isinstance(data, pl.DataFrame) and contract: check(contract, data)
     with atomic_file(path) as tmp:
         if isinstance(data, pl.LazyFrame):
@@ -86,7 +87,7 @@ def save(self: Catalog, data: pl.DataFrame | pl.LazyFrame,  # the dataset
     run = current_run()
     meta = dict(name=name, rows=rows, columns={k: str(v) for k, v in schema.items()}, sha256=digest,
                 contract=contract.name if contract else None,
-                sources=[dict(source=s.source, version=s.version) if isinstance(s, Extract) else s for s in (sources or [])])
+                sources=mask_secrets([dict(source=s.source, version=s.version) if isinstance(s, Extract) else s for s in (sources or [])]))
     if contract: contract.save(self._side(name, 'contract'))
     atomic_write(self._side(name, 'meta'), json.dumps(meta, indent=1) + '\n')
     if run:

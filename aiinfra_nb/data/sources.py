@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
-from ..core import AiinfraError, file_hash
+from ..core import AiinfraError, file_hash, mask_secrets
 
 # %% auto #0
 __all__ = ['FLIGHTS13_TABLES', 'FLIGHTS13_DATES', 'SourceError', 'Extract', 'sha256_bytes', 'read_csv', 'scan_csv',
@@ -118,9 +118,9 @@ def read_sql(url: str,  # SQLAlchemy URL of the source database
         engine = sa.create_engine(url)
         with engine.connect() as conn: df = pl.read_database(query, connection=conn)
     except (sa.exc.SQLAlchemyError, ImportError) as e:
-        raise SourceError(f"query on {sa.make_url(url).render_as_string(hide_password=True)} failed: {str(e).splitlines()[0]}") from None
+        raise SourceError(f"query on {mask_secrets(sa.make_url(url).render_as_string(hide_password=True))} failed: {str(e).splitlines()[0]}") from None
     buf = io.BytesIO(); df.write_parquet(buf)
-    return Extract(df, f"{sa.make_url(url).render_as_string(hide_password=True)}: {query}", sha256_bytes(buf.getvalue()))
+    return Extract(df, f"{mask_secrets(sa.make_url(url).render_as_string(hide_password=True))}: {query}", sha256_bytes(buf.getvalue()))
 
 # %% ../../nbs/api/10_data.sources.ipynb #40f3b6e6
 FLIGHTS13_TABLES = {'flights': 'flights.csv.zip', 'weather': 'weather.csv', 'planes': 'planes.csv',

@@ -10,13 +10,13 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, git_revision, load_settings
+from ..core import AiinfraError, git_revision, load_settings, mask_secrets
 from .store import events, get_engine, insert_ignore, projects, query, runs, store_url, writing
 
 # %% auto #0
-__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run', 'jsonable',
-           'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run', 'log_metrics',
-           'check_level', 'log_event', 'StoreHandler', 'list_runs', 'list_events']
+__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id',
+           'Run', 'jsonable', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run',
+           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit', 'list_runs', 'list_events']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {
@@ -201,14 +201,14 @@ class Run:
         engine = engine or get_engine()
         parent = parent or current_run()
         project = project or (parent.project if isinstance(parent, Run) else load_settings().project.name)
-        run = cls(new_id(), project, kind, engine, jsonable(params or {}))
+        run = cls(new_id(), project, kind, engine, mask_secrets(jsonable(params or {})))
         now = time.time()
         with writing(engine) as conn:
             insert_ignore(conn, projects, name=project, created_at=now)
             conn.execute(runs.insert().values(
                 id=run.id, project=project, kind=kind, name=name, status='running', params=run.params,
-                started_at=now, host=socket.gethostname(), pid=os.getpid(), git_rev=git_revision(),
-                data_version=data_version, extra=jsonable(extra) or None,
+                started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=os.getpid(), git_rev=git_revision(),
+                data_version=data_version, extra=mask_secrets(jsonable(extra)) or None,
                 parent_id=parent.id if isinstance(parent, Run) else parent))
         return run
 
@@ -217,7 +217,7 @@ class Run:
         "The run `run_id`, already in the store (started by another process)"
         engine = engine or get_engine()
         row = query(sa.select(runs.c.project, runs.c.kind, runs.c.status, runs.c.params).where(runs.c.id == run_id), engine)
-        if not row: raise RecordError(f"no run {run_id!r} in the store {engine.url.render_as_string(hide_password=True)}")
+        if not row: raise RecordError(f"no run {run_id!r} in the store {mask_secrets(engine.url.render_as_string(hide_password=True))}")
         run = cls(run_id, row[0]['project'], row[0]['kind'], engine, row[0]['params'])
         run.status = row[0]['status']
         return run
@@ -250,12 +250,12 @@ def log_event(self: Run, message: str, level: str = 'INFO', logger: str = 'aiinf
 @patch
 def update(self: Run, **fields):
     "Set columns of this run's row (`output`, `data_version`, ...); `extra` is merged into the run's extra"
-    if 'params' in fields: fields['params'] = self.params = jsonable(fields['params'])
+    if 'params' in fields: fields['params'] = self.params = mask_secrets(jsonable(fields['params']))
     with writing(self.engine) as conn:
         where = runs.c.id == self.id
         if 'extra' in fields:
             old = conn.execute(sa.select(runs.c.extra).where(where).with_for_update()).scalar_one_or_none() or {}
-            fields['extra'] = {**old, **jsonable(fields['extra'])}
+            fields['extra'] = {**old, **mask_secrets(jsonable(fields['extra']))}
         conn.execute(runs.update().where(where).values(**fields))
 
 @patch
@@ -309,7 +309,7 @@ def on_sigterm(handler=_raise_terminated):
 @contextmanager
 def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGTERM interrupts the block
     "Make `run` current around a block, then end it: finished, failed (with its error) or interrupted"
-    token = _current.set(run)
+    token, beating = _current.set(run), _Heartbeat(run)
     try:
         with on_sigterm() if sigterm else contextlib.nullcontext(): yield run
     except KeyboardInterrupt as e:
@@ -319,7 +319,21 @@ def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGT
     except BaseException as e:
         _end_after(run, 'failed', error_text(e)); raise
     else: run.end('finished')
-    finally: _current.reset(token)
+    finally: _current.reset(token); beating.stop()
+
+class _Heartbeat:
+    "A thread that stamps a running run's `heartbeat_at` every `[machines] heartbeat_s`: a run whose process died goes stale"
+    def __init__(self, run: Run):
+        self.run, self.every, self.done = run, load_settings().machines.heartbeat_s, threading.Event()
+        if self.every > 0: threading.Thread(target=self._beat, name='aiinfra-run-heartbeat', daemon=True).start()
+
+    def _beat(self):
+        while not self.done.wait(self.every):
+            try:
+                with writing(self.run.engine) as conn: conn.execute(runs.update().where(runs.c.id == self.run.id).values(heartbeat_at=time.time()))
+            except Exception as e: print(f"aiinfra: heartbeat of run {self.run.id} failed: {error_text(e)}", file=sys.stderr)
+
+    def stop(self): self.done.set()
 
 def _end_after(run: Run, status: str, error: str | None):
     "End `run` while an exception propagates: a store that fails now is reported, and never hides that exception"
@@ -384,11 +398,21 @@ class StoreHandler(logging.Handler):
         except Exception: self.handleError(record)
 
 # %% ../../nbs/api/02_ops.record.ipynb #b782bcf5
+MAX_LIMIT = 10_000
+
+def check_limit(limit: int) -> int:
+    "`limit` if it is a sensible number of rows to show, else a `RecordError`"
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT: raise RecordError(f"limit {limit!r}: expected 1 to {MAX_LIMIT:,} rows")
+    return limit
+
 def list_runs(project: str | None = None, status: str | None = None, kind: str | None = None,
               limit: int = 20, engine: Engine | None = None) -> list[dict]:
     "The most recent runs, newest first"
     if status and status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
-    q = sa.select(runs.c.id, runs.c.project, runs.c.kind, runs.c.name, runs.c.status, runs.c.started_at,
+    check_limit(limit)
+    stale = (runs.c.status == 'running') & (sa.func.coalesce(runs.c.heartbeat_at, runs.c.started_at) < time.time() - load_settings().machines.off_after_s)
+    state = sa.case((stale, sa.literal('stale')), else_=runs.c.status).label('state')  # running, but its process stopped beating
+    q = sa.select(runs.c.id, runs.c.project, runs.c.kind, runs.c.name, runs.c.status, state, runs.c.started_at,
                   runs.c.duration_s, runs.c.host, runs.c.error, runs.c.parent_id).order_by(runs.c.started_at.desc()).limit(limit)
     if project: q = q.where(runs.c.project == project)
     if status: q = q.where(runs.c.status == status)
@@ -398,6 +422,7 @@ def list_runs(project: str | None = None, status: str | None = None, kind: str |
 def list_events(service: str | None = None, level: str | None = None, grep: str | None = None,
                 run_id: str | None = None, limit: int = 50, engine: Engine | None = None) -> list[dict]:
     "The most recent events, newest first; `level` keeps that level and above"
+    check_limit(limit)
     q = sa.select(events.c.time, events.c.service, events.c.level, events.c.logger, events.c.message,
                   events.c.run_id, events.c.request_id).order_by(events.c.time.desc(), events.c.id.desc()).limit(limit)
     if service: q = q.where(events.c.service == service)

@@ -11,7 +11,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from ..core import AiinfraError, load_settings
+from ..core import AiinfraError, load_settings, mask_secrets
 
 # %% auto #0
 __all__ = ['metadata', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models', 'services', 'api_keys',
@@ -37,6 +37,7 @@ runs = sa.Table('runs', metadata,
     _col('host', _Str), _col('pid', _Int), _col('git_rev', sa.String(64)), _col('data_version', _Str),
     _col('error', _Text), _col('output', _Text), _col('extra', _JSON),
     _col('parent_id', sa.String(32)),  # the run this one ran inside (fit inside a pipeline notebook's run); v2
+    _col('heartbeat_at', _Float),  # last sign of life of a running run's process; v4
     sa.Index('ix_runs_project_started', 'project', 'started_at'), sa.Index('ix_runs_status', 'status'),
     sa.Index('ix_runs_parent', 'parent_id'))
 
@@ -106,17 +107,17 @@ def store_url(settings=None) -> str:
     s = settings or load_settings()
     return s.store.url or f"sqlite:///{s.store.home/'aiinfra.db'}"  # the folder is made with the engine
 
-def _safe(url: sa.URL) -> str: return url.render_as_string(hide_password=True)
+def _safe(url: sa.URL) -> str: return mask_secrets(url.render_as_string(hide_password=True))
 
 def check_url(url: str) -> sa.URL:
     "Parse and check a store URL; PostgreSQL URLs get the psycopg driver"
     try: u = sa.make_url(url)
     except sa.exc.ArgumentError:
-        raise StoreError(f"store URL {url!r} is not a URL: expected sqlite:////absolute/path.db or postgresql://user@host:5432/db") from None
+        raise StoreError(f"store URL {mask_secrets(url)!r} is not a URL: expected sqlite:////absolute/path.db or postgresql://user@host:5432/db") from None
     backend = u.get_backend_name()
     if backend == 'sqlite':
-        if not u.database or u.database == ':memory:': raise StoreError(f"store URL {url!r}: a SQLite store needs a file: sqlite:////absolute/path.db")
-        if not os.path.isabs(u.database): raise StoreError(f"store URL {url!r}: the SQLite path must be absolute (sqlite:////abs/path.db), since DVC runs stages in temporary copies")
+        if not u.database or u.database == ':memory:': raise StoreError(f"store URL {mask_secrets(url)!r}: a SQLite store needs a file: sqlite:////absolute/path.db")
+        if not os.path.isabs(u.database): raise StoreError(f"store URL {mask_secrets(url)!r}: the SQLite path must be absolute (sqlite:////abs/path.db), since DVC runs stages in temporary copies")
         return u.set(drivername='sqlite')
     if backend == 'postgresql': return u.set(drivername='postgresql+psycopg')
     raise StoreError(f"store URL {_safe(u)!r}: unknown scheme {u.drivername!r}; the store runs on sqlite:// or postgresql://")
@@ -158,7 +159,11 @@ def _v3_one_production(op):
     op.create_index('uq_models_production', 'models', ['name'], unique=True,
                     sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'"))
 
-MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production}  # version -> step(op: alembic Operations) from version-1
+def _v4_run_heartbeats(op):
+    "v4: a running run's process beats, so a run whose process died shows as stale"
+    op.add_column('runs', sa.Column('heartbeat_at', sa.Float))
+
+MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine

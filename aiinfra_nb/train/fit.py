@@ -17,7 +17,7 @@ from ..ops.machines import MachineSession
 from ..ops.record import Run, log_event, recording
 from .datamodule import TabularDataModule
 from .logger import StoreLogger
-from .model import TabularNet
+from .model import TabularNet, TrainingError
 from .registry import Registry, check_model_name
 from .system import TabularSystem
 
@@ -89,6 +89,9 @@ class Checkpoints:
         if isinstance(resume, str):
             if resume != owner: raise CheckpointError(f"resume={resume!r}: the checkpoint in {self.folder} belongs to run {owner!r}; "
                                                       f"only the latest run's checkpoint is kept")
+            if lin.get('fingerprint') != fp:  # its optimizer state would quietly keep the old learning rate, say
+                raise CheckpointError(f"resume={resume!r}: that run trained on other data or with other hyperparameters than these; "
+                                      "pass the same ones, or resume=False to start over")
             return self.last, f"continuing run {owner} as asked"
         if lin.get('status') == 'finished':
             return None, f"the checkpoint is of run {owner}, which finished: starting a new training (resume='{owner}' continues it)"
@@ -125,6 +128,7 @@ def fit(dm: TabularDataModule,  # the data
        ) -> FitResult:
     "Train on demand: ledger, checkpoints, resume, preemption, registration"
     check_model_name(name)
+    if not isinstance(max_epochs, int) or max_epochs < 1: raise TrainingError(f"max_epochs {max_epochs!r}: expected a whole number >= 1")
     ptl.seed_everything(seed, workers=True, verbose=False)
     s = load_settings()
     ckpts = Checkpoints(Path(checkpoints_dir or s.train.checkpoints)/name)
@@ -160,6 +164,8 @@ def _quiet_lightning():
 
 def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, *, max_time, data_version) -> FitResult:
     dm.setup('fit')
+    if (classes := dm.train_set.y.unique().numel()) < 2:
+        raise TrainingError(f"target {dm.target!r} has {classes} distinct value(s) in the training split: a classifier needs both classes")
     p = params
     fp = fingerprint(name=name, preprocessing=dm.preprocessor.to_dict(), rows=(len(dm.train_set), len(dm.val_set)), target=dm.target,
                      **{k: p[k] for k in ('hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})
