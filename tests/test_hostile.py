@@ -117,3 +117,112 @@ df = pl.DataFrame({'time_hour': [datetime(2013, 1, 1) + timedelta(minutes=i) for
                    'delayed': (d > 1000).tolist()})
 fit(TabularDataModule(df, batch_size=512), name='job', hidden=[16], max_epochs=2, accelerator='cpu', progress=False)
 """
+
+
+def test_sigterm_to_papermill_ends_the_run_interrupted_and_stops_its_kernel(tmp_path):
+    "A stopped DVC stage (SIGTERM to papermill): the run is interrupted, its queued rows flushed, and no kernel outlives it"
+    import signal, time, nbformat, psutil
+    import sqlalchemy as sa
+    from aiinfra_nb.ops.store import query, runs
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in (
+        'import os, time\nfrom aiinfra_nb.ops.record import log_metrics',
+        'log_metrics({"started": 1}); open("kernel.pid", "w").write(str(os.getpid()))\ntime.sleep(120)')])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbformat.write(nb, tmp_path/'slow.ipynb')
+    env = {**os.environ, 'AIINFRA_DB_URL': f"sqlite:///{tmp_path/'s.db'}"}
+    p = subprocess.Popen([str(BIN/'papermill'), '-k', 'python3', '--engine', 'aiinfra', '--no-progress-bar', 'slow.ipynb', 'out.ipynb'],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (tmp_path/'kernel.pid').exists():
+        assert p.poll() is None and time.time() - t0 < 60, p.communicate()
+        time.sleep(0.1)
+    kernel = int((tmp_path/'kernel.pid').read_text())
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    assert p.returncode != 0
+    (r,) = query(sa.select(runs.c.id, runs.c.status, runs.c.error), get_engine(env['AIINFRA_DB_URL']))
+    assert (r['status'], r['error']) == ('interrupted', 'SIGTERM')
+    assert query(f"SELECT value FROM metrics WHERE run_id = '{r['id']}' AND key = 'started'", get_engine(env['AIINFRA_DB_URL'])) == [{'value': 1.0}]
+    time.sleep(1)
+    assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
+
+
+def test_logging_never_blocks_on_a_dead_store(tmp_path):
+    "A service logging through StoreHandler while the store is unreachable: each call returns at once or within put_wait_s"
+    code = """
+import logging, sys, time
+from aiinfra_nb.ops.record import StoreHandler, writer
+from aiinfra_nb.ops.store import create_store_engine
+h = StoreHandler(service='api')
+log = logging.getLogger('svc'); log.addHandler(h); log.setLevel(logging.INFO)
+if sys.argv[1] == 'open':  # the store was reachable at start, then went away: the writer's queue fills
+    writer(create_store_engine('postgresql://nobody@127.0.0.1:1/none'))
+    import aiinfra_nb.ops.record as r
+    from aiinfra_nb.core import load_settings
+    r._default = (load_settings(), writer(create_store_engine('postgresql://nobody@127.0.0.1:1/none')))
+t0 = time.monotonic(); worst = 0
+for i in range(300):
+    t = time.monotonic(); log.info('request %d', i); worst = max(worst, time.monotonic() - t)
+dropped = r._default[1].dropped if sys.argv[1] == 'open' else h.dropped
+print('TOTAL', time.monotonic() - t0, 'WORST', worst, 'DROPPED', dropped)
+"""
+    env = {**os.environ, 'AIINFRA_DB_URL': 'postgresql://nobody@127.0.0.1:1/none', 'AIINFRA_RECORD_QUEUE_ROWS': '100',
+           'AIINFRA_RECORD_PUT_WAIT_S': '0.05', 'AIINFRA_RECORD_END_FLUSH_S': '1'}
+    for case, lost in (('never-opened', 300), ('open', 200)):  # never reachable: all dropped; went away: all beyond the queue
+        p = subprocess.run([sys.executable, '-c', code, case], capture_output=True, text=True, timeout=120, env=env)
+        line = next(l for l in p.stdout.splitlines() if l.startswith('TOTAL')).split()
+        total, worst, dropped = float(line[1]), float(line[3]), int(line[5])
+        assert worst < 1 and total < 30 and dropped == lost and 'Traceback' not in p.stderr, p.stdout + p.stderr[-2000:]
+
+
+def test_concurrent_saves_of_one_dataset_all_succeed(tmp_path):
+    "Four processes saving the same dataset over and over: none deletes another's temporary file"
+    code = """
+import sys, polars as pl
+from aiinfra_nb.data.io import Catalog
+cat = Catalog(sys.argv[1])
+for i in range(15): cat.save(pl.DataFrame({'x': list(range(20_000))}), 'raw/shared')
+print('OK')
+"""
+    env = {**os.environ, 'AIINFRA_DB_URL': f"sqlite:///{tmp_path/'s.db'}"}
+    procs = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path/'cat')], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [o.strip() for o, _ in outs] == ['OK'] * 4, [e[-1500:] for _, e in outs]
+    assert sorted(p.name for p in (tmp_path/'cat/raw').iterdir()) == ['shared.meta.json', 'shared.parquet']
+
+
+BAD_INPUTS = [  # (command, environment, what the one line must say)
+    (['status'], {'AIINFRA_DB_URL': 'postgresql://u@127.0.0.1:99999/x'}, 'port'),
+    (['status'], {'AIINFRA_DB_URL': 'sqlite:///{tmp}/afile/store.db'}, 'cannot open the store'),
+    (['status'], {'AIINFRA_DB_URL': 'sqlite:///{tmp}/notadb.db'}, 'cannot open the store'),
+    (['status'], {'AIINFRA_DB_URL': 'mysql://x@h/db'}, 'unknown scheme'),
+    (['status'], {'AIINFRA_DB_URL': 'postgresql://bob:hunter2@127.0.0.1:1/x?password=hunter2'}, 'cannot open the store'),
+    (['status'], {'AIINFRA_HOME': ''}, 'AIINFRA_HOME is empty'),
+    (['status'], {'AIINFRA_DATA_DIR': ''}, 'AIINFRA_DATA_DIR is empty'),
+    (['status'], {'AIINFRA_SERVICE_PORT': '999999'}, 'between 1 and 65535'),
+    (['status'], {'AIINFRA_RECORD_QUEUE_ROWS': '0'}, 'at least 1'),
+    (['status'], {'AIINFRA_PROJECT_ROOT': '{tmp}'}, None),  # the documented override works
+    (['runs', '--limit', '-5'], {}, 'limit -5'),
+    (['runs', '--limit', '99999999'], {}, 'limit 99999999'),
+    (['runs', '--status', 'bogus'], {}, "status 'bogus'"),
+    (['logs', '--level', 'loud'], {}, "level 'loud'"),
+    (['sql', 'drop table runs'], {}, 'only queries'),
+    (['sql', "select '--' as a"], {}, None),
+    (['models', 'show', 'nope'], {}, "no model 'nope'"),
+    (['models', 'show', '../../etc'], {}, 'invalid model name'),
+    (['models', 'promote', 'nope', '1'], {}, "no version 1 of model 'nope'"),
+]
+
+
+@pytest.mark.parametrize('args, env, says', BAD_INPUTS, ids=[' '.join(a) + ' ' + ' '.join(e) for a, e, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, env, says):
+    (tmp_path/'afile').write_text('a file, not a folder')
+    (tmp_path/'notadb.db').write_text('this is not a database ' * 100)
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    p = subprocess.run([str(BIN/'aiinfra'), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, 'AIINFRA_HOME': str(tmp_path/'home'), **env})
+    assert 'Traceback' not in p.stderr + p.stdout and 'hunter2' not in p.stderr + p.stdout, p.stderr[-2000:]
+    if says is None: assert p.returncode == 0, p.stderr; return
+    assert p.returncode == 1 and p.stderr.startswith('aiinfra: error:') and p.stderr.count('\n') == 1, p.stderr
+    assert says in p.stderr, p.stderr

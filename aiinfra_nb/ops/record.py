@@ -11,12 +11,13 @@ import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, git_revision, load_settings, mask_secrets
-from .store import events, get_engine, insert_ignore, projects, query, runs, store_url, writing
+from .store import StoreError, events, get_engine, insert_ignore, projects, query, runs, store_url, writing
 
 # %% auto #0
-__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id',
-           'Run', 'jsonable', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run',
-           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit', 'list_runs', 'list_events']
+__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush',
+           'RecordError', 'new_id', 'Run', 'jsonable', 'current_run', 'error_text', 'Terminated', 'on_sigterm',
+           'recording', 'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit',
+           'list_runs', 'list_events']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {
@@ -163,7 +164,10 @@ def flush(timeout: float | None = None) -> bool:
     return all([w.flush(None if end is None else max(end - time.monotonic(), 0)) for w in list(_writers.values())])
 
 def _close_writers():
-    for w in list(_writers.values()): w.close()
+    "At exit: flush what the store will take within `[record] end_flush_s`, drop (and count) the rest"
+    try: wait = load_settings().record.end_flush_s
+    except Exception: wait = 30.0
+    for w in list(_writers.values()): w.close(wait)
     _writers.clear()
 
 def _forget_writers():
@@ -379,15 +383,19 @@ def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', servic
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {'message', 'asctime', 'taskName'}
 
+STORE_RETRY_S = 10.0  # how long a handler that could not open the store drops records before trying again
+
 class StoreHandler(logging.Handler):
     "A `logging.Handler` that ships records to the store's `events` table"
     def __init__(self, service: str | None = None,  # the service name to file records under
                  project: str | None = None, level: int = logging.INFO):
         super().__init__(level)
         self.service, self.project = service, project
+        self.dropped, self._retry_at = 0, 0.0  # records lost while the store could not be opened; when to try it again
 
     def emit(self, record: logging.LogRecord):
         if threading.current_thread().name == 'aiinfra-writer': return  # never log about our own writes
+        if time.monotonic() < self._retry_at: self.dropped += 1; return
         try:
             extra = {k: v for k, v in vars(record).items() if k not in _STD_ATTRS}
             request_id, run_id = extra.pop('request_id', None), extra.pop('run_id', None)
@@ -395,6 +403,10 @@ class StoreHandler(logging.Handler):
             level = record.levelname if record.levelname in LEVELS else 'INFO'
             log_event(msg, level=level, logger=record.name, service=self.service, request_id=request_id,
                       run=run_id, project=self.project, time_=record.created, **extra)
+        except StoreError as e:  # the store cannot be opened: drop, say so once, and do not try again for a while
+            self.dropped += 1
+            if not self._retry_at: print(f"aiinfra: log records are being dropped: {e}", file=sys.stderr)
+            self._retry_at = time.monotonic() + STORE_RETRY_S
         except Exception: self.handleError(record)
 
 # %% ../../nbs/api/02_ops.record.ipynb #b782bcf5

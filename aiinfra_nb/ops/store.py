@@ -140,11 +140,13 @@ def create_store_engine(url: str | sa.URL) -> Engine:
     "A new engine for `url`, set up for the store (not checked or upgraded: see `get_engine`)"
     u = check_url(str(url) if isinstance(url, str) else url.render_as_string(hide_password=False))
     if u.get_backend_name() == 'sqlite':
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        try: Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise StoreError(f"cannot open the store {_safe(u)}: its folder cannot be made ({e.strerror}: {e.filename})") from None
         engine = sa.create_engine(u, connect_args={'check_same_thread': False, 'timeout': BUSY_TIMEOUT_MS/1000})
         _sqlite_setup(engine)
         return engine
-    return sa.create_engine(u, pool_pre_ping=True, connect_args={'connect_timeout': 5})
+    try: return sa.create_engine(u, pool_pre_ping=True, connect_args={'connect_timeout': 5})
+    except (ValueError, sa.exc.ArgumentError) as e: raise StoreError(f"store URL {_safe(u)}: {e}") from None
 
 # %% ../../nbs/api/01_ops.store.ipynb #fa66c6a4
 def _v2_run_parents(op):
@@ -206,7 +208,7 @@ def get_engine(url: str | None = None) -> Engine:
         if key not in _engines:
             engine = create_store_engine(url)
             try: ensure_schema(engine)
-            except sa.exc.OperationalError as e:
+            except (sa.exc.DBAPIError, ValueError) as e:  # unreachable, refused, not a database, a bad port...
                 engine.dispose(); raise _reach_error(engine.url, e) from None
             _engines[key] = engine
         return _engines[key]

@@ -137,6 +137,7 @@ def _adopt(self: Registry, conn, name: str):
 # %% ../../nbs/api/24_train.registry.ipynb #2ee7ea0c
 @patch
 def _resolve(self: Registry, name: str, version: int | None, stage: str | None) -> int:
+    check_model_name(name)
     q = sa.select(models.c.version).where(models.c.name == name).order_by(models.c.version.desc()).limit(1)
     if version is not None: q = q.where(models.c.version == int(version))
     if stage is not None:
