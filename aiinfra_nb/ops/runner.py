@@ -4,15 +4,16 @@
 
 # %% ../../nbs/api/04_ops.runner.ipynb #0d6b3014
 from __future__ import annotations
-import os, shutil, tempfile
+import os, shutil, sys, tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from papermill.engines import NBClientEngine
 from .record import Run, recording
 
 # %% auto #0
-__all__ = ['STAGE_KINDS', 'cell_timings', 'failed_cell', 'AiinfraEngine']
+__all__ = ['STAGE_KINDS', 'cell_timings', 'failed_cell', 'last_started_cell', 'AiinfraEngine']
 
 # %% ../../nbs/api/04_ops.runner.ipynb #5003a902
 def cell_timings(nb) -> list[dict]:
@@ -32,6 +33,11 @@ def failed_cell(nb) -> dict | None:
                 return dict(cell=i, execution_count=c.get('execution_count'), ename=o.get('ename'), evalue=o.get('evalue'),
                             source=c.source[:500])
     return None
+
+def last_started_cell(nb) -> int | None:
+    "The index of the last cell whose execution began: where a run stopped when its kernel died or it was interrupted"
+    started = [i for i, c in enumerate(nb.cells) if c.get('metadata', {}).get('papermill', {}).get('start_time')]
+    return started[-1] if started else None
 
 # %% ../../nbs/api/04_ops.runner.ipynb #9bf5dd23
 STAGE_KINDS = {'ingest': 'ingest', 'etl': 'etl', 'train': 'train', 'evaluate': 'evaluate'}
@@ -63,10 +69,10 @@ class AiinfraEngine(NBClientEngine):
                 try: return super().execute_managed_notebook(nb_man, kernel_name, km=km, **kwargs)
                 finally:
                     _shutdown(km)  # before the run ends: the kernel flushes its own rows as it exits
-                    _record_cells(run, nb_man.nb)
+                    _record_cells(run, nb_man, sys.exc_info()[1])
         finally: shutil.rmtree(sockets, ignore_errors=True)
 
-class _Kernel(KernelManager):
+class _Kernel(AsyncKernelManager):  # async, as nbclient's own: its dead-kernel detection relies on it
     "A kernel manager that keeps its clients, so that the engine can close their channels"
     def client(self, **kw):
         c = super().client(**kw)
@@ -77,12 +83,18 @@ def _shutdown(km: _Kernel):
     "Stop the kernel we started (nbclient leaves a kernel it was given running): politely, then by force"
     for c in getattr(km, 'clients', []): c.stop_channels()
     try:
-        if km.has_kernel: km.shutdown_kernel(now=False)
-    except Exception: km.shutdown_kernel(now=True)
+        if km.has_kernel: run_sync(km.shutdown_kernel)(now=False)
+    except Exception: run_sync(km.shutdown_kernel)(now=True)
 
-def _record_cells(run: Run, nb):
-    "Record the executed notebook's cell timings; end the run as failed if a cell raised"
+def _record_cells(run: Run, nb_man, stopped_by: BaseException | None):
+    "Record the cell timings and the cell that failed or was running; end the run as failed unless it was interrupted"
+    nb = nb_man.nb
     timings, bad = cell_timings(nb), failed_cell(nb)
+    if bad is None and stopped_by is not None and (i := last_started_cell(nb)) is not None:  # the kernel died, or we were stopped
+        c = nb.cells[i]
+        bad = dict(cell=i, execution_count=c.get('execution_count'), ename=type(stopped_by).__name__, evalue=str(stopped_by), source=c.source[:500])
+        nb_man.cell_exception(c)  # else papermill marks it, and every cell after it, 'completed'
     for t in timings: run.log_metrics({'cell_seconds': t['duration_s']}, step=t['cell'])
     run.update(extra=dict(cells=timings, failed_cell=bad))
-    if bad: run.end('failed', f"cell {bad['cell']} (In [{bad['execution_count']}]): {bad['ename']}: {bad['evalue']}")
+    if bad and not isinstance(stopped_by, KeyboardInterrupt):
+        run.end('failed', f"cell {bad['cell']} (In [{bad['execution_count']}]): {bad['ename']}: {bad['evalue']}")
