@@ -226,3 +226,40 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, env, says):
     if says is None: assert p.returncode == 0, p.stderr; return
     assert p.returncode == 1 and p.stderr.startswith('aiinfra: error:') and p.stderr.count('\n') == 1, p.stderr
     assert says in p.stderr, p.stderr
+
+
+def test_a_foreign_database_is_never_given_our_tables(store_url):
+    "A database that holds someone else's tables is refused, not sprayed with aiinfra's schema"
+    import sqlalchemy as sa
+    from aiinfra_nb.ops.store import StoreError, create_store_engine
+    eng = create_store_engine(store_url)
+    with eng.begin() as c: c.exec_driver_sql('CREATE TABLE invoices (id INTEGER PRIMARY KEY)')
+    with pytest.raises(StoreError, match=r'is not an aiinfra store: it holds other tables \(invoices\)'): get_engine(store_url)
+    assert sa.inspect(eng).get_table_names() == ['invoices']
+    eng.dispose()
+
+
+def test_rows_postgresql_would_refuse_are_refused_at_the_call(store_url):
+    "What SQLite keeps but PostgreSQL refuses (over-long keys, 64-bit steps, NUL) is a clear error where it is logged, on both"
+    from aiinfra_nb.ops.record import RecordError, flush, log_event, start_run
+    from aiinfra_nb.ops.store import query
+    eng = get_engine(store_url)
+    with start_run('etl', engine=eng) as run:
+        with pytest.raises(RecordError, match='expected 1 to 255 characters'): run.log_metrics({'k' * 300: 1.0})
+        with pytest.raises(RecordError, match='step 4294967296: expected a 32-bit'): run.log_metrics({'loss': 1.0}, step=2**32)
+        with pytest.raises(RecordError, match="metric 'loss' = 'high'"): run.log_metrics({'loss': 'high'})
+        log_event('a NUL \x00 in a message', run=run)
+    flush()
+    assert query("SELECT message FROM events", eng) == [{'message': 'a NUL \\0 in a message'}]
+
+
+def test_save_many_names_every_broken_table_and_writes_none(tmp_path):
+    import polars as pl
+    from aiinfra_nb.data.contracts import Column, Contract, ContractError
+    from aiinfra_nb.data.io import Catalog
+    c = Contract('t', columns=[Column('x', 'Int64', min=0)])
+    cat = Catalog(tmp_path/'cat')
+    bad = pl.DataFrame({'x': [-1]})
+    with pytest.raises(ContractError, match='2 of 3 tables break their contract') as e:
+        cat.save_many({'raw/a': bad, 'raw/b': pl.DataFrame({'x': [1]}), 'raw/c': bad}, contracts={'raw/a': c, 'raw/b': c, 'raw/c': c})
+    assert 'raw/a:' in str(e.value) and 'raw/c:' in str(e.value) and not (tmp_path/'cat').exists()

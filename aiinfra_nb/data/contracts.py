@@ -49,7 +49,9 @@ def to_json(self: Contract) -> str:
 @patch(cls_method=True)
 def from_json(cls: Contract, text: str) -> Contract:
     "A contract from its JSON text"
-    d = json.loads(text)
+    try: d = json.loads(text)
+    except ValueError as e: raise ContractError(f"not a valid contract: not JSON ({e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get('columns', []), list): raise ContractError("not a valid contract: expected an object with a 'columns' list")
     try: return cls(**{**d, 'columns': [Column(**c) for c in d.get('columns', [])]})
     except TypeError as e: raise ContractError(f"not a valid contract: {e}") from None
 
@@ -62,7 +64,9 @@ def load_contract(path: str | Path) -> Contract:
     "Read a contract JSON file"
     path = Path(path)
     if not path.is_file(): raise ContractError(f"{path}: no such contract file")
-    return Contract.from_json(path.read_text())
+    try: return Contract.from_json(path.read_text())
+    except ContractError as e: raise ContractError(f"{path}: {e}") from None
+    except UnicodeDecodeError: raise ContractError(f"{path}: not a text file (a contract is JSON)") from None
 
 # %% ../../nbs/api/11_data.contracts.ipynb #0473dc5b
 @patch(cls_method=True)

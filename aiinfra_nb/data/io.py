@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 from fastcore.basics import patch
 from ..core import AiinfraError, atomic_file, atomic_write, file_hash, load_settings, mask_secrets, project_root, stale_temporaries
-from .contracts import Contract, check, load_contract
+from .contracts import Contract, ContractError, check, load_contract
 from .sources import Extract
 import sqlalchemy as sa
 from ..ops.record import current_run, flush, log_event
@@ -26,7 +26,7 @@ _NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*
 
 def check_name(name: str) -> str:
     "`name` if it is a valid dataset name, else a `DatasetError`"
-    if not isinstance(name, str) or not _NAME.match(name) or '..' in name.split('/') or name.endswith(('.parquet', '.json')):
+    if not isinstance(name, str) or len(name) > 200 or not _NAME.match(name) or '..' in name.split('/') or name.endswith(('.parquet', '.json')):
         raise DatasetError(f"invalid dataset name {name!r}: use segments of letters, digits, '_', '-', '.' joined by '/', like 'raw/flights'")
     return name
 
@@ -120,7 +120,8 @@ def meta(self: Catalog, name: str) -> dict:
     "The metadata of dataset `name`"
     p = self._side(name, 'meta')
     if not p.is_file(): raise self._unknown(name)
-    return json.loads(p.read_text())
+    try: return json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise DatasetError(f"{p}: unreadable dataset metadata ({e}); save the dataset again") from None
 
 # %% ../../nbs/api/13_data.io.ipynb #68a6c2d7
 @patch
@@ -130,9 +131,13 @@ def save_many(self: Catalog, datasets: dict[str, pl.DataFrame],  # name -> frame
              ) -> dict[str, dict]:  # name -> metadata
     "Check every frame against its contract, then save them all"
     contracts = {n: _as_contract(c) for n, c in (contracts or {}).items()}
-    for n, df in datasets.items():
+    broken = []
+    for n, df in datasets.items():  # every table is checked, and every broken one reported, before any is written
         check_name(n)
-        if contracts.get(n): check(contracts[n], df)
+        try:
+            if contracts.get(n): check(contracts[n], df)
+        except ContractError as e: broken.append(f"{n}: {e}")
+    if broken: raise ContractError(f"{len(broken)} of {len(datasets)} tables break their contract; nothing was written.\n" + '\n'.join(broken))
     return {n: self.save(df, n, contract=contracts.get(n), sources=(sources or {}).get(n)) for n, df in datasets.items()}
 
 # %% ../../nbs/api/13_data.io.ipynb #5a454b92

@@ -37,10 +37,17 @@ def sha256_bytes(data: bytes) -> str:
 
 # %% ../../nbs/api/10_data.sources.ipynb #90e2e9de
 def _csv_bytes(path: Path) -> bytes:
-    "The CSV bytes of `path`, unzipping a single-member .zip"
-    if path.suffix == '.zip':
-        with zipfile.ZipFile(path) as z: return z.read(z.namelist()[0])
-    return path.read_bytes()
+    "The CSV bytes of `path` (UTF-8), unzipping a single-member .zip"
+    try:
+        if path.suffix == '.zip':
+            with zipfile.ZipFile(path) as z: data = z.read(z.namelist()[0])
+        else: data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, IndexError) as e: raise SourceError(f"{path}: cannot be read ({e})") from None
+    if data.startswith((b'\xff\xfe', b'\xfe\xff')) or (len(data) > 1 and b'\x00' in data[:1000]):
+        raise SourceError(f"{path}: looks like UTF-16 text; save it as UTF-8 CSV")
+    try: data.decode('utf-8')
+    except UnicodeDecodeError as e: raise SourceError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 CSV") from None
+    return data
 
 def _ragged_line(data: bytes, sep: str) -> str | None:
     "A message for the first row whose field count differs from the header's, if any"
@@ -84,6 +91,8 @@ def read_csv(path: str | Path,  # a .csv file (or a .zip holding one)
     except pl.exceptions.PolarsError as e:
         msg = str(e)
         detail = _ragged_line(data, sep) if 'more fields' in msg else None
+        if detail is None and 'not properly escaped' in msg:
+            detail = f"a quoted field is never closed (an unterminated '\"' near byte {msg.split('offset in the file is ')[-1].split(' ')[0]})"
         if detail is None and "at column '" in msg:
             column = msg.split("at column '")[1].split("'")[0]
             detail = _unparsable(data, sep, null_values, schema_overrides or {}, column)

@@ -239,9 +239,12 @@ def log_metrics(self: Run, metrics: dict,  # name -> number
                 time_: float | None = None):  # when; default now
     "Record `metrics` for this run"
     t = time_ or time.time()
+    if step is not None and not -2**31 <= step < 2**31: raise RecordError(f"step {step}: expected a 32-bit whole number (what PostgreSQL keeps)")
     rows = []
     for k, v in metrics.items():
-        v = float(v)
+        if not isinstance(k, str) or not 0 < len(k) <= 255 or '\x00' in k: raise RecordError(f"metric name {str(k)[:60]!r}: expected 1 to 255 characters, no NUL")
+        try: v = float(v)
+        except (TypeError, ValueError): raise RecordError(f"metric {k!r} = {str(v)[:60]!r}: expected a number") from None
         rows.append((self.id, k, step, None if math.isnan(v) else v, t))
     writer(self.engine).put('metrics', rows)
 
@@ -377,7 +380,7 @@ def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', servic
     else:
         s = load_settings()  # outside a run: the project and the store come from the cached settings
         project, w, run_id = project or s.project.name, writer(settings=s), run
-    row = (time_ or time.time(), project, service, level, logger, str(message), run_id,
+    row = (time_ or time.time(), project, service, level, logger, str(message).replace('\x00', '\\0'), run_id,  # PostgreSQL text holds no NUL
            request_id, _HOST, os.getpid(), json.dumps(extra, default=str) if extra else None)
     w.put('events', [row])
 

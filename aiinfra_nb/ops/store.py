@@ -177,6 +177,9 @@ def ensure_schema(engine: Engine,  # a store engine
     with engine.begin() as conn:
         if conn.dialect.name == 'postgresql': conn.exec_driver_sql(f'SELECT pg_advisory_xact_lock({_PG_SCHEMA_LOCK})')
         if not sa.inspect(conn).has_table('schema_version'):
+            if foreign := sa.inspect(conn).get_table_names():
+                raise StoreError(f"{_safe(engine.url)} is not an aiinfra store: it holds other tables ({', '.join(sorted(foreign)[:5])}"
+                                 f"{', ...' if len(foreign) > 5 else ''}); point [store] url at an aiinfra store or an empty database")
             metadata.create_all(conn)
             conn.execute(schema_version.insert().values(version=latest))
             return latest
