@@ -1,6 +1,6 @@
 """Promises to careless and hostile users, one test each (issue: no code execution, no file reads through SQL,
 no run left running, no hang when the store is down). The threat model is in nbs/index.ipynb."""
-import http.server, os, subprocess, sys, threading
+import http.server, os, re, subprocess, sys, threading
 from pathlib import Path
 
 import pytest
@@ -263,3 +263,39 @@ def test_save_many_names_every_broken_table_and_writes_none(tmp_path):
     with pytest.raises(ContractError, match='2 of 3 tables break their contract') as e:
         cat.save_many({'raw/a': bad, 'raw/b': pl.DataFrame({'x': [1]}), 'raw/c': bad}, contracts={'raw/a': c, 'raw/b': c, 'raw/c': c})
     assert 'raw/a:' in str(e.value) and 'raw/c:' in str(e.value) and not (tmp_path/'cat').exists()
+
+
+DEGENERATE = [  # (what the data or arguments are, the DataModule, fit's keyword arguments, what the error says)
+    ('empty', lambda pl: pl.DataFrame({'x': [], 'delayed': []}, schema={'x': pl.Float64, 'delayed': pl.Boolean}), {}, 'has 0 row(s)'),
+    ('one row', lambda pl: pl.DataFrame({'x': [1.0], 'delayed': [True]}), {}, 'has 1 row(s)'),
+    ('one class', lambda pl: pl.DataFrame({'x': [1.0, 2.0, 3.0, 4.0], 'delayed': [True] * 4}), {}, 'needs both classes'),
+    ('null target', lambda pl: pl.DataFrame({'x': [1.0, 2.0, 3.0], 'delayed': [True, None, False]}), {}, 'has 1 missing values'),
+    ('no epochs', lambda pl: pl.DataFrame({'x': [1.0, 2.0, 3.0, 4.0], 'delayed': [True, False] * 2}), {'max_epochs': 0}, 'max_epochs 0'),
+]
+
+
+@pytest.mark.parametrize('what, frame, kw, says', DEGENERATE, ids=[d[0] for d in DEGENERATE])
+def test_degenerate_training_is_refused_recorded_and_registers_nothing(tmp_path, monkeypatch, what, frame, kw, says):
+    import polars as pl
+    import sqlalchemy as sa
+    from aiinfra_nb.ops.store import query, runs
+    from aiinfra_nb.train.datamodule import TabularDataModule
+    from aiinfra_nb.train.fit import fit
+    from aiinfra_nb.train.model import TrainingError
+    monkeypatch.setenv('AIINFRA_DATA_DIR', str(tmp_path/'data')); monkeypatch.setenv('AIINFRA_TRAIN_CHECKPOINTS', str(tmp_path/'ckpt'))
+    with pytest.raises(TrainingError, match=re.escape(says)):
+        fit(TabularDataModule(frame(pl), split='random', batch_size=2), name='degenerate', progress=False, **kw)
+    assert query('SELECT count(*) AS n FROM models') == [{'n': 0}]
+    assert all(r['status'] == 'failed' for r in query(sa.select(runs.c.status)))  # a run, if one started, is not left running
+    with pytest.raises(TrainingError, match='batch_size 0'): TabularDataModule(frame(pl), batch_size=0)
+
+
+def test_secrets_in_parameters_are_not_recorded(tmp_path):
+    "A password passed as a parameter (`papermill -p db_password ...`) or inside a URL is masked in the run's record"
+    from aiinfra_nb.ops.record import start_run
+    from aiinfra_nb.ops.store import query
+    import sqlalchemy as sa
+    from aiinfra_nb.ops.store import runs
+    with start_run('etl', params={'db_password': 'hunter2', 'source': 'postgresql://etl:hunter2@db/x', 'rows': 5}): pass
+    (r,) = query(sa.select(runs.c.params))
+    assert r['params'] == {'db_password': '***', 'source': 'postgresql://etl:***@db/x', 'rows': 5}

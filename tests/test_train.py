@@ -89,13 +89,18 @@ def test_sigkill_then_resume_from_last_epoch(env):
     assert (status, epochs) == ('finished', '3')
 
 
+def interrupt(script, e, last, sig=signal.SIGTERM) -> subprocess.Popen:
+    "A training started, then sent `sig` once its first epoch is checkpointed"
+    p = start(script, e)
+    wait_for(lambda: last.exists())
+    p.send_signal(sig)
+    return p
+
+
 def test_corrupted_checkpoint_is_a_clear_error(env):
     "An interrupted training's checkpoint, corrupted: resuming it fails clearly, and the attempt is recorded as failed"
     script, e, last, url = env
-    p = start(script, e)
-    wait_for(lambda: last.exists())
-    p.send_signal(signal.SIGTERM)
-    assert result(p)[0] == 'interrupted'
+    assert result(interrupt(script, e, last))[0] == 'interrupted'
     last.write_bytes(b'\x00' * 100)
     p = start(script, e)
     out, err = p.communicate(timeout=300)
@@ -130,10 +135,7 @@ def test_ddp_two_cpu_processes(env):
 def test_ctrl_c_ends_the_run_interrupted_and_closes_the_machine_session(env):
     "Ctrl-C (SIGINT) during training: the run is interrupted, not failed or left running; the machine is off, its cost known"
     script, e, last, url = env
-    p = start(script, e)
-    wait_for(lambda: last.exists())
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=300)
+    out, err = (p := interrupt(script, e, last, signal.SIGINT)).communicate(timeout=300)
     assert p.returncode != 0 and 'KeyboardInterrupt' in err
     r = train_runs(url)[-1]
     assert (r['status'], r['error']) == ('interrupted', 'KeyboardInterrupt')
