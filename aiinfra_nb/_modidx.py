@@ -363,6 +363,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'aiinfra_nb/train/fit.py'),
                                       'aiinfra_nb.train.fit._register': ('api/train.fit.html#_register', 'aiinfra_nb/train/fit.py'),
                                       'aiinfra_nb.train.fit._shutdown': ('api/train.fit.html#_shutdown', 'aiinfra_nb/train/fit.py'),
+                                      'aiinfra_nb.train.fit._trainer_arguments': ( 'api/train.fit.html#_trainer_arguments',
+                                                                                   'aiinfra_nb/train/fit.py'),
                                       'aiinfra_nb.train.fit.fingerprint': ('api/train.fit.html#fingerprint', 'aiinfra_nb/train/fit.py'),
                                       'aiinfra_nb.train.fit.fit': ('api/train.fit.html#fit', 'aiinfra_nb/train/fit.py')},
             'aiinfra_nb.train.logger': { 'aiinfra_nb.train.logger.StoreLogger': ( 'api/train.logger.html#storelogger',

@@ -11,6 +11,7 @@ import pytorch_lightning as ptl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from ..core import AiinfraError, atomic_write, load_settings
 from ..data.io import Catalog
 from ..ops.machines import MachineSession
@@ -162,6 +163,13 @@ def _quiet_lightning():
             yield
     finally: log.setLevel(level)
 
+@contextlib.contextmanager
+def _trainer_arguments():
+    "Lightning's refusal of an accelerator, strategy or precision, as a `TrainingError` naming it"
+    try: yield
+    except (ValueError, ImportError, MisconfigurationException) as e:
+        raise TrainingError(f"the Trainer refused these arguments: {str(e).strip().splitlines()[0][:300]}") from None
+
 def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, *, max_time, data_version) -> FitResult:
     dm.setup('fit')
     if (classes := dm.train_set.y.unique().numel()) < 2:
@@ -178,7 +186,7 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
     net = TabularNet(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=p['hidden'], dropout=p['dropout'])
     system = TabularSystem(net.config, lr=p['lr'], weight_decay=p['weight_decay'])
     preempt = Preemption(ckpts.last)
-    with _quiet_lightning():
+    with _quiet_lightning(), _trainer_arguments():
         trainer = ptl.Trainer(
             max_epochs=p['max_epochs'], max_time=max_time, accelerator=p['accelerator'], devices=p['devices'], num_nodes=p['num_nodes'],
             strategy=p['strategy'], precision=p['precision'], logger=StoreLogger(run) if run else False, deterministic=False,
@@ -186,6 +194,7 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
                       + ([TQDMProgressBar()] if progress else []),
             use_distributed_sampler=False,  # the DataModule shards its own batches
             enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=50, num_sanity_val_steps=0)
+    with _quiet_lightning():
         try: trainer.fit(system, datamodule=dm, ckpt_path=resume_from)
         except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after its own cleanup: keep it an interrupt
             if isinstance(e.__context__, KeyboardInterrupt): raise e.__context__ from None
