@@ -16,8 +16,9 @@ from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
-__all__ = ['app', 'models_app', 'money', 'duration', 'show', 'status', 'runs', 'machines', 'logs', 'sql_', 'datasets',
-           'models_list', 'models_show', 'models_promote', 'main']
+__all__ = ['app', 'models_app', 'keys_app', 'money', 'duration', 'show', 'status', 'runs', 'machines', 'logs', 'sql_', 'datasets',
+           'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list', 'keys_revoke',
+           'audit_', 'services_', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -152,6 +153,60 @@ def models_promote(name: str, version: int, stage: str = typer.Option('productio
     from aiinfra_nb.train.registry import Registry
     r = Registry().promote(name, version, stage)
     print(f"{r['name']} v{r['version']} is now {r['stage']}")
+
+# %% ../nbs/api/50_cli.ipynb #29510089
+keys_app = typer.Typer(help="API keys of the model service: create (the secret is shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name='keys')
+
+@app.command('serve')
+def serve_(host: str = typer.Option(None, help='default [service] host (127.0.0.1)'), port: int = typer.Option(None, help='default [service] port'),
+           workers: int = typer.Option(None, help='default [service] workers')):
+    "Serve the registry's production models (V2 and V1 protocols) until SIGTERM or Ctrl-C"
+    from aiinfra_nb.serve.app import serve
+    serve(host, port, workers)
+
+@keys_app.command('create')
+def keys_create(name: str = typer.Option(..., help='who holds it'), role: str = typer.Option(..., help='read, predict or admin'),
+                models: str = typer.Option(None, help='comma-separated models it may use (default: all)'),
+                expires: str = typer.Option(None, help='e.g. 90d, 12h (default: never)'),
+                as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Create a key and print its secret, once"
+    from aiinfra_nb.serve.auth import create_key
+    k = create_key(name, role, models=[m.strip() for m in models.split(',') if m.strip()] if models else None, expires=expires)
+    if as_json: return print(json.dumps(k, default=str))
+    print(f"key {k['id']} ({k['name']}, {k['role']}{', models ' + ','.join(k['models']) if k['models'] else ''}) created.")
+    print(f"secret (shown this once; the store keeps only its hash):\n{k['secret']}")
+
+@keys_app.command('list')
+def keys_list(as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Every key (never its secret)"
+    from aiinfra_nb.serve.auth import list_keys
+    show(list_keys(), ['id', 'name', 'prefix', 'role', 'models', 'created_at', 'expires_at', 'revoked_at'], as_json=as_json)
+
+@keys_app.command('revoke')
+def keys_revoke(key: str = typer.Argument(..., help="the key's id or prefix")):
+    "Revoke a key: refused by every worker within [service] key_cache_s"
+    from aiinfra_nb.serve.auth import revoke_key
+    r = revoke_key(key)
+    print(f"key {r['id']} ({r['name']}) revoked")
+
+@app.command('audit')
+def audit_(key: str = typer.Option(None, help="a key's id or name"), model: str = typer.Option(None), status: int = typer.Option(None),
+           since: str = typer.Option(None, help='e.g. 1h, 7d'), limit: int = typer.Option(50),
+           as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Who asked what: the latest calls to the model service"
+    import time
+    from aiinfra_nb.serve.audit import list_audit
+    from aiinfra_nb.serve.auth import parse_duration
+    rows = list_audit(key=key, model=model, status=status, since=time.time() - parse_duration(since) if since else None, limit=limit)
+    show(rows, ['time', 'key_name', 'role', 'method', 'path', 'model', 'model_version', 'status_code', 'latency_ms', 'rows', 'request_id', 'error'],
+         as_json=as_json)
+
+@app.command('services')
+def services_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Every service: up, down or stale"
+    from aiinfra_nb.serve.app import list_services
+    show(list_services(), ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at'], as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #19f1f1b7
 def main():

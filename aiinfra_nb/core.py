@@ -83,8 +83,26 @@ gpu-a100 = 3.00
 gpu-h100 = 4.50
 
 [service]
+# the model API (`aiinfra serve`): binds 127.0.0.1 unless told otherwise
 host = 127.0.0.1
 port = 8000
+workers = 1
+# the name it is registered and audited under; empty: the project's name
+name =
+# how often a running server looks for a newly promoted version (seconds)
+reload_s = 5
+# per API key: requests allowed (the `limits` library's notation); where the counters live: memory:// (per process) or redis://host:6379
+rate_limit = 200/second
+limits_url = memory://
+# request body (bytes), rows per prediction, requests in flight at once (beyond: 413, 422, 503)
+max_body_bytes = 1000000
+max_rows = 10000
+max_concurrency = 64
+# what the audit keeps of each request's body: full (capped at audit_payload_max bytes), hash (SHA-256) or none
+audit_payload = hash
+audit_payload_max = 4096
+# how long a looked-up API key is trusted before it is looked up again (revocation reaches every worker within this)
+key_cache_s = 1.0
 
 [portfolio]
 # folder holding the company's project repositories; empty: not configured
@@ -111,7 +129,9 @@ SETTINGS_SCHEMA = {
     'machines': {'kind': 'str', 'heartbeat_s': 'float 0..86400', 'off_after_s': 'float 1..', 'idle_cpu_pct': 'float 0..100',
                  'idle_gpu_pct': 'float 0..100', 'idle_after_min': 'float 0..'},
     'prices': '*float 0..',  # open section: any key, each a price
-    'service': {'host': 'str', 'port': 'int 1..65535'},
+    'service': {'host': 'str', 'port': 'int 1..65535', 'workers': 'int 1..256', 'name': 'str', 'reload_s': 'float 0.1..3600',
+                'rate_limit': 'str', 'limits_url': 'str', 'max_body_bytes': 'int 1..', 'max_rows': 'int 1..',
+                'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60'},
     'portfolio': {'root': 'path'},
     'data': {'dir': 'folder'},
     'train': {'checkpoints': 'path', 'shutdown_command': 'str'},

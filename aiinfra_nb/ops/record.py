@@ -23,8 +23,8 @@ __all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT
 FAST_COLUMNS = {
     'metrics': ('run_id', 'key', 'step', 'value', 'time'),
     'events': ('time', 'project', 'service', 'level', 'logger', 'message', 'run_id', 'request_id', 'host', 'pid', 'extra'),
-    'audit': ('time', 'service', 'request_id', 'key_id', 'key_name', 'role', 'method', 'path', 'model', 'model_version',
-              'status_code', 'latency_ms', 'client', 'error'),
+    'audit': ('time', 'service', 'request_id', 'key_id', 'key_name', 'role', 'method', 'path', 'route', 'model', 'model_version',
+              'status_code', 'latency_ms', 'client', 'error', 'rows', 'request_bytes', 'payload'),
 }
 
 def _insert_sql(engine: Engine, table: str) -> str:

@@ -86,7 +86,8 @@ api_keys = sa.Table('api_keys', metadata,
     _col('id', sa.String(32), primary_key=True), _col('name', _Str, nullable=False),
     _col('key_hash', sa.String(128), nullable=False, unique=True), _col('prefix', sa.String(16)),
     _col('role', sa.String(32), nullable=False), _col('project', _Str),
-    _col('created_at', _Float, nullable=False), _col('revoked_at', _Float), _col('last_used_at', _Float))
+    _col('created_at', _Float, nullable=False), _col('revoked_at', _Float), _col('last_used_at', _Float),
+    _col('models', _JSON), _col('expires_at', _Float))  # v5: the models a key may use (NULL: all), when it stops working
 
 audit = sa.Table('audit', metadata,
     _col('id', _Id, primary_key=True, autoincrement=True),
@@ -94,6 +95,7 @@ audit = sa.Table('audit', metadata,
     _col('key_id', sa.String(32)), _col('key_name', _Str), _col('role', sa.String(32)),
     _col('method', sa.String(10)), _col('path', _Text), _col('model', _Str), _col('model_version', _Int),
     _col('status_code', _Int), _col('latency_ms', _Float), _col('client', _Str), _col('error', _Text),
+    _col('route', _Text), _col('rows', _Int), _col('request_bytes', _Int), _col('payload', _Text),  # v5: what was asked
     sa.Index('ix_audit_time', 'time'), sa.Index('ix_audit_key_time', 'key_id', 'time'))
 
 schema_version = sa.Table('schema_version', metadata, _col('version', _Int, nullable=False))
@@ -165,7 +167,13 @@ def _v4_run_heartbeats(op):
     "v4: a running run's process beats, so a run whose process died shows as stale"
     op.add_column('runs', sa.Column('heartbeat_at', sa.Float))
 
-MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats}  # version -> step(op: alembic Operations) from version-1
+def _v5_service(op):
+    "v5: what the model service needs: key scopes and expiry; the route, rows, size and payload of each audited call"
+    for c in (sa.Column('models', sa.JSON), sa.Column('expires_at', sa.Float)): op.add_column('api_keys', c)
+    for c in (sa.Column('route', sa.Text), sa.Column('rows', sa.Integer), sa.Column('request_bytes', sa.Integer), sa.Column('payload', sa.Text)):
+        op.add_column('audit', c)
+
+MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine

@@ -1,0 +1,250 @@
+"""The model service over a real uvicorn on 127.0.0.1: who may call what, the protocols' shapes, load, fuzzing."""
+import asyncio, json, os, signal, socket, subprocess, sys, time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+import torch
+
+from aiinfra_nb.ops.store import get_engine, query
+from aiinfra_nb.serve.auth import create_key, revoke_key
+from aiinfra_nb.train.model import Preprocessor, TabularNet
+from aiinfra_nb.train.registry import Registry
+
+BIN = Path(sys.executable).parent
+ROLES = ('read', 'predict', 'admin')
+
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def save_model(reg: Registry, seed: int) -> int:
+    torch.manual_seed(seed)
+    pre = Preprocessor({'distance': {'mean': 1000.0, 'std': 500.0}}, {'carrier': ['AA', 'UA']})
+    return reg.save(TabularNet(1, [3], hidden=[4]), 'delay', preprocessing=pre.to_dict(),
+                    features={'numeric': ['distance'], 'categorical': ['carrier'], 'target': 'delayed'})['version']
+
+
+class Service:
+    "A real `aiinfra serve` in its own process, on a free port of 127.0.0.1"
+    def __init__(self, tmp: Path, url: str, **settings):
+        self.port, self.url = free_port(), url
+        self.env = {**os.environ, 'AIINFRA_DB_URL': url, 'AIINFRA_DATA_DIR': str(tmp/'data'), 'AIINFRA_SERVICE_RELOAD_S': '0.5',
+                    'AIINFRA_SERVICE_NAME': 'test-api', **{f'AIINFRA_SERVICE_{k.upper()}': str(v) for k, v in settings.items()}}
+        self.registry = Registry(tmp/'data/models', get_engine(url))
+        self.base = f'http://127.0.0.1:{self.port}'
+
+    def start(self):
+        self.proc = subprocess.Popen([str(BIN/'aiinfra'), 'serve', '--port', str(self.port)], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            try:
+                if httpx.get(f'{self.base}/v2/health/ready', timeout=1).status_code == 200: return self
+            except httpx.HTTPError: pass
+            assert self.proc.poll() is None, self.proc.communicate()
+            time.sleep(0.1)
+        raise TimeoutError('the service did not become ready')
+
+    def stop(self, sig=signal.SIGTERM) -> str:
+        self.proc.send_signal(sig)
+        return self.proc.communicate(timeout=60)[1]
+
+
+@pytest.fixture
+def service(tmp_path, sqlite_url):
+    svc = Service(tmp_path, sqlite_url, rate_limit='100000/second')
+    reg = svc.registry
+    reg.promote('delay', save_model(reg, 0))
+    svc.keys = {role: create_key(f'{role}-key', role, engine=reg.engine)['secret'] for role in ROLES}
+    svc.keys['scoped'] = create_key('scoped-key', 'admin', models=['other'], engine=reg.engine)['secret']
+    revoked = create_key('revoked-key', 'admin', engine=reg.engine); revoke_key(revoked['id'], engine=reg.engine)
+    svc.keys['revoked'] = revoked['secret']
+    svc.keys['expired'] = create_key('expired-key', 'admin', expires='1s', engine=reg.engine)['secret']
+    time.sleep(1.1)
+    svc.start()
+    yield svc
+    if svc.proc.poll() is None: svc.stop()
+
+
+V1 = {'instances': [{'distance': 1200, 'carrier': 'UA'}, {'distance': 90, 'carrier': 'AA'}]}
+V2 = {'id': 'q1', 'inputs': [{'name': 'distance', 'shape': [2], 'datatype': 'FP32', 'data': [1200, 90]},
+                            {'name': 'carrier', 'shape': [2], 'datatype': 'BYTES', 'data': ['UA', 'AA']}]}
+PUBLIC = {'/v2/health/live', '/v2/health/ready', '/openapi.json', '/docs', '/docs/oauth2-redirect', '/redoc'}
+
+
+def concrete(path: str) -> str:
+    return path.replace('{name}', 'delay').replace('{version}', '1')
+
+
+def route_of(routes: dict, url: str, method: str) -> tuple[tuple, str | None]:
+    "(the route template that serves `method` on `url`, the model name it reads), as Starlette matches them"
+    import re
+    for path, m in routes:
+        rx = '^' + re.sub(r'\\\{(\w+)\\\}', lambda g: f'(?P<{g.group(1)}>[^/]+)', re.escape(path)) + '$'
+        if m == method and (hit := re.match(rx, url)): return (path, m), hit.groupdict().get('name')
+    return (url, method), None
+
+
+def test_authorization_matrix(service):
+    "Every route x method x caller: 401/403/404/405 exactly where expected; a route without a permission fails the test"
+    schema = httpx.get(f'{service.base}/openapi.json').json()
+    routes = {(path, method.upper()): op.get('x-permission') for path, ops in schema['paths'].items() for method, op in ops.items()}
+    undeclared = [r for r, perm in routes.items() if perm is None and r[0] not in PUBLIC]
+    assert not undeclared, f'routes without a permission: {undeclared}'
+    callers = {**{r: service.keys[r] for r in ROLES}, 'none': None, 'garbage': 'aik_garbage', 'revoked': service.keys['revoked'],
+               'expired': service.keys['expired'], 'scoped to another model': service.keys['scoped']}
+    seen = Counter()
+    with httpx.Client(base_url=service.base, timeout=10) as c:
+        for path in sorted({p for p, _ in routes}):
+            for method in ('GET', 'POST', 'PUT', 'DELETE'):
+                for who, secret in callers.items():
+                    headers = {'Authorization': f'Bearer {secret}'} if secret else {}
+                    body = V2 if path.endswith('/infer') else V1 if path.endswith(':predict') else None
+                    url = concrete(path)
+                    r = c.request(method, url, headers=headers, json=body)
+                    matched, name = route_of(routes, url, method)  # the route the server matches (GET .../delay:predict is /v1/models/{name})
+                    perm = routes.get(matched, 'absent')
+                    if perm == 'absent': want = 405
+                    elif matched[0] in PUBLIC: want = 200
+                    elif who in ('none', 'garbage', 'revoked', 'expired'): want = 401
+                    elif perm not in {'read': {'read'}, 'predict': {'read', 'predict'}, 'admin': set(ROLES)}[who if who in ROLES else 'admin']: want = 403
+                    elif name is not None and (name != 'delay' or who == 'scoped to another model'): want = 404
+                    else: want = 200
+                    assert r.status_code == want, (method, path, who, r.status_code, r.text[:300])
+                    if r.status_code >= 400: assert set(r.json()) == {'error'} and 'Traceback' not in r.text
+                    seen[want] += 1
+    assert all(seen[s] for s in (200, 401, 403, 404, 405)), seen
+
+
+# The Open Inference Protocol's REST bodies, transcribed from its specification (not from our code)
+TENSOR = {'type': 'object', 'required': ['name', 'datatype', 'shape'],
+          'properties': {'name': {'type': 'string'}, 'datatype': {'enum': ['BOOL', 'UINT8', 'UINT16', 'UINT32', 'UINT64', 'INT8', 'INT16',
+                         'INT32', 'INT64', 'FP16', 'FP32', 'FP64', 'BYTES']}, 'shape': {'type': 'array', 'items': {'type': 'integer'}}}}
+SPEC = {
+    'server_metadata': {'type': 'object', 'required': ['name', 'version', 'extensions'],
+                        'properties': {'name': {'type': 'string'}, 'version': {'type': 'string'}, 'extensions': {'type': 'array', 'items': {'type': 'string'}}}},
+    'live': {'type': 'object', 'required': ['live'], 'properties': {'live': {'type': 'boolean'}}},
+    'ready': {'type': 'object', 'required': ['ready'], 'properties': {'ready': {'type': 'boolean'}}},
+    'model_ready': {'type': 'object', 'required': ['name', 'ready'], 'properties': {'name': {'type': 'string'}, 'ready': {'type': 'boolean'}}},
+    'model_metadata': {'type': 'object', 'required': ['name', 'platform', 'inputs', 'outputs'],
+                       'properties': {'name': {'type': 'string'}, 'versions': {'type': 'array', 'items': {'type': 'string'}}, 'platform': {'type': 'string'},
+                                      'inputs': {'type': 'array', 'items': TENSOR}, 'outputs': {'type': 'array', 'items': TENSOR}}},
+    'infer': {'type': 'object', 'required': ['model_name', 'outputs'],
+              'properties': {'model_name': {'type': 'string'}, 'model_version': {'type': 'string'}, 'id': {'type': ['string', 'null']},
+                             'outputs': {'type': 'array', 'items': {**TENSOR, 'required': ['name', 'datatype', 'shape', 'data'],
+                                                                    'properties': {**TENSOR['properties'], 'data': {'type': 'array'}}}}}},
+    'error': {'type': 'object', 'required': ['error'], 'properties': {'error': {'type': 'string'}}, 'additionalProperties': False},
+}
+
+
+def test_v2_bodies_follow_the_open_inference_protocol(service):
+    auth = {'Authorization': f"Bearer {service.keys['predict']}"}
+    with httpx.Client(base_url=service.base, headers=auth, timeout=10) as c:
+        jsonschema.validate(c.get('/v2').json(), SPEC['server_metadata'])
+        jsonschema.validate(c.get('/v2/health/live').json(), SPEC['live'])
+        jsonschema.validate(c.get('/v2/health/ready').json(), SPEC['ready'])
+        jsonschema.validate(c.get('/v2/models/delay/ready').json(), SPEC['model_ready'])
+        meta = c.get('/v2/models/delay').json()
+        jsonschema.validate(meta, SPEC['model_metadata'])
+        assert [(i['name'], i['datatype'], i['shape']) for i in meta['inputs']] == [('distance', 'FP32', [-1]), ('carrier', 'BYTES', [-1])]
+        r = c.post('/v2/models/delay/versions/1/infer', json=V2).json()
+        jsonschema.validate(r, SPEC['infer'])
+        assert (r['id'], r['model_version'], r['outputs'][0]['shape'], len(r['outputs'][0]['data'])) == ('q1', '1', [2], 2)
+        for bad, says in [({**V2, 'inputs': V2['inputs'][:1]}, "missing inputs: carrier"),
+                          ({**V2, 'inputs': [{**V2['inputs'][0], 'datatype': 'BYTES'}, V2['inputs'][1]]}, "input 'distance': datatype BYTES"),
+                          ({**V2, 'inputs': [{**V2['inputs'][0], 'shape': [3]}, V2['inputs'][1]]}, "input 'distance': shape [3]")]:
+            r = c.post('/v2/models/delay/infer', json=bad)
+            assert r.status_code == 422 and says in r.json()['error']
+            jsonschema.validate(r.json(), SPEC['error'])
+        v1 = c.post('/v1/models/delay:predict', json=V1).json()
+        assert v1['predictions'] == c.post('/v2/models/delay/infer', json=V2).json()['outputs'][0]['data'] and v1['model_version'] == '1'
+
+
+def test_promotion_is_picked_up_without_restart_and_a_broken_version_is_refused(service):
+    auth = {'Authorization': f"Bearer {service.keys['predict']}"}
+    v2 = save_model(service.registry, 1)
+    service.registry.promote('delay', v2)
+    t0 = time.time()
+    while httpx.post(f'{service.base}/v1/models/delay:predict', json=V1, headers=auth).json()['model_version'] != str(v2):
+        assert time.time() - t0 < 10, 'the promoted version was not picked up'
+        time.sleep(0.1)
+    v3 = save_model(service.registry, 2)
+    service.registry.promote('delay', v3)
+    (service.registry.dir('delay', v3)/'model.safetensors').write_bytes(b'broken after promotion')
+    time.sleep(2)
+    assert httpx.post(f'{service.base}/v1/models/delay:predict', json=V1, headers=auth).json()['model_version'] == str(v2)  # the old one serves
+    assert query("SELECT count(*) AS n FROM events WHERE message LIKE 'refused to serve delay v3%'", get_engine(service.url))[0]['n'] >= 1
+
+
+async def _load(base: str, keys: dict, n: int, concurrency: int, on_half=None) -> list:
+    "n mixed requests (valid and invalid) at `concurrency`; returns (status, request id, model version) of each answered one"
+    mix = [('predict', 'POST', '/v1/models/delay:predict', V1), ('predict', 'POST', '/v2/models/delay/infer', V2),
+           (None, 'POST', '/v1/models/delay:predict', V1), ('read', 'POST', '/v1/models/delay:predict', V1),
+           ('predict', 'GET', '/v2/models/nope', None), ('predict', 'POST', '/v1/models/delay:predict', {'instances': [{'carrier': 'UA'}]}),
+           ('predict', 'POST', '/v1/models/delay:predict', {'instances': [{'distance': 1, 'carrier': 'UA'}] * 20_000}),
+           ('flood', 'GET', '/v2', None)]
+    out, queue = [], asyncio.Queue()
+    for i in range(n): queue.put_nowait(i)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
+        async def worker():
+            while not queue.empty():
+                i = queue.get_nowait()
+                if on_half and i == n // 2: on_half()
+                who, method, path, body = mix[i % len(mix)]
+                headers = {'Authorization': f'Bearer {keys[who]}'} if who else {}
+                try: r = await c.request(method, path, json=body, headers=headers)
+                except httpx.TransportError: continue  # not accepted: the server was stopping
+                out.append((r.status_code, r.headers.get('x-request-id'), (r.json() if r.status_code == 200 else {}).get('model_version')))
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return out
+
+
+@pytest.fixture
+def loaded(tmp_path, sqlite_url):
+    svc = Service(tmp_path, sqlite_url, rate_limit='50/second', max_rows=10_000)
+    svc.registry.promote('delay', save_model(svc.registry, 0))
+    svc.keys = {r: create_key(f'{r}-key', r, engine=svc.registry.engine)['secret'] for r in ROLES}
+    svc.keys['flood'] = create_key('flood-key', 'read', engine=svc.registry.engine)['secret']
+    yield svc.start()
+    if svc.proc.poll() is None: svc.stop()
+
+
+def test_load_mixed_requests_no_5xx_one_audit_row_each_and_a_promotion_midway(loaded):
+    "10,000 requests at 32 connections, valid and invalid (401, 403, 404, 413, 422, 429): no 5xx, one audit row per request"
+    v2 = [None]
+    def promote():
+        v2[0] = save_model(loaded.registry, 5); loaded.registry.promote('delay', v2[0])
+    answers = asyncio.run(_load(loaded.base, loaded.keys, 10_000, 32, on_half=promote))
+    statuses = Counter(s for s, _, _ in answers)
+    assert len(answers) == 10_000 and not [s for s in statuses if s >= 500], statuses
+    assert {200, 401, 403, 404, 413, 422, 429} <= set(statuses), statuses
+    assert {'1', str(v2[0])} <= {v for _, _, v in answers if v}  # the switch between versions, with no failed request
+    loaded.stop()  # SIGTERM: the audit queue is flushed on the way out
+    audited = query("SELECT request_id, status_code, model_version FROM audit WHERE path != '/v2/health/ready'", get_engine(loaded.url))
+    assert len(audited) == 10_000 and {r['request_id'] for r in audited} == {rid for _, rid, _ in answers}
+    assert Counter(r['status_code'] for r in audited) == statuses
+    assert {r['model_version'] for r in audited if r['status_code'] == 200 and r['model_version']} == {1, v2[0]}
+
+
+def test_sigterm_during_load_loses_no_accepted_request_and_no_audit_row(loaded):
+    answers = asyncio.run(_load(loaded.base, loaded.keys, 3_000, 32, on_half=lambda: loaded.proc.send_signal(signal.SIGTERM)))
+    loaded.proc.communicate(timeout=60)
+    assert not [s for s, _, _ in answers if s >= 500]
+    audited = {r['request_id'] for r in query('SELECT request_id FROM audit', get_engine(loaded.url))}
+    assert {rid for _, rid, _ in answers} <= audited  # every answered request was audited
+    assert query("SELECT status FROM services WHERE name = 'test-api'", get_engine(loaded.url)) == [{'status': 'down'}]
+
+
+def test_fuzzed_from_its_own_openapi_schema(service):
+    "schemathesis generates requests from the service's OpenAPI schema: no 5xx, no traceback in any body"
+    p = subprocess.run([str(BIN/'schemathesis'), 'run', f'{service.base}/openapi.json', '--checks', 'not_a_server_error',
+                        '-H', f"Authorization: Bearer {service.keys['admin']}", '--max-examples', '30', '--request-timeout', '10',
+                        '--phases', 'examples,coverage,fuzzing'],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, 'NO_COLOR': '1'})
+    assert p.returncode == 0, p.stdout[-4000:]
+    tracebacks = query("SELECT count(*) AS n FROM audit WHERE error LIKE '%Traceback%'", get_engine(service.url))
+    assert tracebacks == [{'n': 0}]
