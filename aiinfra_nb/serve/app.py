@@ -224,6 +224,7 @@ def create_app(registry: Registry | None = None,  # default: the project's regis
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        torch.set_num_threads(1)  # a request's batch is small: one thread per worker, rather than threads fighting over cores
         await asyncio.to_thread(models.refresh)
         _service_beat(name, 'up')
         task = asyncio.create_task(_keep_fresh(models, name, s.service.reload_s))

@@ -1,0 +1,124 @@
+"""The model service's throughput and tail latency, side by side in one run.
+
+Two servers on 127.0.0.1, one uvicorn worker each, the same registered model:
+- full: `aiinfra serve` (API key check, rate limit, audit of every request through the batching writer,
+  body and concurrency guard, Prometheus metrics, the V1 route with its feature checks);
+- bare: a FastAPI app with one route that runs the same model on the same V1 body, nothing else.
+`wrk` (C, from the Debian package; installed when missing) loads each at 16 connections for 1-row and 32-row
+predictions, interleaved, best of the rounds. The last line is one JSON object.
+"""
+import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, textwrap, time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+BARE = textwrap.dedent("""
+    import os, polars as pl, torch
+    from fastapi import FastAPI, Request
+    from aiinfra_nb.ops.store import get_engine
+    from aiinfra_nb.train.model import Preprocessor
+    from aiinfra_nb.train.registry import Registry
+    model, meta = Registry(os.environ['BENCH_MODELS'], get_engine(os.environ['AIINFRA_DB_URL'])).load('delay', stage='production')
+    pre, f = Preprocessor.from_dict(meta['preprocessing']), meta['features']
+    wanted = [*f['numeric'], *f['categorical']]
+    app = FastAPI()
+
+    @app.post('/v1/models/delay:predict')
+    async def predict(request: Request):
+        rows = (await request.json())['instances']
+        frame = pl.DataFrame([{c: r[c] for c in wanted} for r in rows], schema={c: pl.Float64 if c in f['numeric'] else pl.String for c in wanted})
+        with torch.inference_mode(): out = torch.sigmoid(model(*pre.transform(frame))).tolist()
+        return {'predictions': out}
+""")
+
+LUA = """wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen):
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500: return
+        except httpx.HTTPError: pass
+        if proc.poll() is not None: sys.exit(f"server exited: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    sys.exit('server did not start')
+
+
+def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[float, float]:
+    "(requests/s, p99 ms) of one wrk run"
+    out = subprocess.run(['wrk', '-t2', f'-c{connections}', f'-d{seconds}s', '--latency', '-s', str(script), url],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1))
+    value, unit = re.search(r'99%\s+([\d.]+)(us|ms|s)', out).groups()
+    p99 = float(value) * {'us': 0.001, 'ms': 1, 's': 1000}[unit]
+    errors = re.search(r'Non-2xx or 3xx responses: (\d+)', out)
+    if errors: sys.exit(f"{url}: {errors.group(1)} error responses under load:\n{out}")
+    return rps, p99
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--seconds', type=int, default=10)
+    ap.add_argument('--rounds', type=int, default=2)
+    ap.add_argument('--connections', type=int, default=16)
+    a = ap.parse_args()
+    if not shutil.which('wrk'): subprocess.run(['apt-get', 'install', '-y', '-q', 'wrk'], check=True, capture_output=True)
+    tmp = Path(tempfile.mkdtemp())
+    env = {**os.environ, 'AIINFRA_DB_URL': f"sqlite:///{tmp/'store.db'}", 'AIINFRA_DATA_DIR': str(tmp/'data'), 'BENCH_MODELS': str(tmp/'data/models'),
+           'AIINFRA_SERVICE_RATE_LIMIT': '1000000/second', 'AIINFRA_SERVICE_NAME': 'bench'}
+    os.environ.update(env)
+    import torch
+    from aiinfra_nb.serve.auth import create_key
+    from aiinfra_nb.train.model import Preprocessor, TabularNet
+    from aiinfra_nb.train.registry import Registry
+    reg = Registry(tmp/'data/models')
+    torch.manual_seed(0)
+    pre = Preprocessor({'distance': {'mean': 1000.0, 'std': 500.0}, 'dep_hour': {'mean': 13.0, 'std': 5.0}}, {'carrier': ['AA', 'B6', 'DL', 'UA']})
+    v = reg.save(TabularNet(2, [5], hidden=[128, 128]), 'delay', preprocessing=pre.to_dict(),
+                 features={'numeric': ['distance', 'dep_hour'], 'categorical': ['carrier'], 'target': 'delayed'})['version']
+    reg.promote('delay', v)
+    key = create_key('bench', 'predict')['secret']
+    (tmp/'bare.py').write_text(BARE)
+    full_port, bare_port = free_port(), free_port()
+    servers = [subprocess.Popen([str(BIN/'aiinfra'), 'serve', '--port', str(full_port)], env=env, stderr=subprocess.PIPE, text=True),
+               subprocess.Popen([str(BIN/'uvicorn'), 'bare:app', '--port', str(bare_port), '--log-level', 'warning'], cwd=tmp, env=env,
+                                stderr=subprocess.PIPE, text=True)]
+    try:
+        wait_ready(f'http://127.0.0.1:{full_port}/v2/health/ready', servers[0])
+        wait_ready(f'http://127.0.0.1:{bare_port}/docs', servers[1])
+        results = {}
+        for rows in (1, 32):
+            body = json.dumps({'instances': [{'distance': 300.0 + 40 * i, 'dep_hour': float(i % 24), 'carrier': 'UA'} for i in range(rows)]})
+            script = tmp/f'post{rows}.lua'
+            script.write_text(LUA.format(body=body, key=key))
+            for _ in range(a.rounds):  # interleaved, so that noise hits both alike
+                for name, port in (('bare', bare_port), ('full', full_port)):
+                    rps, p99 = wrk(f'http://127.0.0.1:{port}/v1/models/delay:predict', script, a.connections, a.seconds)
+                    print(f"{rows:>2} row(s) {name}: {rps:,.0f} req/s, p99 {p99:.1f} ms", file=sys.stderr)
+                    best = results.get((name, rows))
+                    if best is None or rps > best[0]: results[(name, rows)] = (rps, p99)
+    finally:
+        for s in servers: s.send_signal(signal.SIGTERM)
+        for s in servers: s.wait(60)
+    out = {'benchmark': 'serve'}
+    for rows in (1, 32):
+        (full, p99), (bare, _) = results[('full', rows)], results[('bare', rows)]
+        out |= {f'full_rps_{rows}': round(full), f'bare_rps_{rows}': round(bare), f'ratio_{rows}': round(full / bare, 3), f'p99_ms_full_{rows}': round(p99, 2)}
+        print(f"{rows:>2} row(s): full {full:,.0f} req/s vs bare {bare:,.0f}: {full / bare:.2f}x (goal >= 0.8); full p99 {p99:.1f} ms (goal <= 15)")
+    print(json.dumps(out))
+
+
+if __name__ == '__main__':
+    main()
