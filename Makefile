@@ -17,7 +17,8 @@ PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
 
 help:
 	@echo "make demo   set up, run the pipeline (dvc repro: ingest, etl, train, evaluate) on the full 2013 data, push it to the DVC remote,"
-	@echo "            run the tutorials, and print the datasets, row counts, the training's machine session and cost, the registry, 'aiinfra status'"
+	@echo "            run the tutorials, print the datasets, row counts, the training's machine session and cost, the registry;"
+	@echo "            then serve the production model, create a key, predict over V1 and V2, and print the audit of those calls and 'aiinfra status'"
 	@echo "make test   set up, then: nbdev sync, markdown and dvc.lock checks, notebook tests, pytest (store on SQLite and PostgreSQL)"
 	@echo "make bench  the benchmarks in benchmarks/ (ratios measured side by side)"
 
@@ -63,12 +64,15 @@ demo: install
 	aiinfra sql "select r.name as run, r.status, m.key as dataset_rows, m.value as n from runs r join metrics m on m.run_id = r.id where m.key like 'rows/%' order by r.started_at desc, m.key limit 12"
 	aiinfra sql "select r.name as run, r.status, s.machine, s.kind, s.started_at, s.ended_at, s.cost from runs r join machine_sessions s on s.run_id = r.id order by r.started_at desc limit 3"
 	aiinfra models list
+	$(PAPERMILL) nbs/tutorials/serving.ipynb data/runs/serving.ipynb
+	bash .ci/demo_serve.sh
 	aiinfra status
 
 bench: install
 	python benchmarks/store_ingest.py
 	python benchmarks/etl.py
 	python benchmarks/train.py
+	python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) _proc .pytest_cache

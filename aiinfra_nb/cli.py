@@ -44,7 +44,7 @@ def _cell(key: str, v) -> str:
     "A value as a table shows it: times as times, costs as money, durations as durations, counts as integers"
     if v is None: return ''
     if isinstance(v, datetime): return v.strftime('%Y-%m-%d %H:%M:%S')
-    if isinstance(v, bool) or not isinstance(v, (int, float)): return str(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or key in ('pid', 'port', 'step') or key.endswith('version'): return str(v)
     if key.endswith('_at') or key == 'time': return datetime.fromtimestamp(v).strftime('%Y-%m-%d %H:%M:%S')
     if 'cost' in key or key.startswith('price'): return money(v)
     if key.endswith('_s') or key == 'duration': return duration(v)
@@ -199,8 +199,7 @@ def audit_(key: str = typer.Option(None, help="a key's id or name"), model: str 
     from aiinfra_nb.serve.audit import list_audit
     from aiinfra_nb.serve.auth import parse_duration
     rows = list_audit(key=key, model=model, status=status, since=time.time() - parse_duration(since) if since else None, limit=limit)
-    show(rows, ['time', 'key_name', 'role', 'method', 'path', 'model', 'model_version', 'status_code', 'latency_ms', 'rows', 'request_id', 'error'],
-         as_json=as_json)
+    show(rows, ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms', 'rows', 'error'], as_json=as_json)
 
 @app.command('services')
 def services_(as_json: bool = typer.Option(False, '--json', help='print JSON')):

@@ -248,3 +248,15 @@ def test_fuzzed_from_its_own_openapi_schema(service):
     assert p.returncode == 0, p.stdout[-4000:]
     tracebacks = query("SELECT count(*) AS n FROM audit WHERE error LIKE '%Traceback%'", get_engine(service.url))
     assert tracebacks == [{'n': 0}]
+
+
+def test_rate_limits_are_shared_through_redis():
+    "Two limiters (two workers) on one Redis count one budget per key"
+    import uuid
+    from aiinfra_nb.serve.auth import RateLimits
+    try:
+        a, b = RateLimits('5/minute', 'redis://127.0.0.1:6379'), RateLimits('5/minute', 'redis://127.0.0.1:6379')
+        key = uuid.uuid4().hex
+        hits = [(a if i % 2 else b).hit(key) for i in range(6)]
+    except Exception as e: pytest.skip(f'no Redis at 127.0.0.1:6379 ({e})')
+    assert hits[:5] == [None] * 5 and hits[5] is not None and 0 < hits[5] <= 60
