@@ -464,6 +464,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'aiinfra_nb/train/logger.py')},
             'aiinfra_nb.train.model': { 'aiinfra_nb.train.model.Preprocessor': ( 'api/train.model.html#preprocessor',
                                                                                  'aiinfra_nb/train/model.py'),
+                                        'aiinfra_nb.train.model.Preprocessor._transform_small': ( 'api/train.model.html#preprocessor._transform_small',
+                                                                                                  'aiinfra_nb/train/model.py'),
                                         'aiinfra_nb.train.model.Preprocessor.cardinalities': ( 'api/train.model.html#preprocessor.cardinalities',
                                                                                                'aiinfra_nb/train/model.py'),
                                         'aiinfra_nb.train.model.Preprocessor.fit': ( 'api/train.model.html#preprocessor.fit',

@@ -108,7 +108,7 @@ def needs(permission: str):
         if key: audit.update(key_id=key.id, key_name=key.name, role=key.role)
         if why: raise ServiceError(401, why, {'WWW-Authenticate': 'Bearer'})
         if not key.can(permission): raise ServiceError(403, f"the {key.role} role may not {permission}")
-        if (wait := request.app.state.limits.hit(key.id)) is not None:
+        if (wait := await request.app.state.limits.hit(key.id)) is not None:
             raise ServiceError(429, f"rate limit of {request.app.state.limits.item} exceeded", {'Retry-After': str(math.ceil(wait))})
         return key
     check.permission = permission

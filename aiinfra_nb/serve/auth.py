@@ -8,8 +8,8 @@ import hashlib, re, secrets, time
 from dataclasses import dataclass
 import sqlalchemy as sa
 from limits import parse as parse_rate
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 from ..core import AiinfraError, load_settings
 from ..ops.record import new_id
 from ..ops.store import api_keys, get_engine, query, writing
@@ -112,10 +112,13 @@ class RateLimits:
         s = load_settings().service
         try: self.item = parse_rate(rate or s.rate_limit)
         except ValueError: raise AuthError(f"rate limit {rate or s.rate_limit!r}: expected e.g. 200/second or 1000/minute") from None
-        try: self.limiter = MovingWindowRateLimiter(storage_from_string(url or s.limits_url))
-        except Exception as e: raise AuthError(f"limits_url {url or s.limits_url!r}: {e}") from None
+        url = url or s.limits_url
+        try:
+            extra = {'implementation': 'redispy'} if url.startswith(('redis', 'rediss')) else {}
+            self.limiter = MovingWindowRateLimiter(storage_from_string(url if url.startswith('async+') else 'async+' + url, **extra))
+        except Exception as e: raise AuthError(f"limits_url {url!r}: {e}") from None
 
-    def hit(self, key_id: str) -> float | None:
+    async def hit(self, key_id: str) -> float | None:
         "None if the request may go on, else the seconds until it may"
-        if self.limiter.hit(self.item, key_id): return None
-        return max(self.limiter.get_window_stats(self.item, key_id).reset_time - time.time(), 0.001)
+        if await self.limiter.hit(self.item, key_id): return None
+        return max((await self.limiter.get_window_stats(self.item, key_id)).reset_time - time.time(), 0.001)
