@@ -261,3 +261,43 @@ def test_rate_limits_are_shared_through_redis():
         hits = asyncio.run(six())
     except Exception as e: pytest.skip(f'no Redis at 127.0.0.1:6379 ({e})')
     assert hits[:5] == [None] * 5 and hits[5] is not None and 0 < hits[5] <= 60
+
+
+def test_secrets_never_reach_the_audit_or_the_logs(loaded):
+    asyncio.run(_load(loaded.base, loaded.keys, 300, 8))
+    loaded.stop()
+    eng = get_engine(loaded.url)
+    for table in ('audit', 'events'):
+        text = json.dumps(query(f'SELECT * FROM {table}', eng), default=str)
+        assert not [k for k in loaded.keys.values() if k in text], table
+
+
+def test_saturation_is_a_503_not_a_queue(tmp_path, sqlite_url):
+    "More requests in flight than [service] max_concurrency: the excess get 503 with Retry-After, never a 500"
+    svc = Service(tmp_path, sqlite_url, rate_limit='100000/second', max_concurrency=1)
+    svc.registry.promote('delay', save_model(svc.registry, 0))
+    svc.keys = {r: create_key(f'{r}-key', r, engine=svc.registry.engine)['secret'] for r in ROLES}
+    svc.keys['flood'] = svc.keys['read']
+    svc.start()
+    try:
+        statuses = Counter(s for s, _, _ in asyncio.run(_load(svc.base, svc.keys, 800, 32)))
+        assert statuses[503] > 0 and not [s for s in statuses if s >= 500 and s != 503], statuses
+    finally: svc.stop()
+
+
+def test_metrics_count_every_worker(tmp_path, sqlite_url):
+    "With two workers, /metrics reports the requests of both (Prometheus multiprocess mode)"
+    svc = Service(tmp_path, sqlite_url, rate_limit='100000/second', workers=2)
+    svc.registry.promote('delay', save_model(svc.registry, 0))
+    admin = create_key('admin', 'admin', engine=svc.registry.engine)['secret']
+    svc.start()
+    try:
+        auth = {'Authorization': f'Bearer {admin}'}
+        with httpx.Client(base_url=svc.base, headers=auth) as c:  # new connections: the kernel spreads them over the workers
+            for _ in range(200): httpx.get(f'{svc.base}/v2', headers=auth)
+            text = c.get('/metrics').text
+        served = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith('aiinfra_requests_total{') and 'status="200"' in l)
+        assert served >= 200, text[:2000]
+        pids = {r['pid'] for r in query("SELECT pid FROM services", get_engine(sqlite_url))}
+        assert len(pids) >= 1
+    finally: svc.stop()
