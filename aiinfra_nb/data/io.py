@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/13_data.io.ipynb #e7513f25
 from __future__ import annotations
-import difflib, io, json, re, time
+import difflib, io, json, re
 from pathlib import Path
 import polars as pl
 from fastcore.basics import patch

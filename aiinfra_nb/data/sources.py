@@ -5,7 +5,7 @@
 # %% ../../nbs/api/10_data.sources.ipynb #b6a923dc
 from __future__ import annotations
 import csv, hashlib, io, zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 import polars as pl

@@ -4,11 +4,10 @@
 
 # %% ../../nbs/api/32_serve.app.ipynb #00459f4c
 from __future__ import annotations
-import asyncio, gc, json, math, os, socket, threading, time
+import asyncio, gc, math, os, socket, threading, time
 from importlib.metadata import version as _dist_version
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-import numpy as np
 import polars as pl
 import torch
 from fastapi import Depends, FastAPI, Request

@@ -12,7 +12,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from ..core import AiinfraError, load_settings
 from ..ops.record import new_id
-from ..ops.store import api_keys, get_engine, query, writing
+from ..ops.store import api_keys, query, writing
 
 # %% auto #0
 __all__ = ['PERMISSIONS', 'ROLES', 'AuthError', 'parse_duration', 'hash_secret', 'create_key', 'list_keys', 'revoke_key', 'Key',
