@@ -8,7 +8,7 @@ import hashlib, re, secrets, time
 from dataclasses import dataclass
 import sqlalchemy as sa
 from limits import parse as parse_rate
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 from ..core import AiinfraError, load_settings
 from ..ops.record import new_id
@@ -92,21 +92,22 @@ class KeyRing:
         "(key, None) for a valid secret, else (the key if known, why it is refused)"
         if not secret: return None, 'no API key: send Authorization: Bearer <key> (or X-API-Key)'
         h, now = hash_secret(secret), time.monotonic()
-        row, at = self._cache.get(h, (None, -1e9))
+        key, revoked, at = self._cache.get(h, (None, None, -1e9))
         if now - at > self.ttl:
             rows = query(sa.select(api_keys).where(api_keys.c.key_hash == h), self.engine)
-            row = rows[0] if rows else None
+            r = rows[0] if rows else None
+            key = Key(r['id'], r['name'], r['role'], tuple(r['models']) if r['models'] else None, r['expires_at']) if r else None
+            revoked = bool(r and r['revoked_at'])
             if len(self._cache) > 10_000: self._cache.clear()  # garbage keys must not grow it without bound
-            self._cache[h] = (row, now)
-        if row is None: return None, 'unknown API key'
-        key = Key(row['id'], row['name'], row['role'], tuple(row['models']) if row['models'] else None, row['expires_at'])
-        if row['revoked_at']: return key, 'this API key was revoked'
+            self._cache[h] = (key, revoked, now)
+        if key is None: return None, 'unknown API key'
+        if revoked: return key, 'this API key was revoked'
         if key.expires_at and key.expires_at < time.time(): return key, 'this API key has expired'
         return key, None
 
 # %% ../../nbs/api/30_serve.auth.ipynb #f2efdda6
 class RateLimits:
-    "Per-key moving-window rate limits (`limits`), in memory or in Redis"
+    "Per-key sliding-window rate limits (`limits`), in memory or in Redis"
     def __init__(self, rate: str | None = None,  # e.g. '200/second'; default `[service] rate_limit`
                  url: str | None = None):  # memory:// or redis://host:6379; default `[service] limits_url`
         s = load_settings().service
@@ -115,7 +116,7 @@ class RateLimits:
         url = url or s.limits_url
         try:
             extra = {'implementation': 'redispy'} if url.startswith(('redis', 'rediss')) else {}
-            self.limiter = MovingWindowRateLimiter(storage_from_string(url if url.startswith('async+') else 'async+' + url, **extra))
+            self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(url if url.startswith('async+') else 'async+' + url, **extra))
         except Exception as e: raise AuthError(f"limits_url {url!r}: {e}") from None
 
     async def hit(self, key_id: str) -> float | None:
