@@ -24,7 +24,7 @@ class AuditMiddleware:
     def __init__(self, app, service: str,  # the name the service is audited under
                  payload: str | None = None, payload_max: int | None = None, engine=None):
         s = load_settings().service
-        self.app, self.service, self.engine = app, service, engine
+        self.app, self.service, self.engine, self._writer = app, service, engine, None
         self.mode, self.cap = payload or s.audit_payload, s.audit_payload_max if payload_max is None else payload_max
         if self.mode not in PAYLOAD_MODES: raise SettingsError(f"[service] audit_payload {self.mode!r}: expected one of {', '.join(PAYLOAD_MODES)}")
 
@@ -63,7 +63,8 @@ class AuditMiddleware:
                    scope['method'], scope['path'][:2000], getattr(route, 'path', None), info.get('model'), info.get('model_version'),
                    seen['status'], round(latency_ms, 3), client[0] if client else None, info.get('error'), info.get('rows'),
                    seen['bytes'], _payload(body, self.mode, self.cap))
-            writer(self.engine).put('audit', [row])
+            if self._writer is None: self._writer = writer(self.engine)  # resolved once: the store of a running service does not move
+            self._writer.put('audit', [row])
         except Exception as e: print(f"aiinfra: audit record lost: {e}")
 
 # %% ../../nbs/api/31_serve.audit.ipynb #c9f6430a
