@@ -160,6 +160,7 @@ def test_v2_bodies_follow_the_open_inference_protocol(service):
             r = c.post('/v2/models/delay/infer', json=bad)
             assert r.status_code == 422 and says in r.json()['error']
             jsonschema.validate(r.json(), SPEC['error'])
+        assert c.get('/v2/models/delay/versions/99999999999999999999').status_code == 404  # found by the fuzzer: was a 500
         v1 = c.post('/v1/models/delay:predict', json=V1).json()
         assert v1['predictions'] == c.post('/v2/models/delay/infer', json=V2).json()['outputs'][0]['data'] and v1['model_version'] == '1'
 

@@ -27,9 +27,8 @@ from ..train.registry import Registry
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
-__all__ = ['PUBLIC', 'REQUESTS', 'LATENCY', 'NUMERIC_TYPES', 'Served', 'LiveModels', 'predict', 'ServiceError', 'error', 'needs',
-           'Guard', 'V2Tensor', 'V2Request', 'V1Request', 'frame_from_v2', 'v2_metadata', 'create_app', 'serve',
-           'list_services']
+__all__ = ['REQUESTS', 'LATENCY', 'NUMERIC_TYPES', 'Served', 'LiveModels', 'predict', 'ServiceError', 'error', 'needs', 'Guard',
+           'V2Tensor', 'V2Request', 'V1Request', 'frame_from_v2', 'v2_metadata', 'create_app', 'serve', 'list_services']
 
 # %% ../../nbs/api/32_serve.app.ipynb #0f4766e8
 @dataclass(frozen=True)
@@ -43,6 +42,8 @@ class Served:
 
     @property
     def features(self) -> dict: return self.meta.get('features') or {}
+    @property
+    def task(self) -> str: return self.meta['architecture']['config'].get('task', 'binary')
 
 class LiveModels:
     "The production models of a registry, swapped in as they are promoted"
@@ -83,9 +84,8 @@ def predict(served: Served, frame: pl.DataFrame) -> list:
     "Probabilities (binary: of the positive class; multiclass: one list per row) or values of `frame`'s rows"
     x_num, x_cat = served.pre.transform(frame)
     out = served.model(x_num, x_cat)
-    task = served.meta['architecture']['config'].get('task', 'binary')
-    if task == 'binary': out = torch.sigmoid(out)
-    elif task == 'multiclass': out = torch.softmax(out, dim=1)
+    if served.task == 'binary': out = torch.sigmoid(out)
+    elif served.task == 'multiclass': out = torch.softmax(out, dim=1)
     return out.tolist()
 
 # %% ../../nbs/api/32_serve.app.ipynb #2a9cbbc0
@@ -112,8 +112,6 @@ def needs(permission: str):
         return key
     check.permission = permission
     return Depends(check)
-
-PUBLIC = {'/v2/health/live', '/v2/health/ready'}
 
 # %% ../../nbs/api/32_serve.app.ipynb #66e3c3f6
 REQUESTS = prom.Counter('aiinfra_requests', 'HTTP requests answered', ['method', 'status'])
@@ -204,8 +202,7 @@ def frame_from_v2(served: Served, inputs: list[V2Tensor], max_rows: int) -> pl.D
 
 def v2_metadata(served: Served, versions: list[int]) -> dict:
     "V2 model metadata: one input per feature, with its datatype and shape [-1]"
-    f = served.features
-    task = served.meta['architecture']['config'].get('task', 'binary')
+    f, task = served.features, served.task
     return {'name': served.name, 'versions': [str(v) for v in versions], 'platform': 'aiinfra-pytorch',
             'inputs': [{'name': c, 'datatype': 'FP32', 'shape': [-1]} for c in f.get('numeric', [])] +
                       [{'name': c, 'datatype': 'BYTES', 'shape': [-1]} for c in f.get('categorical', [])],
@@ -239,6 +236,7 @@ def create_app(registry: Registry | None = None,  # default: the project's regis
                               "Every route but health needs an API key: Authorization: Bearer <key> (or X-API-Key).")
     app.state.keys, app.state.limits, app.state.models, app.state.max_rows = KeyRing(), RateLimits(), models, s.service.max_rows
     _routes(app)
+    _declare_permissions(app)
     _errors(app)
     app.add_middleware(Guard, max_body=s.service.max_body_bytes, max_concurrency=s.service.max_concurrency)
     app.add_middleware(AuditMiddleware, service=name)  # outermost: refused requests are audited too
@@ -285,6 +283,12 @@ def _errors(app: FastAPI):
                   logger='aiinfra.serve', request_id=rid)
         return _noted(request, 500, f"internal error (request {rid}); it has been logged")
 
+def _declare_permissions(app: FastAPI):
+    "Write each route's permission, taken from its `needs` dependency, into the OpenAPI schema as `x-permission`"
+    for route in app.routes:
+        perms = [d.call.permission for d in getattr(getattr(route, 'dependant', None), 'dependencies', []) if hasattr(d.call, 'permission')]
+        if perms: route.openapi_extra = {**(route.openapi_extra or {}), 'x-permission': perms[0]}
+
 def _noted(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
     "An error answer, with its message kept for the audit"
     request.scope.setdefault('state', {}).setdefault('audit', {})['error'] = message[:500]
@@ -303,7 +307,7 @@ def _served(request: Request, key: Key, name: str, version: str | None = None) -
     return served
 
 def _outputs(served: Served, values: list) -> list[dict]:
-    task = served.meta['architecture']['config'].get('task', 'binary')
+    task = served.task
     shape = [len(values), len(values[0])] if task == 'multiclass' and values else [len(values)]
     return [{'name': 'prediction' if task == 'regression' else 'probability', 'datatype': 'FP32', 'shape': shape,
              'data': _flat(values) if task == 'multiclass' else values}]
@@ -319,23 +323,23 @@ def _routes(app: FastAPI):
         ok = bool(request.app.state.models.production)
         return JSONResponse({'ready': ok}, status_code=200 if ok else 503)
 
-    @app.get('/v2', tags=['v2'], openapi_extra={'x-permission': 'read'})
+    @app.get('/v2', tags=['v2'])
     async def server_metadata(key: Key = read): return {'name': 'aiinfra', 'version': __version__, 'extensions': []}
 
-    @app.get('/v2/models/{name}', tags=['v2'], openapi_extra={'x-permission': 'read'})
-    @app.get('/v2/models/{name}/versions/{version}', tags=['v2'], openapi_extra={'x-permission': 'read'})
+    @app.get('/v2/models/{name}', tags=['v2'])
+    @app.get('/v2/models/{name}/versions/{version}', tags=['v2'])
     async def model_metadata(request: Request, name: str, version: str | None = None, key: Key = read):
         served = _served(request, key, name, version)
         return v2_metadata(served, [r['version'] for r in request.app.state.models.registry.list(name)])
 
-    @app.get('/v2/models/{name}/ready', tags=['v2'], openapi_extra={'x-permission': 'read'})
-    @app.get('/v2/models/{name}/versions/{version}/ready', tags=['v2'], openapi_extra={'x-permission': 'read'})
+    @app.get('/v2/models/{name}/ready', tags=['v2'])
+    @app.get('/v2/models/{name}/versions/{version}/ready', tags=['v2'])
     async def model_ready(request: Request, name: str, version: str | None = None, key: Key = read):
         _served(request, key, name, version)
         return {'name': name, 'ready': True}
 
-    @app.post('/v2/models/{name}/infer', tags=['v2'], openapi_extra={'x-permission': 'predict'})
-    @app.post('/v2/models/{name}/versions/{version}/infer', tags=['v2'], openapi_extra={'x-permission': 'predict'})
+    @app.post('/v2/models/{name}/infer', tags=['v2'])
+    @app.post('/v2/models/{name}/versions/{version}/infer', tags=['v2'])
     async def infer(request: Request, body: V2Request, name: str, version: str | None = None, key: Key = predict_):
         served = _served(request, key, name, version)
         frame = frame_from_v2(served, body.inputs, request.app.state.max_rows)
@@ -343,16 +347,16 @@ def _routes(app: FastAPI):
         values = predict(served, frame)
         return {'model_name': name, 'model_version': str(served.version), 'id': body.id, 'outputs': _outputs(served, values)}
 
-    @app.get('/v1/models', tags=['v1'], openapi_extra={'x-permission': 'read'})
+    @app.get('/v1/models', tags=['v1'])
     async def v1_models(request: Request, key: Key = read):
         return {'models': sorted(n for n in request.app.state.models.production if key.may_use(n))}
 
-    @app.get('/v1/models/{name}', tags=['v1'], openapi_extra={'x-permission': 'read'})
+    @app.get('/v1/models/{name}', tags=['v1'])
     async def v1_model(request: Request, name: str, key: Key = read):
         served = _served(request, key, name)
         return {'name': name, 'ready': True, 'version': str(served.version)}
 
-    @app.post('/v1/models/{name}:predict', tags=['v1'], openapi_extra={'x-permission': 'predict'})
+    @app.post('/v1/models/{name}:predict', tags=['v1'])
     async def v1_predict(request: Request, body: V1Request, name: str, key: Key = predict_):
         served = _served(request, key, name)
         if len(body.instances) > request.app.state.max_rows:
@@ -370,7 +374,7 @@ def _routes(app: FastAPI):
         request.scope['state']['audit']['rows'] = frame.height
         return {'predictions': predict(served, frame), 'model_name': name, 'model_version': str(served.version)}
 
-    @app.get('/metrics', tags=['admin'], openapi_extra={'x-permission': 'admin'}, response_class=PlainTextResponse)
+    @app.get('/metrics', tags=['admin'], response_class=PlainTextResponse)
     async def metrics(key: Key = admin):
         registry = prom.REGISTRY
         if os.environ.get('PROMETHEUS_MULTIPROC_DIR'):

@@ -138,6 +138,8 @@ def _adopt(self: Registry, conn, name: str):
 @patch
 def _resolve(self: Registry, name: str, version: int | None, stage: str | None) -> int:
     check_model_name(name)
+    if version is not None and not (isinstance(version, int) and 0 < version < 2**31):
+        raise RegistryError(f"version {version!r} of model {name!r}: expected a whole number from 1")
     q = sa.select(models.c.version).where(models.c.name == name).order_by(models.c.version.desc()).limit(1)
     if version is not None: q = q.where(models.c.version == int(version))
     if stage is not None:
