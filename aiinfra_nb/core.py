@@ -334,7 +334,7 @@ def stale_temporaries(path: str | Path) -> list[Path]:
     path, out = Path(path), []
     for t in path.parent.glob(f'.{path.name}.*.tmp'):
         pid = t.name[len(path.name) + 2:].split('.', 1)[0]
-        if not pid.isdigit(): out.append(t); continue  # written before pids were in the name
+        if not (pid.isascii() and pid.isdigit()): out.append(t); continue  # written before pids were in the name
         try: os.kill(int(pid), 0)
         except ProcessLookupError: out.append(t)
         except PermissionError: pass  # alive, someone else's

@@ -160,7 +160,8 @@ def test_v2_bodies_follow_the_open_inference_protocol(service):
             r = c.post('/v2/models/delay/infer', json=bad)
             assert r.status_code == 422 and says in r.json()['error']
             jsonschema.validate(r.json(), SPEC['error'])
-        assert c.get('/v2/models/delay/versions/99999999999999999999').status_code == 404  # found by the fuzzer: was a 500
+        for v in ('99999999999999999999', '¹'):  # found by the fuzzer: were 500s
+            assert c.get(f'/v2/models/delay/versions/{v}').status_code == 404
         v1 = c.post('/v1/models/delay:predict', json=V1).json()
         assert v1['predictions'] == c.post('/v2/models/delay/infer', json=V2).json()['outputs'][0]['data'] and v1['model_version'] == '1'
 
@@ -243,7 +244,7 @@ def test_sigterm_during_load_loses_no_accepted_request_and_no_audit_row(loaded):
 def test_fuzzed_from_its_own_openapi_schema(service):
     "schemathesis generates requests from the service's OpenAPI schema: no 5xx, no traceback in any body"
     p = subprocess.run([str(BIN/'schemathesis'), 'run', f'{service.base}/openapi.json', '--checks', 'not_a_server_error',
-                        '-H', f"Authorization: Bearer {service.keys['admin']}", '--max-examples', '30', '--request-timeout', '10',
+                        '-H', f"Authorization: Bearer {service.keys['admin']}", '--max-examples', '100', '--request-timeout', '10',
                         '--phases', 'examples,coverage,fuzzing'],
                        capture_output=True, text=True, timeout=600, env={**os.environ, 'NO_COLOR': '1'}, cwd=service.registry.root.parent)  # its cache stays out of the repo
     assert p.returncode == 0, p.stdout[-4000:]

@@ -299,7 +299,7 @@ def _served(request: Request, key: Key, name: str, version: str | None = None) -
     "The model a request names, if the key may use it; else the same 404 as an unknown model"
     v = None
     if version is not None:
-        if not version.isdigit(): raise ServiceError(404, f"no model {name!r} version {version!r}")
+        if not (version.isascii() and version.isdigit()): raise ServiceError(404, f"no model {name!r} version {version!r}")  # '¹' is a digit to isdigit
         v = int(version)
     served = request.app.state.models.get(name, v) if key.may_use(name) else None
     if served is None: raise ServiceError(404, f"no model {name!r}" + (f" version {v}" if v is not None else ''))

@@ -119,7 +119,7 @@ def _lock_model(conn, name: str):
 def _adopt(self: Registry, conn, name: str):
     "Give version folders of `name` that have no row in this store their row back (see above)"
     folder = self.root/check_model_name(name)
-    on_disk = sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()) if folder.is_dir() else []
+    on_disk = sorted(int(d.name) for d in folder.iterdir() if d.name.isascii() and d.name.isdigit()) if folder.is_dir() else []
     known = set(conn.execute(sa.select(models.c.version).where(models.c.name == name)).scalars())
     for v in (v for v in on_disk if v not in known):
         d = folder/str(v)
