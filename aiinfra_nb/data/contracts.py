@@ -12,7 +12,8 @@ from fastcore.basics import patch
 from ..core import AiinfraError, atomic_write
 
 # %% auto #0
-__all__ = ['Column', 'Contract', 'load_contract', 'ContractError', 'violations', 'check']
+__all__ = ['ROLES', 'FEATURE_ROLES', 'TASKS', 'MAX_CLASSES', 'Column', 'Contract', 'load_contract', 'ContractError', 'violations',
+           'check', 'column_role', 'infer_task', 'Inference', 'infer_project']
 
 # %% ../../nbs/api/11_data.contracts.ipynb #f520bf0f
 @dataclass
@@ -25,6 +26,8 @@ class Column:
     max: float | None = None  # largest allowed value (inclusive)
     allowed: list | None = None  # the only values allowed (nulls aside)
     unique: bool = False
+    role: str | None = None  # what the pipeline makes of it: target, numeric, categorical, datetime; id, constant, text (dropped)
+    note: str | None = None  # why it got that role, for the person reviewing the contract
 
 @dataclass
 class Contract:
@@ -145,3 +148,89 @@ def check(contract: Contract, data: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame
         lines = '\n'.join(f'  - {v}' for v in found)
         raise ContractError(f"dataset {contract.name!r} breaks its contract ({len(found)} rule{'s' * (len(found) > 1)}):\n{lines}", found)
     return data
+
+# %% ../../nbs/api/11_data.contracts.ipynb #a0d4d1a1
+ROLES = ('target', 'numeric', 'categorical', 'datetime', 'id', 'constant', 'text')
+FEATURE_ROLES = ('numeric', 'categorical', 'datetime')  # the others are not fed to the model
+
+def column_role(s: pl.Series) -> tuple[str, str]:
+    "(role, why) of one column, by the rules above"
+    values = s.drop_nulls()
+    n = values.n_unique()
+    if n <= 1: return 'constant', f"a single value ({values[0]!r})" if n else "no values at all"
+    if s.dtype.is_temporal(): return 'datetime', 'dates: expanded to year, month, day, weekday (and hour)'
+    if s.dtype == pl.Boolean: return 'numeric', 'true/false'
+    if (s.dtype.is_integer() or s.dtype == pl.String) and n == s.len() and s.len() > 2:
+        return 'id', f"unique per row ({n:,} values): an identifier, not a feature"
+    if s.dtype.is_numeric(): return 'numeric', f"{n:,} distinct numbers"
+    if s.dtype != pl.String: return 'constant', f"type {s.dtype} is not usable as a feature"
+    words = values.str.count_matches(r'\s+').mean() + 1
+    if words >= 3 or (words >= 2 and n > values.len() / 2):
+        return 'text', f"free text (about {words:.0f} words, {n:,} distinct values): dropped, the tabular network reads no text"
+    return 'categorical', f"{n:,} categories"
+
+# %% ../../nbs/api/11_data.contracts.ipynb #43ba84fb
+TASKS = ('binary', 'multiclass', 'regression')
+MAX_CLASSES = 20  # a whole-number target with more distinct values is a quantity, not a class
+
+def infer_task(y: pl.Series) -> str:
+    "binary, multiclass or regression, from the target's values (nulls aside)"
+    values = y.drop_nulls()
+    n = values.n_unique()
+    if n < 2:
+        raise ContractError(f"target column {y.name!r} has {'a single value (' + repr(values[0]) + ')' if n else 'no values'}: "
+                            "there is nothing to predict; choose another --target")
+    if n == 2: return 'binary'
+    if y.dtype.is_float() and (values != values.round()).any(): return 'regression'
+    if y.dtype.is_numeric(): return 'multiclass' if n <= MAX_CLASSES else 'regression'
+    if y.dtype == pl.String: return 'multiclass'
+    raise ContractError(f"target column {y.name!r} is {y.dtype}: a target is numbers, text or true/false")
+
+# %% ../../nbs/api/11_data.contracts.ipynb #a20c1144
+@patch
+def columns_with(self: Contract, *roles: str) -> list[str]:
+    "Names of the columns that have one of `roles`"
+    return [c.name for c in self.columns if c.role in roles]
+
+@dataclass
+class Inference:
+    "What `infer_project` decided about a table, to write into the contract and params.yaml"
+    contract: Contract
+    target: str
+    task: str
+    rows: int
+    null_target_rows: int  # dropped by the pipeline (counted in its run)
+
+    def columns(self, *roles: str) -> list[str]: return [c.name for c in self.contract.columns if c.role in roles]
+
+    @property
+    def time_column(self) -> str:
+        "The first datetime column (the pipeline validates on the latest rows), or '' (a random split)"
+        return next(iter(self.columns('datetime')), '')
+
+    def review(self) -> list[str]:
+        "Sentences for the person who reviews the inference"
+        lines = [f"{self.rows:,} rows; target {self.target!r}: {self.task}"]
+        if self.null_target_rows: lines.append(f"{self.null_target_rows:,} rows have no target: the pipeline drops them")
+        for role in FEATURE_ROLES:
+            if cols := self.columns(role): lines.append(f"{role}: {', '.join(cols)}")
+        lines += [f"dropped {c.name!r}: {c.note}" for c in self.contract.columns if c.role in ('id', 'constant', 'text')]
+        return lines
+
+def infer_project(name: str, df: pl.DataFrame, target: str,
+                  task: str | None = None,  # binary, multiclass or regression; default: from the target's values
+                 ) -> Inference:
+    "Infer the task and each column's role of `df`, as a draft contract named `name`"
+    if df.width == 0 or df.height == 0: raise ContractError(f"the table is empty ({df.height} rows, {df.width} columns): nothing to learn from")
+    if target not in df.columns: raise ContractError(f"target column {target!r} is not in the table; columns: {', '.join(df.columns)}")
+    inferred = infer_task(df[target])
+    if task is not None and task not in TASKS: raise ContractError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+    if task == 'binary' and inferred != 'binary': raise ContractError(f"task 'binary' needs a target with two values; {target!r} has {df[target].n_unique():,}")
+    task = task or inferred
+    contract = Contract.infer(name, df)
+    for col in contract.columns:
+        col.role, col.note = ('target', task) if col.name == target else column_role(df[col.name])
+    y = contract.column(target)
+    if task != 'regression': y.allowed = sorted(df[target].drop_nulls().unique().to_list())
+    if not contract.columns_with(*FEATURE_ROLES): raise ContractError(f"no column besides {target!r} can be a feature: {'; '.join(f'{c.name}: {c.note}' for c in contract.columns if c.name != target)}")
+    return Inference(contract, target, task, df.height, df[target].null_count())

