@@ -9,11 +9,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import polars as pl
 from fastcore.basics import patch
-from ..core import AiinfraError, atomic_write
+from ..core import TASKS, AiinfraError, atomic_write
 
 # %% auto #0
-__all__ = ['ROLES', 'FEATURE_ROLES', 'TASKS', 'MAX_CLASSES', 'Column', 'Contract', 'load_contract', 'ContractError', 'violations',
-           'check', 'column_role', 'infer_task', 'Inference', 'infer_project']
+__all__ = ['ROLES', 'FEATURE_ROLES', 'MAX_CLASSES', 'Column', 'Contract', 'load_contract', 'ContractError', 'violations', 'check',
+           'column_role', 'infer_task', 'Inference', 'infer_project']
 
 # %% ../../nbs/api/11_data.contracts.ipynb #f520bf0f
 @dataclass
@@ -170,7 +170,6 @@ def column_role(s: pl.Series) -> tuple[str, str]:
     return 'categorical', f"{n:,} categories"
 
 # %% ../../nbs/api/11_data.contracts.ipynb #43ba84fb
-TASKS = ('binary', 'multiclass', 'regression')
 MAX_CLASSES = 20  # a whole-number target with more distinct values is a quantity, not a class
 
 def infer_task(y: pl.Series) -> str:

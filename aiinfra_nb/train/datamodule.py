@@ -10,6 +10,7 @@ import pytorch_lightning as ptl
 import torch
 from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from ..core import TASKS
 from ..data.io import Catalog
 from .model import Preprocessor, TrainingError
 
@@ -50,16 +51,18 @@ class TabularDataModule(ptl.LightningDataModule):
     "A catalog dataset (or a frame) as tensors, split, preprocessed on the training split, served in indexed batches"
     def __init__(self, data: str | pl.DataFrame | pl.LazyFrame = 'processed/features',  # a dataset name, or a frame
                  target: str = 'delayed', numeric: list[str] | None = None, categorical: list[str] | None = None,
+                 task: str = 'binary',  # binary, multiclass or regression: how the target becomes `y`
                  split: str = 'time',  # 'time' or 'random'
                  time_column: str = 'time_hour', val_fraction: float = 0.2, seed: int = 0, batch_size: int = 1024,
                  catalog: str | None = None):  # catalog folder, when `data` is a name
         super().__init__()
+        if task not in TASKS: raise TrainingError(f"task {task!r}: expected one of {', '.join(TASKS)}")
         if split not in ('time', 'random'): raise TrainingError(f"split {split!r}: expected 'time' or 'random'")
         if not 0 < val_fraction < 1: raise TrainingError(f"val_fraction {val_fraction}: expected between 0 and 1")
         if not isinstance(batch_size, int) or batch_size < 1: raise TrainingError(f"batch_size {batch_size!r}: expected a whole number >= 1")
-        self.data, self.target, self.numeric, self.categorical = data, target, numeric, categorical
+        self.data, self.target, self.numeric, self.categorical, self.task = data, target, numeric, categorical, task
         self.split, self.time_column, self.val_fraction, self.seed, self.batch_size, self.catalog = split, time_column, val_fraction, seed, batch_size, catalog
-        self.train_set = self.val_set = self.preprocessor = None
+        self.train_set = self.val_set = self.preprocessor = self.classes = None
 
     def _frame(self) -> pl.DataFrame:
         if isinstance(self.data, str): return Catalog(self.catalog).load(self.data).collect()
@@ -70,6 +73,19 @@ class TabularDataModule(ptl.LightningDataModule):
         numeric = self.numeric if self.numeric is not None else [c for c, t in df.schema.items() if t.is_numeric() and c not in skip]
         categorical = self.categorical if self.categorical is not None else [c for c, t in df.schema.items() if t == pl.String and c not in skip]
         return numeric, categorical
+
+# %% ../../nbs/api/21_train.datamodule.ipynb #9e5dd477
+@patch
+def _labels(self: TabularDataModule, y: pl.Series) -> pl.Series:
+    "The target as float32 `y`, setting `self.classes` for a classifier"
+    if self.task == 'regression':
+        if not (y.dtype.is_numeric() or y.dtype == pl.Boolean): raise TrainingError(f"task 'regression' needs a numeric target; {y.name!r} is {y.dtype}")
+        return y.cast(pl.Float32)
+    self.classes = sorted(y.unique().to_list())
+    if len(self.classes) < 2: raise TrainingError(f"target {y.name!r} has {len(self.classes)} distinct value(s): a classifier needs both classes")
+    if self.task == 'binary' and len(self.classes) > 2:
+        raise TrainingError(f"task 'binary' needs a target with two values; {y.name!r} has {len(self.classes):,}: use task='multiclass'")
+    return y.replace_strict(self.classes, list(range(len(self.classes))), return_dtype=pl.Float32)
 
 # %% ../../nbs/api/21_train.datamodule.ipynb #e301cc6d
 @patch
@@ -90,11 +106,12 @@ def setup(self: TabularDataModule, stage: str | None = None):
     if (nulls := df[self.target].null_count()): raise TrainingError(f"target column {self.target!r} has {nulls:,} missing values: drop or fill those rows first")
     if df.height < 2: raise TrainingError(f"the data has {df.height} row(s): training needs at least 2 (one to train on, one to validate)")
     numeric, categorical = self._columns(df)
+    df = df.with_columns(self._labels(df[self.target]).alias('_y'))
     train_rows, val_rows = self._split(df)
     train, val = df[train_rows.numpy()], df[val_rows.numpy()]
     self.preprocessor = Preprocessor.fit(train, numeric, categorical)
-    self.val_frame = val  # the validation rows as data, for evaluating a saved model as the service runs it
-    make = lambda part: TensorBatches(*self.preprocessor.transform(part), torch.from_numpy(part[self.target].cast(pl.Float32).to_numpy(writable=True)))
+    self.val_frame = val.drop('_y')  # the validation rows as data, for evaluating a saved model as the service runs it
+    make = lambda part: TensorBatches(*self.preprocessor.transform(part), torch.from_numpy(part['_y'].to_numpy(writable=True)))
     self.train_set, self.val_set = make(train), make(val)
 
 @patch

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/25_train.fit.ipynb #76663793
 from __future__ import annotations
-import contextlib, hashlib, json, logging, os, pathlib, signal, subprocess, sys, threading, warnings
+import contextlib, difflib, hashlib, inspect, json, logging, os, pathlib, signal, subprocess, sys, threading, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pytorch_lightning as ptl
@@ -18,12 +18,13 @@ from ..ops.machines import MachineSession
 from ..ops.record import Run, log_event, recording
 from .datamodule import TabularDataModule
 from .logger import StoreLogger
-from .model import TabularNet, TrainingError
+from .model import TrainingError, model_class
 from .registry import Registry, check_model_name
 from .system import TabularSystem
 
 # %% auto #0
-__all__ = ['log', 'Preemption', 'CheckpointError', 'fingerprint', 'Checkpoints', 'FitResult', 'fit']
+__all__ = ['TRAINER_DEFAULTS', 'log', 'Preemption', 'CheckpointError', 'fingerprint', 'Checkpoints', 'FitResult',
+           'trainer_arguments', 'fit']
 
 # %% ../../nbs/api/25_train.fit.ipynb #c8666da8
 class Preemption(Callback):
@@ -114,35 +115,50 @@ class FitResult:
     note: str | None = None
 
 # %% ../../nbs/api/25_train.fit.ipynb #b86da8c4
-def fit(dm: TabularDataModule,  # the data
+TRAINER_DEFAULTS = dict(max_epochs=5, accelerator='auto', devices='auto', num_nodes=1, strategy='auto', precision='32-true', log_every_n_steps=50)
+_FIT_SETS = ('logger', 'callbacks', 'use_distributed_sampler', 'enable_progress_bar', 'enable_model_summary', 'num_sanity_val_steps')
+
+def trainer_arguments(**given) -> dict:
+    "`TRAINER_DEFAULTS` updated with `given`, checked against the `Trainer`'s own signature"
+    known = set(inspect.signature(ptl.Trainer.__init__).parameters) - {'self'}
+    for k in given:
+        if k in _FIT_SETS: raise TrainingError(f"fit sets the Trainer's {k!r} itself (store logger, checkpoints, preemption); leave it out")
+        if k not in known:
+            near = difflib.get_close_matches(k, known, n=1)
+            raise TrainingError(f"fit got {k}=…, which neither fit nor Lightning's Trainer takes" + (f" (did you mean {near[0]!r}?)" if near else ''))
+    args = {**TRAINER_DEFAULTS, **given}
+    if not isinstance(args['max_epochs'], int) or args['max_epochs'] < 1: raise TrainingError(f"max_epochs {args['max_epochs']!r}: expected a whole number >= 1")
+    return args
+
+# %% ../../nbs/api/25_train.fit.ipynb #bb867948
+def fit(dm: TabularDataModule,  # the data (its `task` says what the model learns)
         name: str = 'flights-delay',  # the model's name (registry, checkpoints, run)
-        hidden: list[int] = [128, 128], dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0,
-        max_epochs: int = 5, max_time: str | None = None,  # e.g. '00:02:00:00' (DD:HH:MM:SS)
-        accelerator: str = 'auto', devices: int | str = 'auto', num_nodes: int = 1, strategy: str = 'auto',
-        precision: str = '32-true', seed: int = 0,
+        model: str = 'TabularNet',  # the network: a declared model class (`train.model.model_class`)
+        hidden: list[int] = [128, 128], dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
         resume: bool | str = True,  # True: continue this training's unfinished checkpoint; a run id: that run's; False: start over
         register: bool = True,  # save the trained model in the registry
         registry: Registry | str | Path | None = None,  # a Registry, a folder (with the shared store); default: the project's
         validation_catalog: Catalog | None = None,  # save the validation rows here, referenced from the model's JSON
         project: str | None = None, data_version: str | None = None, progress: bool = True,
         checkpoints_dir: str | Path | None = None,  # default: `[train] checkpoints`
+        **trainer,  # Lightning `Trainer` arguments, passed unchanged (over `TRAINER_DEFAULTS`)
        ) -> FitResult:
     "Train on demand: ledger, checkpoints, resume, preemption, registration"
     check_model_name(name)
-    if not isinstance(max_epochs, int) or max_epochs < 1: raise TrainingError(f"max_epochs {max_epochs!r}: expected a whole number >= 1")
+    model_class(model)
+    trainer = trainer_arguments(**trainer)
     ptl.seed_everything(seed, workers=True, verbose=False)
     s = load_settings()
     ckpts = Checkpoints(Path(checkpoints_dir or s.train.checkpoints)/name)
-    params = dict(hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs, seed=seed,
-                  batch_size=dm.batch_size, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                  precision=precision)
+    params = dict(model=model, task=dm.task, hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, seed=seed, batch_size=dm.batch_size,
+                  **{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in trainer.items()})
     rank0, local0 = rank_zero_only.rank == 0, int(os.environ.get('LOCAL_RANK', 0)) == 0
     run = Run.start('train', name=name, project=project, params=params, data_version=data_version) if rank0 else None
     try:
         with recording(run) if run else contextlib.nullcontext(), \
              MachineSession(project=run.project if run else project, run_id=run.id if run else None) if local0 else contextlib.nullcontext() as session:
-            return _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params,
-                        max_time=max_time, data_version=data_version)
+            return _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, trainer,
+                        data_version=data_version)
     finally:
         if s.train.shutdown_command and rank0: _shutdown(s.train.shutdown_command, run)
 
@@ -170,30 +186,31 @@ def _trainer_arguments():
     except (ValueError, ImportError, MisconfigurationException) as e:
         raise TrainingError(f"the Trainer refused these arguments: {str(e).strip().splitlines()[0][:300]}") from None
 
-def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, *, max_time, data_version) -> FitResult:
+def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, trainer, *, data_version) -> FitResult:
     dm.setup('fit')
-    if (classes := dm.train_set.y.unique().numel()) < 2:
+    if dm.task != 'regression' and (classes := dm.train_set.y.unique().numel()) < 2:
         raise TrainingError(f"target {dm.target!r} has {classes} distinct value(s) in the training split: a classifier needs both classes")
     p = params
     fp = fingerprint(name=name, preprocessing=dm.preprocessor.to_dict(), rows=(len(dm.train_set), len(dm.val_set)), target=dm.target,
-                     **{k: p[k] for k in ('hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})
+                     classes=dm.classes, **{k: p[k] for k in ('model', 'task', 'hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})
     resume_from, why = ckpts.resume_point(resume, fp)
     start_step = _read_checkpoint(resume_from).get('global_step', 0) if resume_from else 0
     if run:
         run.update(extra=dict(resumed_from=str(resume_from) if resume_from else None, checkpoint=str(ckpts.last), fingerprint=fp))
         run.log_event(why, logger='aiinfra.train')
         ckpts.record(run.id, 'running', fp)
-    net = TabularNet(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=p['hidden'], dropout=p['dropout'])
-    system = TabularSystem(net.config, lr=p['lr'], weight_decay=p['weight_decay'])
+    net = model_class(p['model'])(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=p['hidden'], dropout=p['dropout'],
+                                  task=dm.task, n_classes=len(dm.classes or [0, 1]))
+    system = TabularSystem(net.config, model_class=p['model'], lr=p['lr'], weight_decay=p['weight_decay'])
     preempt = Preemption(ckpts.last)
+    max_epochs = trainer['max_epochs']
     with _quiet_lightning(), _trainer_arguments():
         trainer = ptl.Trainer(
-            max_epochs=p['max_epochs'], max_time=max_time, accelerator=p['accelerator'], devices=p['devices'], num_nodes=p['num_nodes'],
-            strategy=p['strategy'], precision=p['precision'], logger=StoreLogger(run) if run else False, deterministic=False,
+            **trainer, logger=StoreLogger(run) if run else False,
             callbacks=[ModelCheckpoint(dirpath=ckpts.folder, save_last=True, save_top_k=1, every_n_epochs=1), preempt]
                       + ([TQDMProgressBar()] if progress else []),
             use_distributed_sampler=False,  # the DataModule shards its own batches
-            enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=50, num_sanity_val_steps=0)
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
     with _quiet_lightning():
         try: trainer.fit(system, datamodule=dm, ckpt_path=resume_from)
         except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after its own cleanup: keep it an interrupt
@@ -204,7 +221,7 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
     status = 'interrupted' if preempt.requested else 'finished'
     result = FitResult(status, run.id if run else None, metrics=metrics, epochs=trainer.current_epoch, trained=trained)
     if not trained:
-        result.note = (f"nothing left to train: the checkpoint is at epoch {trainer.current_epoch} of max_epochs={p['max_epochs']}; "
+        result.note = (f"nothing left to train: the checkpoint is at epoch {trainer.current_epoch} of max_epochs={max_epochs}; "
                        "raise max_epochs to continue, or pass resume=False to start over. No version registered.")
     if run is None: return result  # not rank 0: rank 0 registers and records
     if status == 'finished' and register and trained and metrics:
@@ -226,7 +243,8 @@ def _register(model, dm, name, registry, validation_catalog, metrics, run, data_
         ds = f'validation/{name}/{run.id}'
         vmeta = validation_catalog.save(dm.val_frame, ds)
         validation = dict(dataset=ds, sha256=vmeta['sha256'], rows=vmeta['rows'])
-    features = dict(numeric=list(dm.preprocessor.numeric), categorical=list(dm.preprocessor.categorical), target=dm.target)
+    features = dict(numeric=list(dm.preprocessor.numeric), categorical=list(dm.preprocessor.categorical), target=dm.target,
+                    task=dm.task, classes=dm.classes)
     return reg.save(model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id, data_version=data_version,
                     features=features, validation=validation)['version']
 

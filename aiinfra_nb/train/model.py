@@ -5,25 +5,25 @@
 # %% ../../nbs/api/20_train.model.ipynb #6eb5fd1a
 from __future__ import annotations
 import logging, math
+from importlib.metadata import entry_points
 from dataclasses import asdict, dataclass, field
 import numpy as np
 import polars as pl
 import torch
 from torch import nn
-from ..core import AiinfraError, FeatureError
+from ..core import TASKS, AiinfraError, FeatureError
 
 log = logging.getLogger('aiinfra.train')
 
 # %% auto #0
-__all__ = ['log', 'TASKS', 'MODELS', 'SMALL_ROWS', 'FLOAT32_MAX', 'TrainingError', 'embedding_size', 'TabularNet', 'Preprocessor']
+__all__ = ['log', 'MODELS', 'MODEL_ENTRY_POINTS', 'SMALL_ROWS', 'FLOAT32_MAX', 'TrainingError', 'embedding_size', 'TabularNet',
+           'model_class', 'Preprocessor']
 
 # %% ../../nbs/api/20_train.model.ipynb #e26f0833
 class TrainingError(AiinfraError):
     "A training that cannot run as asked: names the argument or column to fix"
 
 # %% ../../nbs/api/20_train.model.ipynb #cc1a89c7
-TASKS = ('binary', 'multiclass', 'regression')
-
 def embedding_size(cardinality: int) -> int:
     "The default embedding width for a categorical with `cardinality` values"
     return min(50, (cardinality + 1) // 2)
@@ -62,7 +62,22 @@ class TabularNet(nn.Module):
         return cls(**config)
 
 # %% ../../nbs/api/20_train.model.ipynb #83064ebc
-MODELS = {'TabularNet': TabularNet}
+MODELS = {'TabularNet': TabularNet}  # built in; installed packages add theirs through the `aiinfra.models` entry points
+MODEL_ENTRY_POINTS = 'aiinfra.models'
+
+def model_class(name: str) -> type[nn.Module]:
+    "The model class declared under `name`: built in, or an installed package's `aiinfra.models` entry point"
+    if name in MODELS: return MODELS[name]
+    declared = {ep.name: ep for ep in entry_points(group=MODEL_ENTRY_POINTS)}
+    if name not in declared:
+        raise TrainingError(f"no model class {name!r}: the declared ones are {', '.join(sorted({*MODELS, *declared}))} "
+                            f"(a project declares its own under the entry point group {MODEL_ENTRY_POINTS!r})")
+    try: cls = declared[name].load()
+    except Exception as e: raise TrainingError(f"model class {name!r} ({declared[name].value}) cannot be imported: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, 'from_config')):
+        raise TrainingError(f"model class {name!r} ({declared[name].value}) is not a torch Module with a from_config method")
+    MODELS[name] = cls
+    return cls
 
 # %% ../../nbs/api/20_train.model.ipynb #6f5bf3d9
 @dataclass

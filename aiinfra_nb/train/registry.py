@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, file_hash, git_revision, load_settings
 from ..ops.store import StoreError, get_engine, models, query, writing
-from .model import MODELS
+from .model import TrainingError, model_class
 
 # %% auto #0
 __all__ = ['FORMAT', 'STAGES', 'WEIGHTS', 'META', 'RegistryError', 'check_model_name', 'Registry']
@@ -54,7 +54,7 @@ class Registry:
 
 # %% ../../nbs/api/24_train.registry.ipynb #2164baa7
 @patch
-def save(self: Registry, model: torch.nn.Module,  # a model of `train.model.MODELS`, with a `config`
+def save(self: Registry, model: torch.nn.Module,  # a declared model class (`train.model.model_class`), with a `config`
          name: str,  # the model's name, e.g. 'flights-delay'
          features: dict | None = None,  # the inputs it expects: column names, categories
          preprocessing: dict | None = None,  # normalization and encodings fitted on the training data
@@ -64,7 +64,9 @@ def save(self: Registry, model: torch.nn.Module,  # a model of `train.model.MODE
         ) -> dict:  # the model's metadata, with its version
     "Save a new version of model `name`"
     cls = type(model).__name__
-    if MODELS.get(cls) is not type(model): raise RegistryError(f"{cls} is not a registered model class ({', '.join(MODELS)})")
+    try: declared = model_class(cls)
+    except TrainingError: declared = None
+    if declared is not type(model): raise RegistryError(f"{cls} is not a declared model class (train.model.model_class): the registry could not rebuild it")
     if stage not in (None, 'staging'): raise RegistryError("a new version starts unstaged or in 'staging'; use promote()")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     folder = self.root/check_model_name(name)
@@ -180,8 +182,8 @@ def load(self: Registry, name: str, version: int | None = None,  # default: the 
     try: meta = json.loads((d/META).read_text())
     except (OSError, ValueError) as e: raise RegistryError(f"{d/META}: unreadable model metadata ({e})") from None
     if not isinstance(meta, dict) or meta.get('format') != FORMAT: raise RegistryError(f"{d/META}: not an {FORMAT} model description")
-    cls = MODELS.get((meta.get('architecture') or {}).get('class'))
-    if cls is None: raise RegistryError(f"{d/META}: unknown model class {(meta.get('architecture') or {}).get('class')!r}")
+    try: cls = model_class(str((meta.get('architecture') or {}).get('class')))
+    except TrainingError as e: raise RegistryError(f"{d/META}: {e}") from None
     recorded = query(sa.select(models.c.meta).where((models.c.name == name) & (models.c.version == version)), self.engine)[0]['meta'] or {}
     if recorded.get('sha256') and recorded['sha256'] != meta.get('sha256'):
         raise RegistryError(f"{d}: its files are not the ones registered (the store recorded another SHA-256); refusing to load it")

@@ -9,7 +9,8 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
-from .model import MODELS, TrainingError
+from .model import TrainingError
+from .model import model_class as declared_model
 
 # %% auto #0
 __all__ = ['NonFiniteLossError', 'TabularSystem']
@@ -21,12 +22,12 @@ class NonFiniteLossError(TrainingError, FloatingPointError):
 class TabularSystem(ptl.LightningModule):
     "Loss, metrics and optimizer around a registered model (binary, multiclass or regression)"
     def __init__(self, model_config: dict,  # the network's config (`TabularNet.config`)
-                 model_class: str = 'TabularNet',  # a key of `train.model.MODELS`
+                 model_class: str = 'TabularNet',  # a declared model class (`train.model.model_class`)
                  lr: float = 1e-3, weight_decay: float = 0.0,
                  pos_weight: float | None = None):  # weight of positives in the binary loss (class imbalance)
         super().__init__()
         self.save_hyperparameters()
-        self.model = MODELS[model_class].from_config(model_config)
+        self.model = declared_model(model_class).from_config(model_config)
         self.task = model_config.get('task', 'binary')
         pw = torch.tensor(pos_weight) if pos_weight else None
         self.loss_fn = {'binary': nn.BCEWithLogitsLoss(pos_weight=pw), 'multiclass': nn.CrossEntropyLoss(),
