@@ -1,5 +1,6 @@
 """The ops store on both backends: schema, upgrade in place, concurrent creation, records round-trip."""
 import math, textwrap
+import pytest
 import sqlalchemy as sa
 from aiinfra_nb.ops import record
 from aiinfra_nb.ops.machines import MachineSession, hourly_price, machine_status
@@ -45,6 +46,30 @@ def test_store_made_by_v1_upgrades_in_place(store_url):
     assert (r['id'], r['status'], r['extra'], r['parent_id']) == ('r1', 'finished', {'a': 1}, None)
     with record.start_run('train', engine=eng, parent='r1') as child: pass
     assert query(sa.select(runs.c.parent_id).where(runs.c.id == child.id), eng) == [{'parent_id': 'r1'}]
+
+
+def test_models_of_a_v5_store_get_their_project(store_url):
+    "v5 -> v6: a model takes its run's project (else 'default'); names are then unique per project, production too"
+    from fixtures import schema_v1
+    from aiinfra_nb.ops.store import create_store_engine, models
+    eng = create_store_engine(store_url)
+    with eng.begin() as c:
+        schema_v1.metadata.create_all(c)
+        c.execute(schema_v1.schema_version.insert().values(version=1))
+    ensure_schema(eng, {v: MIGRATIONS[v] for v in range(2, 6)})  # a store as v5 left it
+    with eng.begin() as c:
+        c.execute(runs.insert().values(id='r1', project='churn', kind='train', status='finished', started_at=1.0))
+        c.exec_driver_sql("INSERT INTO models (name, version, stage, run_id, created_at) VALUES ('m', 1, 'production', 'r1', 1), "
+                          "('m', 2, NULL, NULL, 2)")
+    eng.dispose()
+    eng = get_engine(store_url)
+    assert store_summary(eng)['schema_version'] == LATEST
+    rows = query(sa.select(models.c.project, models.c.name, models.c.version, models.c.stage).order_by(models.c.version), eng)
+    assert [(r['project'], r['version'], r['stage']) for r in rows] == [('churn', 1, 'production'), ('default', 2, None)]
+    with eng.begin() as c:  # another project may have its own production 'm' v1
+        c.execute(models.insert().values(project='fraud', name='m', version=1, stage='production', created_at=3.0))
+    with pytest.raises(sa.exc.IntegrityError), eng.begin() as c:
+        c.execute(models.insert().values(project='churn', name='m', version=1, created_at=4.0))
 
 
 def test_processes_creating_the_store_at_once(store_url):

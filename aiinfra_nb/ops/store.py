@@ -14,13 +14,14 @@ from sqlalchemy.engine import Connection, Engine
 from ..core import AiinfraError, load_settings, mask_secrets
 
 # %% auto #0
-__all__ = ['metadata', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models', 'services', 'api_keys',
-           'audit', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS', 'StoreError', 'store_url', 'check_url',
-           'create_store_engine', 'ensure_schema', 'get_engine', 'writing', 'reading', 'query', 'insert_ignore',
-           'store_summary']
+__all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
+           'services', 'api_keys', 'audit', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS', 'StoreError',
+           'store_url', 'check_url', 'create_store_engine', 'ensure_schema', 'get_engine', 'writing', 'reading',
+           'query', 'insert_ignore', 'store_summary']
 
 # %% ../../nbs/api/01_ops.store.ipynb #7b09f694
 metadata = sa.MetaData()
+DEFAULT_PROJECT = 'default'  # the project of models registered before stores knew projects (v6)
 _Id = sa.BigInteger().with_variant(sa.Integer, 'sqlite')  # SQLite autoincrements only INTEGER PRIMARY KEY
 _Str, _Text, _Float, _Int, _JSON = sa.String(255), sa.Text, sa.Float, sa.Integer, sa.JSON
 def _col(name, typ, **kw): return sa.Column(name, typ, **kw)
@@ -70,11 +71,12 @@ machine_sessions = sa.Table('machine_sessions', metadata,
 
 models = sa.Table('models', metadata,
     _col('id', _Id, primary_key=True, autoincrement=True),
+    _col('project', _Str, nullable=False, server_default=DEFAULT_PROJECT),  # a model's name is unique within its project; v6
     _col('name', _Str, nullable=False), _col('version', _Int, nullable=False), _col('stage', sa.String(32)),
     _col('path', _Text), _col('run_id', sa.String(32)), _col('created_at', _Float, nullable=False),
     _col('data_version', _Str), _col('git_rev', sa.String(64)), _col('metrics', _JSON), _col('meta', _JSON),
-    sa.UniqueConstraint('name', 'version', name='uq_models_name_version'),
-    sa.Index('uq_models_production', 'name', unique=True,  # at most one production version per model; v3
+    sa.UniqueConstraint('project', 'name', 'version', name='uq_models_project_name_version'),
+    sa.Index('uq_models_production', 'project', 'name', unique=True,  # at most one production version per model; v3, per project v6
              sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'")))
 
 services = sa.Table('services', metadata,
@@ -96,6 +98,7 @@ audit = sa.Table('audit', metadata,
     _col('method', sa.String(10)), _col('path', _Text), _col('model', _Str), _col('model_version', _Int),
     _col('status_code', _Int), _col('latency_ms', _Float), _col('client', _Str), _col('error', _Text),
     _col('route', _Text), _col('rows', _Int), _col('request_bytes', _Int), _col('payload', _Text),  # v5: what was asked
+    _col('project', _Str),  # the project whose service answered; v6
     sa.Index('ix_audit_time', 'time'), sa.Index('ix_audit_key_time', 'key_id', 'time'))
 
 schema_version = sa.Table('schema_version', metadata, _col('version', _Int, nullable=False))
@@ -173,7 +176,20 @@ def _v5_service(op):
     for c in (sa.Column('route', sa.Text), sa.Column('rows', sa.Integer), sa.Column('request_bytes', sa.Integer), sa.Column('payload', sa.Text)):
         op.add_column('audit', c)
 
-MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service}  # version -> step(op: alembic Operations) from version-1
+def _v6_projects(op):
+    "v6: models and audited calls carry their project; a model's name is unique within its project (taken from its run's)"
+    op.drop_index('uq_models_production', 'models')
+    with op.batch_alter_table('models') as b:  # SQLite rebuilds the table to change its constraints
+        b.add_column(sa.Column('project', sa.String(255), nullable=False, server_default=DEFAULT_PROJECT))
+        b.drop_constraint('uq_models_name_version', type_='unique')
+        b.create_unique_constraint('uq_models_project_name_version', ['project', 'name', 'version'])
+    op.execute(sa.text("UPDATE models SET project = (SELECT r.project FROM runs r WHERE r.id = models.run_id) "
+                       "WHERE EXISTS (SELECT 1 FROM runs r WHERE r.id = models.run_id)"))
+    op.create_index('uq_models_production', 'models', ['project', 'name'], unique=True,
+                    sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'"))
+    op.add_column('audit', sa.Column('project', sa.String(255)))
+
+MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine

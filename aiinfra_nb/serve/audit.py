@@ -25,6 +25,7 @@ class AuditMiddleware:
                  payload: str | None = None, payload_max: int | None = None, engine=None):
         s = load_settings().service
         self.app, self.service, self.engine, self._writer = app, service, engine, None
+        self.project = load_settings().project.name
         self.mode, self.cap = payload or s.audit_payload, s.audit_payload_max if payload_max is None else payload_max
         if self.mode not in PAYLOAD_MODES: raise SettingsError(f"[service] audit_payload {self.mode!r}: expected one of {', '.join(PAYLOAD_MODES)}")
 
@@ -62,7 +63,7 @@ class AuditMiddleware:
             row = (time.time(), self.service, info['request_id'], info.get('key_id'), info.get('key_name'), info.get('role'),
                    scope['method'], scope['path'][:2000], getattr(route, 'path', None), info.get('model'), info.get('model_version'),
                    seen['status'], round(latency_ms, 3), client[0] if client else None, info.get('error'), info.get('rows'),
-                   seen['bytes'], _payload(body, self.mode, self.cap))
+                   seen['bytes'], _payload(body, self.mode, self.cap), self.project)
             if self._writer is None: self._writer = writer(self.engine)  # resolved once: the store of a running service does not move
             self._writer.put('audit', [row])
         except Exception as e: print(f"aiinfra: audit record lost: {e}")
@@ -71,6 +72,7 @@ class AuditMiddleware:
 def list_audit(key: str | None = None,  # a key's id or name
                model: str | None = None, status: int | None = None,
                since: float | None = None,  # epoch seconds
+               project: str | None = None,  # the project whose service answered
                limit: int = 50, engine=None) -> list[dict]:
     "The latest audited requests, newest first"
     import sqlalchemy as sa
@@ -78,10 +80,11 @@ def list_audit(key: str | None = None,  # a key's id or name
     from aiinfra_nb.ops.store import audit, query
     check_limit(limit)
     a = audit.c
-    q = sa.select(a.time, a.request_id, a.key_name, a.role, a.method, a.path, a.model, a.model_version, a.status_code,
+    q = sa.select(a.time, a.project, a.request_id, a.key_name, a.role, a.method, a.path, a.model, a.model_version, a.status_code,
                   a.latency_ms, a.rows, a.request_bytes, a.error, a.payload).order_by(a.time.desc(), a.id.desc()).limit(limit)
     if key: q = q.where((a.key_id == key) | (a.key_name == key))
     if model: q = q.where(a.model == model)
     if status: q = q.where(a.status_code == status)
     if since: q = q.where(a.time >= since)
+    if project: q = q.where(a.project == project)
     return query(q, engine)

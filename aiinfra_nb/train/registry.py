@@ -37,9 +37,15 @@ def check_model_name(name: str) -> str:
 class Registry:
     "Versioned models on disk, listed with their stages in the store"
     def __init__(self, root: str | Path | None = None,  # default: `[data] dir`/models
-                 engine: Engine | None = None):
-        self.root = Path(root) if root else load_settings().data.dir/'models'
+                 engine: Engine | None = None,
+                 project: str | None = None):  # whose models these are; default: `[project] name`
+        s = load_settings()
+        self.root, self.project = Path(root) if root else s.data.dir/'models', project or s.project.name
         self.engine = engine or get_engine()
+
+    def _of(self, name: str):
+        "The store's rows of model `name` of this registry's project"
+        return (models.c.project == self.project) & (models.c.name == name)
 
     @classmethod
     def scratch(cls, root: str | Path) -> Registry:
@@ -50,7 +56,7 @@ class Registry:
     def dir(self, name: str, version: int) -> Path:
         return self.root/check_model_name(name)/str(int(version))
 
-    def __repr__(self): return f"Registry({str(self.root)!r})"
+    def __repr__(self): return f"Registry({str(self.root)!r}, project={self.project!r})"
 
 # %% ../../nbs/api/24_train.registry.ipynb #2164baa7
 @patch
@@ -75,19 +81,19 @@ def save(self: Registry, model: torch.nn.Module,  # a declared model class (`tra
     try:
         save_file(state, tmp/WEIGHTS, metadata={'format': FORMAT})
         sha = file_hash(tmp/WEIGHTS)
-        meta = dict(format=FORMAT, name=name, version=None, architecture={'class': cls, 'config': model.config},
+        meta = dict(format=FORMAT, project=self.project, name=name, version=None, architecture={'class': cls, 'config': model.config},
                     tensors={k: dict(dtype=str(v.dtype).removeprefix('torch.'), shape=list(v.shape)) for k, v in state.items()},
                     features=features or {}, preprocessing=preprocessing or {}, metrics=metrics or {}, validation=validation,
                     data_version=data_version, run_id=run_id, git_rev=git_revision(), created_at=time.time(), sha256=sha)
         for attempt in range(20):
             try:
                 with writing(self.engine) as conn:
-                    _lock_model(conn, name)
+                    _lock_model(conn, self.project, name)
                     self._adopt(conn, name)
-                    meta['version'] = (conn.execute(sa.select(sa.func.max(models.c.version)).where(models.c.name == name)).scalar() or 0) + 1
+                    meta['version'] = (conn.execute(sa.select(sa.func.max(models.c.version)).where(self._of(name))).scalar() or 0) + 1
                     final = self.dir(name, meta['version'])
                     conn.execute(models.insert().values(
-                        name=name, version=meta['version'], stage=stage, path=str(final), run_id=run_id, created_at=meta['created_at'],
+                        project=self.project, name=name, version=meta['version'], stage=stage, path=str(final), run_id=run_id, created_at=meta['created_at'],
                         data_version=data_version, git_rev=meta['git_rev'], metrics=metrics or {},
                         meta={'architecture': meta['architecture'], 'features': meta['features'], 'sha256': sha}))
                     (tmp/META).write_text(json.dumps(meta, indent=1, default=str) + '\n')
@@ -106,23 +112,23 @@ def save(self: Registry, model: torch.nn.Module,  # a declared model class (`tra
 def _settle(self: Registry, name: str, version: int, sha: str, tmp: Path) -> bool:
     "After a commit failed once the files were in place: True if it went through after all, else take the files back"
     final = self.dir(name, version)
-    try: rows = query(sa.select(models.c.meta).where((models.c.name == name) & (models.c.version == version)), self.engine)
+    try: rows = query(sa.select(models.c.meta).where(self._of(name) & (models.c.version == version)), self.engine)
     except sa.exc.OperationalError: return False  # still unreachable: the folder stays, and the next save adopts it
     if rows and (rows[0]['meta'] or {}).get('sha256') == sha: return True
     os.replace(final, tmp)
     return False
 
-def _lock_model(conn, name: str):
+def _lock_model(conn, project: str, name: str):
     "Hold model `name`'s lock until the transaction ends (SQLite's BEGIN IMMEDIATE already serializes writers)"
     if conn.dialect.name == 'postgresql':
-        conn.execute(sa.text('SELECT pg_advisory_xact_lock(hashtext(:k))'), {'k': f'aiinfra-model:{name}'})
+        conn.execute(sa.text('SELECT pg_advisory_xact_lock(hashtext(:k))'), {'k': f'aiinfra-model:{project}/{name}'})
 
 @patch
 def _adopt(self: Registry, conn, name: str):
     "Give version folders of `name` that have no row in this store their row back (see above)"
     folder = self.root/check_model_name(name)
     on_disk = sorted(int(d.name) for d in folder.iterdir() if d.name.isascii() and d.name.isdigit()) if folder.is_dir() else []
-    known = set(conn.execute(sa.select(models.c.version).where(models.c.name == name)).scalars())
+    known = set(conn.execute(sa.select(models.c.version).where(self._of(name))).scalars())
     for v in (v for v in on_disk if v not in known):
         d = folder/str(v)
         try: meta = json.loads((d/META).read_text())
@@ -130,7 +136,7 @@ def _adopt(self: Registry, conn, name: str):
         if not isinstance(meta, dict) or meta.get('format') != FORMAT or meta.get('name') != name or meta.get('version') != v:
             raise RegistryError(f"{d} is in the registry's folder but is not version {v} of {name!r} (no readable {META} describing it) "
                                 f"and this store has no row for it: move the folder out of {self.root}")
-        conn.execute(models.insert().values(name=name, version=v, stage=None, path=str(d), run_id=meta.get('run_id'),
+        conn.execute(models.insert().values(project=self.project, name=name, version=v, stage=None, path=str(d), run_id=meta.get('run_id'),
                                             created_at=meta.get('created_at') or time.time(), data_version=meta.get('data_version'),
                                             git_rev=meta.get('git_rev'), metrics=meta.get('metrics') or {},
                                             meta={'architecture': meta.get('architecture'), 'features': meta.get('features'),
@@ -142,14 +148,14 @@ def _resolve(self: Registry, name: str, version: int | None, stage: str | None) 
     check_model_name(name)
     if version is not None and not (isinstance(version, int) and 0 < version < 2**31):
         raise RegistryError(f"version {version!r} of model {name!r}: expected a whole number from 1")
-    q = sa.select(models.c.version).where(models.c.name == name).order_by(models.c.version.desc()).limit(1)
+    q = sa.select(models.c.version).where(self._of(name)).order_by(models.c.version.desc()).limit(1)
     if version is not None: q = q.where(models.c.version == int(version))
     if stage is not None:
         if stage not in STAGES: raise RegistryError(f"stage {stage!r}: expected one of {STAGES}")
         q = q.where(models.c.stage == stage)
     rows = query(q, self.engine)
     if not rows:
-        known = sorted({r['name'] for r in query(sa.select(models.c.name), self.engine)})
+        known = sorted({r['name'] for r in query(sa.select(models.c.name).where(models.c.project == self.project), self.engine)})
         what = f"version {version} of " if version is not None else (f"{stage} version of " if stage else '')
         raise RegistryError(f"no {what}model {name!r} in the registry; models: {', '.join(known) or 'none'}")
     return rows[0]['version']
@@ -184,7 +190,7 @@ def load(self: Registry, name: str, version: int | None = None,  # default: the 
     if not isinstance(meta, dict) or meta.get('format') != FORMAT: raise RegistryError(f"{d/META}: not an {FORMAT} model description")
     try: cls = model_class(str((meta.get('architecture') or {}).get('class')))
     except TrainingError as e: raise RegistryError(f"{d/META}: {e}") from None
-    recorded = query(sa.select(models.c.meta).where((models.c.name == name) & (models.c.version == version)), self.engine)[0]['meta'] or {}
+    recorded = query(sa.select(models.c.meta).where(self._of(name) & (models.c.version == version)), self.engine)[0]['meta'] or {}
     if recorded.get('sha256') and recorded['sha256'] != meta.get('sha256'):
         raise RegistryError(f"{d}: its files are not the ones registered (the store recorded another SHA-256); refusing to load it")
     try:
@@ -216,18 +222,18 @@ def promote(self: Registry, name: str, version: int, stage: str = 'production') 
     version = self._resolve(name, version, None)
     if stage != 'archived': self.load(name, version)  # a version whose files are missing or altered never goes live
     with writing(self.engine) as conn:
-        _lock_model(conn, name)  # concurrent promotions take turns: one production version at a time
+        _lock_model(conn, self.project, name)  # concurrent promotions take turns: one production version at a time
         if stage in ('production', 'staging'):
-            conn.execute(models.update().where((models.c.name == name) & (models.c.stage == stage) & (models.c.version != version))
+            conn.execute(models.update().where(self._of(name) & (models.c.stage == stage) & (models.c.version != version))
                          .values(stage='archived' if stage == 'production' else None))
-        conn.execute(models.update().where((models.c.name == name) & (models.c.version == version)).values(stage=stage))
+        conn.execute(models.update().where(self._of(name) & (models.c.version == version)).values(stage=stage))
     return dict(name=name, version=version, stage=stage)
 
 @patch
 def set_metrics(self: Registry, name: str, version: int, metrics: dict) -> dict:
     "Merge `metrics` (e.g. an evaluation's) into the store's record of a version; the files stay as saved"
     with writing(self.engine) as conn:
-        where = (models.c.name == name) & (models.c.version == int(version))
+        where = self._of(name) & (models.c.version == int(version))
         old = conn.execute(sa.select(models.c.metrics).where(where)).scalar_one_or_none()
         if old is None and not conn.execute(sa.select(models.c.id).where(where)).first():
             raise RegistryError(f"no version {version} of model {name!r} in the registry")
@@ -239,7 +245,7 @@ def set_metrics(self: Registry, name: str, version: int, metrics: dict) -> dict:
 def list(self: Registry, name: str | None = None) -> list[dict]:
     "Every version (of `name`), newest first, with stage, metrics and `files` (ok, or missing from this registry folder)"
     q = sa.select(models.c.name, models.c.version, models.c.stage, models.c.created_at, models.c.metrics, models.c.run_id,
-                  models.c.data_version).order_by(models.c.name, models.c.version.desc())
+                  models.c.data_version).where(models.c.project == self.project).order_by(models.c.name, models.c.version.desc())
     if name: q = q.where(models.c.name == name)
     rows = query(q, self.engine)
     for r in rows: r['files'] = 'ok' if (self.root/r['name']/str(r['version'])/META).is_file() else 'missing'
