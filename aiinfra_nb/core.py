@@ -110,6 +110,11 @@ key_cache_s = 1.0
 # folder holding the company's project repositories; empty: not configured
 root =
 
+[scaffold]
+# the project template of `aiinfra new` / `aiinfra upgrade`: a path or git URL of the aiinfra_nb repository;
+# empty: the repository this toolkit is installed from
+template =
+
 [data]
 # the dataset catalog (DVC-tracked): raw/, interim/, processed/ below it
 dir = data
@@ -135,6 +140,7 @@ SETTINGS_SCHEMA = {
                 'rate_limit': 'str', 'limits_url': 'str', 'max_body_bytes': 'int 1..', 'max_rows': 'int 1..',
                 'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60'},
     'portfolio': {'root': 'path'},
+    'scaffold': {'template': 'str'},
     'data': {'dir': 'folder'},
     'train': {'checkpoints': 'path', 'shutdown_command': 'str'},
 }

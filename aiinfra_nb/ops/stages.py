@@ -100,9 +100,22 @@ def stage_for(nb: PipelineNotebook) -> dict:
 # %% ../../nbs/api/05_ops.stages.ipynb #3717c654
 PIPELINES_DIR = 'nbs/pipelines'
 
+def _paths(entries) -> list[str]: return sorted(str(next(iter(e))) if isinstance(e, dict) else str(e) for e in entries or [])
+
+
+def _in_flow_order(notebooks: list[PipelineNotebook]) -> list[PipelineNotebook]:
+    "The notebooks ordered so that a stage comes after the stages whose outputs it reads (ties: by name)"
+    outs = {nb.name: _paths(nb.outs) for nb in notebooks}
+    reads = lambda nb, other: any(d == o or d.startswith(o + '/') for d in _paths(nb.deps) for o in outs[other.name])
+    done, left = [], list(notebooks)
+    while left:
+        ready = [nb for nb in left if not any(reads(nb, other) for other in left if other is not nb)] or left[:1]  # a cycle: keep going
+        done.append(ready[0]); left.remove(ready[0])
+    return done
+
 def pipeline_notebooks(root: str | Path = '.', folder: str = PIPELINES_DIR) -> list[PipelineNotebook]:
-    "Every pipeline notebook of the project, read"
-    return [read_pipeline_notebook(p, root) for p in sorted((Path(root)/folder).glob('*.ipynb'))]
+    "Every pipeline notebook of the project, read, in the order the data flows through them"
+    return _in_flow_order([read_pipeline_notebook(p, root) for p in sorted((Path(root)/folder).glob('*.ipynb'))])
 
 def _yaml(path: Path) -> dict:
     if not path.exists(): return {}
@@ -116,8 +129,6 @@ def _has(values: dict, key: str) -> bool:
         if not isinstance(values, dict) or part not in values: return False
         values = values[part]
     return True
-
-def _paths(entries) -> list[str]: return sorted(str(next(iter(e))) if isinstance(e, dict) else str(e) for e in entries or [])
 
 def check_stages(root: str | Path = '.', folder: str = PIPELINES_DIR) -> list[str]:
     "Where dvc.yaml, params.yaml and the pipeline notebooks disagree, as sentences (none: they agree)"
