@@ -92,7 +92,7 @@ def _arg(v) -> str: return shlex.quote(json.dumps(v) if isinstance(v, (bool, typ
 
 def stage_for(nb: PipelineNotebook) -> dict:
     "The dvc.yaml entry of `nb`"
-    passes = [f'-p {p} {_arg(v)}' for p, v in nb.args.items()] + [f'-p {p} ${{{nb.key(p)}}}' for p in nb.tracked]
+    passes = [f'-p {p} {_arg(v)}' for p, v in nb.args.items()] + [f'-p {p} "${{{nb.key(p)}}}"' for p in nb.tracked]
     stage = {'cmd': ' '.join([PAPERMILL, nb.path, f'{RUNS_DIR}/{nb.name}.ipynb', *passes]), 'deps': [nb.path, *nb.deps]}
     if keys := list(dict.fromkeys(nb.key(p) for p in nb.tracked)): stage['params'] = keys
     return stage | {k: getattr(nb, k) for k in ('outs', 'metrics', 'plots') if getattr(nb, k)}
@@ -141,7 +141,7 @@ def check_stages(root: str | Path = '.', folder: str = PIPELINES_DIR) -> list[st
         want, cmd = stage_for(nb), ' '.join(str(have.get('cmd', '')).split())
         for p in nb.tracked:
             key = nb.key(p)
-            if f'-p {p} ${{{key}}}' not in cmd: problems.append(f"{nb.path}: parameter {p!r} is not passed by stage {nb.name!r} as ${{{key}}}: under DVC it keeps its default")
+            if f'-p {p} "${{{key}}}"' not in cmd: problems.append(f"{nb.path}: parameter {p!r} is not passed by stage {nb.name!r} as ${{{key}}}: under DVC it keeps its default")
             if key not in (have.get('params') or []): problems.append(f"stage {nb.name!r} does not track {key!r} in its params: DVC would not rerun it when {key} changes")
             if not _has(values, key): problems.append(f"params.yaml has no {key!r} (parameter {p!r} of {nb.path})")
         for k in ('deps', 'outs', 'metrics', 'plots'):
