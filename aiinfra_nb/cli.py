@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, sys
 from datetime import datetime
+from pathlib import Path
 import sqlalchemy as sa
 import typer
 from rich.console import Console
@@ -16,9 +17,10 @@ from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
-__all__ = ['app', 'models_app', 'keys_app', 'money', 'duration', 'show', 'status', 'runs', 'machines', 'logs', 'sql_', 'datasets',
-           'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list', 'keys_revoke',
-           'audit_', 'services_', 'main']
+__all__ = ['app', 'models_app', 'keys_app', 'contract_app', 'stages_app', 'money', 'duration', 'show', 'status', 'runs',
+           'machines', 'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote', 'serve_',
+           'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_', 'new_', 'upgrade_', 'contract_infer',
+           'contract_check', 'stages_sync', 'stages_check', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -206,6 +208,76 @@ def services_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every service: up, down or stale"
     from aiinfra_nb.serve.app import list_services
     show(list_services(), ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at'], as_json=as_json)
+
+# %% ../nbs/api/50_cli.ipynb #3d133af9
+@app.command('new')
+def new_(name: str = typer.Argument(..., help="the project's name in the store"),
+         data: Path = typer.Option(..., help='a CSV, TSV or parquet file'), target: str = typer.Option(..., help='the column to predict'),
+         task: str = typer.Option(None, help='binary, multiclass or regression (default: inferred)'),
+         dir: Path = typer.Option(None, help='where to create it (default: ./NAME)'),
+         toolkit: str = typer.Option(None, help="where the project's make installs aiinfra_nb from: a path, git URL or requirement"),
+         owner: str = typer.Option(None), description: str = typer.Option(''),
+         template: str = typer.Option(None, help='the template: a path or git URL of aiinfra_nb (default: [scaffold] template)')):
+    "Create a project repository from a table: contract, pipeline, DVC, git, filed in the store"
+    from aiinfra_nb.scaffold import new_project
+    made = new_project(name, data, target, task=task, dir=dir, toolkit=toolkit, owner=owner, description=description, template=template)
+    print('\n'.join(made.review()))
+
+@app.command('upgrade')
+def upgrade_(path: Path = typer.Argument(Path('.'), help="the project's folder"),
+             template: str = typer.Option(None, help='another template source than the recorded one'),
+             vcs_ref: str = typer.Option('HEAD', help="the template's commit or tag to go to")):
+    "Bring a project to the template's current version, keeping its own edits (conflicts are listed)"
+    from aiinfra_nb.scaffold import upgrade_project
+    r = upgrade_project(path, template=template, vcs_ref=vcs_ref)
+    print(f"template {r['from_commit']} -> {r['to_commit']}: {len(r['changed'])} file(s) changed")
+    for line in r['stages']: print(f"  {line}")
+    for f in r['conflicts']: print(f"  conflict in {f}: resolve the <<<<<<< markers, then commit")
+    if r['conflicts']: raise typer.Exit(1)
+
+contract_app = typer.Typer(help="Data contracts: infer one from a table, check a table against one.", no_args_is_help=True)
+app.add_typer(contract_app, name='contract')
+
+@contract_app.command('infer')
+def contract_infer(data: Path = typer.Argument(..., help='a CSV, TSV or parquet file'),
+                   target: str = typer.Option(None, help='the column to predict: adds the task and the roles'),
+                   out: Path = typer.Option(None, help='write the contract here (default: print it)')):
+    "Draft a contract from a table: types, nullability and, with --target, the task and each column's role"
+    from aiinfra_nb.data.contracts import Contract, infer_project
+    from aiinfra_nb.data.sources import read_table
+    frame = read_table(data).frame
+    found = infer_project(data.stem, frame, target) if target else None
+    contract = found.contract if found else Contract.infer(data.stem, frame)
+    if out: contract.save(out); print(f"wrote {out}")
+    else: print(contract.to_json())
+    if found: print('\n'.join(found.review()), file=sys.stderr)
+
+@contract_app.command('check')
+def contract_check(data: Path = typer.Argument(..., help='a CSV, TSV or parquet file'), contract: Path = typer.Argument(..., help='a contract JSON file')):
+    "Check a table against a contract: every broken rule, or ok"
+    from aiinfra_nb.data.contracts import check, load_contract
+    from aiinfra_nb.data.sources import read_table
+    check(load_contract(contract), read_table(data).frame)
+    print(f"{data}: keeps {contract}")
+
+stages_app = typer.Typer(help="dvc.yaml from the pipeline notebooks: sync writes it, check fails when it is behind.", no_args_is_help=True)
+app.add_typer(stages_app, name='stages')
+
+@stages_app.command('sync')
+def stages_sync(root: Path = typer.Option(Path('.'), help="the project's root")):
+    "Write each pipeline notebook's stage into dvc.yaml (and missing parameters into params.yaml)"
+    from aiinfra_nb.ops.stages import sync_stages
+    changes = sync_stages(root)
+    print('\n'.join(changes) if changes else 'dvc.yaml and params.yaml already match the notebooks')
+
+@stages_app.command('check')
+def stages_check(root: Path = typer.Option(Path('.'), help="the project's root")):
+    "Fail when dvc.yaml or params.yaml disagree with the pipeline notebooks"
+    from aiinfra_nb.ops.stages import check_stages
+    problems = check_stages(root)
+    for p in problems: print(f"- {p}", file=sys.stderr)
+    if problems: raise typer.Exit(1)
+    print('dvc.yaml matches the pipeline notebooks')
 
 # %% ../nbs/api/50_cli.ipynb #19f1f1b7
 def main():

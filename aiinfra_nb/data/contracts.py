@@ -12,8 +12,8 @@ from fastcore.basics import patch
 from ..core import TASKS, AiinfraError, atomic_write
 
 # %% auto #0
-__all__ = ['ROLES', 'FEATURE_ROLES', 'MAX_CLASSES', 'Column', 'Contract', 'load_contract', 'ContractError', 'violations', 'check',
-           'column_role', 'infer_task', 'Inference', 'infer_project']
+__all__ = ['ROLES', 'REPEATS', 'FEATURE_ROLES', 'MAX_CLASSES', 'Column', 'Contract', 'load_contract', 'ContractError',
+           'violations', 'check', 'column_role', 'infer_task', 'Inference', 'infer_project']
 
 # %% ../../nbs/api/11_data.contracts.ipynb #f520bf0f
 @dataclass
@@ -151,6 +151,7 @@ def check(contract: Contract, data: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame
 
 # %% ../../nbs/api/11_data.contracts.ipynb #a0d4d1a1
 ROLES = ('target', 'numeric', 'categorical', 'datetime', 'id', 'constant', 'text')
+REPEATS = 10  # a category's values repeat at least this often on average; free text's do not
 FEATURE_ROLES = ('numeric', 'categorical', 'datetime')  # the others are not fed to the model
 
 def column_role(s: pl.Series) -> tuple[str, str]:
@@ -165,8 +166,8 @@ def column_role(s: pl.Series) -> tuple[str, str]:
     if s.dtype.is_numeric(): return 'numeric', f"{n:,} distinct numbers"
     if s.dtype != pl.String: return 'constant', f"type {s.dtype} is not usable as a feature"
     words = values.str.count_matches(r'\s+').mean() + 1
-    if words >= 3 or (words >= 2 and n > values.len() / 2):
-        return 'text', f"free text (about {words:.0f} words, {n:,} distinct values): dropped, the tabular network reads no text"
+    if words >= 2 and values.len() < REPEATS * n:
+        return 'text', f"free text (about {words:.0f} words, {n:,} distinct values in {values.len():,}): dropped, the tabular network reads no text"
     return 'categorical', f"{n:,} categories"
 
 # %% ../../nbs/api/11_data.contracts.ipynb #43ba84fb
