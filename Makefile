@@ -19,7 +19,7 @@ help:
 	@echo "make demo   set up, run the pipeline (dvc repro: ingest, etl, train, evaluate) on the full 2013 data, push it to the DVC remote,"
 	@echo "            run the tutorials, print the datasets, row counts, the training's machine session and cost, the registry;"
 	@echo "            then serve the production model, create a key, predict over V1 and V2, and print the audit of those calls and 'aiinfra status'"
-	@echo "make test   set up, then: nbdev sync, markdown and dvc.lock checks, notebook tests, pytest (store on SQLite and PostgreSQL)"
+	@echo "make test   set up, then: nbdev sync, markdown, dvc.lock, stages and template checks, notebook tests, pytest (store on SQLite and PostgreSQL)"
 	@echo "make bench  the benchmarks in benchmarks/ (ratios measured side by side)"
 
 $(BIN)/python:
@@ -40,6 +40,8 @@ sync-check: install
 	bash .ci/check_sync.sh
 	python .ci/check_markdown.py nbs
 	python .ci/check_lock.py
+	aiinfra stages check
+	python .ci/render_reference.py --check
 
 test-nbs: install
 	AIINFRA_HOME=$$(mktemp -d) nbdev-test nbs/api

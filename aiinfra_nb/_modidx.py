@@ -320,6 +320,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'aiinfra_nb.ops.stages._paths': ('api/ops.stages.html#_paths', 'aiinfra_nb/ops/stages.py'),
                                        'aiinfra_nb.ops.stages._round_trip': ('api/ops.stages.html#_round_trip', 'aiinfra_nb/ops/stages.py'),
                                        'aiinfra_nb.ops.stages._tagged': ('api/ops.stages.html#_tagged', 'aiinfra_nb/ops/stages.py'),
+                                       'aiinfra_nb.ops.stages._tracks': ('api/ops.stages.html#_tracks', 'aiinfra_nb/ops/stages.py'),
                                        'aiinfra_nb.ops.stages._yaml': ('api/ops.stages.html#_yaml', 'aiinfra_nb/ops/stages.py'),
                                        'aiinfra_nb.ops.stages.check_stages': ( 'api/ops.stages.html#check_stages',
                                                                                'aiinfra_nb/ops/stages.py'),

@@ -130,6 +130,11 @@ def _has(values: dict, key: str) -> bool:
         values = values[part]
     return True
 
+def _tracks(params: list, key: str) -> bool:
+    "Does a stage's `params` list track `key` (itself, or a section holding it)?"
+    names = {p for p in params if isinstance(p, str)}
+    return any('.'.join(key.split('.')[:i]) in names for i in range(1, key.count('.') + 2))
+
 def check_stages(root: str | Path = '.', folder: str = PIPELINES_DIR) -> list[str]:
     "Where dvc.yaml, params.yaml and the pipeline notebooks disagree, as sentences (none: they agree)"
     root = Path(root)
@@ -141,8 +146,9 @@ def check_stages(root: str | Path = '.', folder: str = PIPELINES_DIR) -> list[st
         want, cmd = stage_for(nb), ' '.join(str(have.get('cmd', '')).split())
         for p in nb.tracked:
             key = nb.key(p)
-            if f'-p {p} "${{{key}}}"' not in cmd: problems.append(f"{nb.path}: parameter {p!r} is not passed by stage {nb.name!r} as ${{{key}}}: under DVC it keeps its default")
-            if key not in (have.get('params') or []): problems.append(f"stage {nb.name!r} does not track {key!r} in its params: DVC would not rerun it when {key} changes")
+            if not any(f'-p {p} {v}' in cmd for v in (f'"${{{key}}}"', f'${{{key}}}')):
+                problems.append(f"{nb.path}: parameter {p!r} is not passed by stage {nb.name!r} as ${{{key}}}: under DVC it keeps its default")
+            if not _tracks(have.get('params') or [], key): problems.append(f"stage {nb.name!r} does not track {key!r} in its params: DVC would not rerun it when {key} changes")
             if not _has(values, key): problems.append(f"params.yaml has no {key!r} (parameter {p!r} of {nb.path})")
         for k in ('deps', 'outs', 'metrics', 'plots'):
             if _paths(have.get(k)) != _paths(want.get(k)):
