@@ -134,12 +134,14 @@ app.add_typer(models_app, name='models')
 @models_app.command('list')
 def models_list(name: str = typer.Argument(None, help='only this model'),
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
-    "Every model version, newest first, with its stage and metrics"
+    "Every model version of this project, newest first, with its stage and its evaluation (the task's primary metric)"
     from aiinfra_nb.train.registry import Registry
     rows = Registry().list(name)
     if as_json: return show(rows, [], as_json=True)
-    flat = [{**r, 'eval_auc': (r['metrics'] or {}).get('eval_auc'), 'val_auc': (r['metrics'] or {}).get('val_auc')} for r in rows]
-    show(flat, ['name', 'version', 'stage', 'files', 'created_at', 'eval_auc', 'val_auc', 'data_version', 'run_id'])
+    from aiinfra_nb.train.evaluate import PRIMARY
+    evaluated = lambda m: next((f"{k} {m[f'eval_{k}']:.4g}" for k, _ in PRIMARY.values() if f'eval_{k}' in m), None)
+    flat = [{**r, 'evaluation': evaluated(r['metrics'] or {})} for r in rows]
+    show(flat, ['name', 'version', 'stage', 'files', 'created_at', 'evaluation', 'data_version', 'run_id'])
 
 @models_app.command('show')
 def models_show(name: str, version: int = typer.Option(None, help='default: the latest'),
