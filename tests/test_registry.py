@@ -130,3 +130,17 @@ def test_tampered_config_is_refused_before_allocating(tmp_path, sqlite_url):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(RegistryError, match='does not match its weights'): reg.load('m')
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing near 6 GB was touched
+
+
+def test_two_projects_keep_separate_versions_and_stages_of_one_model_name(tmp_path, store_url):
+    engine = get_engine(store_url)
+    churn, fraud = (Registry(tmp_path/p/'models', engine, project=p) for p in ('churn', 'fraud'))
+    for reg, n in ((churn, 3), (fraud, 1)):
+        for _ in range(n): reg.save(TabularNet(2, hidden=[4]), 'model')
+    churn.promote('model', 2); fraud.promote('model', 1)
+    assert [(r['version'], r['stage']) for r in churn.list('model')] == [(3, None), (2, 'production'), (1, None)]
+    assert [(r['version'], r['stage']) for r in fraud.list('model')] == [(1, 'production')]
+    churn.promote('model', 3)  # one production version per project and name: churn's v2 is archived, fraud's v1 untouched
+    assert [r['stage'] for r in churn.list('model')] == ['production', 'archived', None]
+    assert fraud.load('model', stage='production')[1]['project'] == 'fraud'
+    with pytest.raises(RegistryError, match="no version 2 of model 'model'"): fraud.load('model', version=2)
