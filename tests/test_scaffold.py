@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from aiinfra_nb.data.sources import package_file
-from aiinfra_nb.ops.store import audit, get_engine, models, projects, query, runs
+from aiinfra_nb.ops.store import audit, get_engine, machine_sessions, models, projects, query, runs, services
 from conftest import ROOT, copy_repo
 from test_serve import free_port
 
@@ -90,6 +90,8 @@ def test_new_project_runs_end_to_end_and_serves(task, store_url, tmp_path, monke
     calls = query(sa.select(audit.c.project, audit.c.status_code).where(audit.c.path == f'/v2/models/{name}/infer'), engine)
     assert sorted(c['status_code'] for c in calls) == [200, 401] and {c['project'] for c in calls} == {name}
     assert query(sa.select(projects.c.repo).where(projects.c.name == name), engine) == [{'repo': str(proj)}]
+    assert query(sa.select(machine_sessions.c.project).where(machine_sessions.c.project == name), engine)  # the training's machine-hours
+    assert {r['project'] for r in query(sa.select(services.c.project).where(services.c.name == name), engine)} == {name}
 
 
 def test_bad_input_creates_nothing(tmp_path, sqlite_url, monkeypatch):
