@@ -368,6 +368,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'aiinfra_nb.scaffold._git_identity': ('api/scaffold.html#_git_identity', 'aiinfra_nb/scaffold.py'),
                                      'aiinfra_nb.scaffold._make': ('api/scaffold.html#_make', 'aiinfra_nb/scaffold.py'),
                                      'aiinfra_nb.scaffold._run': ('api/scaffold.html#_run', 'aiinfra_nb/scaffold.py'),
+                                     'aiinfra_nb.scaffold._track_data': ('api/scaffold.html#_track_data', 'aiinfra_nb/scaffold.py'),
                                      'aiinfra_nb.scaffold.check_project_name': ( 'api/scaffold.html#check_project_name',
                                                                                  'aiinfra_nb/scaffold.py'),
                                      'aiinfra_nb.scaffold.new_project': ('api/scaffold.html#new_project', 'aiinfra_nb/scaffold.py'),

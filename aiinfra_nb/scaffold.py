@@ -4,11 +4,10 @@
 
 # %% ../nbs/api/45_scaffold.ipynb #2bc928c7
 from __future__ import annotations
-import getpass, math, os, re, shutil, subprocess, sys, time
+import getpass, importlib.util, math, os, re, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import sqlalchemy as sa
-import aiinfra_nb
 from .core import AiinfraError, load_settings
 from .data.contracts import Inference, infer_project
 from .data.sources import read_table
@@ -27,7 +26,7 @@ def template_source(template: str | None = None) -> str:
     "The project template: `template`, `[scaffold] template`, or the repository this toolkit runs from"
     found = template or load_settings().scaffold.template
     if found: return found
-    repo = Path(aiinfra_nb.__file__).resolve().parents[1]
+    repo = Path(importlib.util.find_spec('aiinfra_nb').origin).resolve().parents[1]  # the package's folder's parent
     if (repo/'copier.yml').is_file() and (repo/'template').is_dir(): return str(repo)
     raise ScaffoldError("this aiinfra_nb is installed without its repository, which holds the project template: "
                         "set [scaffold] template in settings.ini (or pass --template) to a clone or the git URL of aiinfra_nb")
@@ -126,6 +125,18 @@ def training_budget(rows: int, val_fraction: float = 0.2, steps: int = 300) -> d
     per_epoch = math.ceil(rows * (1 - val_fraction) / batch)
     return dict(batch_size=batch, max_epochs=int(min(100, max(2, math.ceil(steps / per_epoch)))))
 
+def _track_data(dest: Path, path: str):
+    "`dvc init` (analytics off) and `dvc add path`, through DVC's Python API (a third of a second, against a second for the commands)"
+    import logging
+    from dvc.repo import Repo
+    log = logging.getLogger('dvc')
+    level, _ = log.level, log.setLevel(logging.WARNING)  # its "Initialized DVC repository" and "To track the changes" lines are for its CLI
+    try:
+        with Repo.init(str(dest)) as repo:
+            with repo.config.edit() as conf: conf['core']['analytics'] = False
+            repo.add([str(dest/path)])
+    finally: log.setLevel(level)
+
 def _make(name, data, dest, inference, src, vcs_ref, owner, description, toolkit, answers) -> NewProject:
     import copier, yaml, warnings
     answers = dict(project_name=name, description=description, owner=owner, model_name=name, data_file=data.name,
@@ -143,9 +154,7 @@ def _make(name, data, dest, inference, src, vcs_ref, owner, description, toolkit
     (dest/'params.yaml').write_text(PARAMS_HEADER + (dest/'params.yaml').read_text())
     identity = _git_identity(owner)
     _run(['git', 'init', '-q', '-b', 'main'], dest, 'git init')
-    _run([sys.executable, '-m', 'dvc', 'init', '-q'], dest, 'dvc init')
-    _run([sys.executable, '-m', 'dvc', 'config', 'core.analytics', 'false'], dest, 'dvc config')
-    _run([sys.executable, '-m', 'dvc', 'add', '-q', f'data/source/{data.name}'], dest, 'dvc add')
+    _track_data(dest, f'data/source/{data.name}')
     _run(['git', 'add', '-A'], dest, 'git add')
     _run(['git', 'commit', '-q', '-m', f'new project {name} (aiinfra new)'], dest, 'git commit', identity)
     commit = (yaml.safe_load((dest/'.copier-answers.yml').read_text()) or {}).get('_commit')

@@ -226,6 +226,7 @@ def infer_project(name: str, df: pl.DataFrame, target: str,
     inferred = infer_task(df[target])
     if task is not None and task not in TASKS: raise ContractError(f"task {task!r}: expected one of {', '.join(TASKS)}")
     if task == 'binary' and inferred != 'binary': raise ContractError(f"task 'binary' needs a target with two values; {target!r} has {df[target].n_unique():,}")
+    if task == 'regression' and not df[target].dtype.is_numeric(): raise ContractError(f"task 'regression' needs a numeric target; {target!r} is {df[target].dtype}")
     task = task or inferred
     contract = Contract.infer(name, df)
     for col in contract.columns:
