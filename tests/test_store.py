@@ -30,14 +30,23 @@ def test_upgrade_in_place_keeps_rows(store_url):
         assert c.exec_driver_sql('SELECT version FROM schema_version').scalar() == LATEST + 1
 
 
-def test_store_made_by_v1_upgrades_in_place(store_url):
-    "A store created by the v1 schema as it landed (tests/fixtures/schema_v1.py) opens upgraded, its rows intact"
+def v1_store(url: str, migrations: dict | None = None):
+    "An engine on a store created by the v1 schema as it landed (tests/fixtures/schema_v1.py), then taken through `migrations`"
     from fixtures import schema_v1
     from aiinfra_nb.ops.store import create_store_engine
-    old = create_store_engine(store_url)
-    with old.begin() as c:
+    eng = create_store_engine(url)
+    with eng.begin() as c:
         schema_v1.metadata.create_all(c)
         c.execute(schema_v1.schema_version.insert().values(version=1))
+    if migrations: ensure_schema(eng, migrations)
+    return eng
+
+
+def test_store_made_by_v1_upgrades_in_place(store_url):
+    "A store created by the v1 schema opens upgraded, its rows intact"
+    from fixtures import schema_v1
+    old = v1_store(store_url)
+    with old.begin() as c:
         c.execute(schema_v1.runs.insert().values(id='r1', project='p', kind='etl', status='finished', started_at=1.0, extra={'a': 1}))
     old.dispose()
     eng = get_engine(store_url)
@@ -50,13 +59,8 @@ def test_store_made_by_v1_upgrades_in_place(store_url):
 
 def test_models_of_a_v5_store_get_their_project(store_url):
     "v5 -> v6: a model takes its run's project (else 'default'); names are then unique per project, production too"
-    from fixtures import schema_v1
-    from aiinfra_nb.ops.store import create_store_engine, models
-    eng = create_store_engine(store_url)
-    with eng.begin() as c:
-        schema_v1.metadata.create_all(c)
-        c.execute(schema_v1.schema_version.insert().values(version=1))
-    ensure_schema(eng, {v: MIGRATIONS[v] for v in range(2, 6)})  # a store as v5 left it
+    from aiinfra_nb.ops.store import models
+    eng = v1_store(store_url, {v: MIGRATIONS[v] for v in range(2, 6)})  # a store as v5 left it
     with eng.begin() as c:
         c.execute(runs.insert().values(id='r1', project='churn', kind='train', status='finished', started_at=1.0))
         c.exec_driver_sql("INSERT INTO models (name, version, stage, run_id, created_at) VALUES ('m', 1, 'production', 'r1', 1), "
