@@ -182,7 +182,7 @@ def test_promotion_is_picked_up_without_restart_and_a_broken_version_is_refused(
     assert query("SELECT count(*) AS n FROM events WHERE message LIKE 'refused to serve delay v3%'", get_engine(service.url))[0]['n'] >= 1
 
 
-async def _load(base: str, keys: dict, n: int, concurrency: int, on_half=None) -> list:
+async def _load(base: str, keys: dict, n: int, concurrency: int, on_half=None, lost: list | None = None) -> list:
     "n mixed requests (valid and invalid) at `concurrency`; returns (status, request id, model version) of each answered one"
     mix = [('predict', 'POST', '/v1/models/delay:predict', V1), ('predict', 'POST', '/v2/models/delay/infer', V2),
            (None, 'POST', '/v1/models/delay:predict', V1), ('read', 'POST', '/v1/models/delay:predict', V1),
@@ -199,7 +199,9 @@ async def _load(base: str, keys: dict, n: int, concurrency: int, on_half=None) -
                 who, method, path, body = mix[i % len(mix)]
                 headers = {'Authorization': f'Bearer {keys[who]}'} if who else {}
                 try: r = await c.request(method, path, json=body, headers=headers)
-                except httpx.TransportError: continue  # not accepted: the server was stopping
+                except httpx.TransportError:  # not accepted: the server was stopping, or it refused a body it would not read
+                    if lost is not None: lost.append(mix[i % len(mix)])
+                    continue
                 out.append((r.status_code, r.headers.get('x-request-id'), (r.json() if r.status_code == 200 else {}).get('model_version')))
         await asyncio.gather(*[worker() for _ in range(concurrency)])
     return out
@@ -220,15 +222,17 @@ def test_load_mixed_requests_no_5xx_one_audit_row_each_and_a_promotion_midway(lo
     v2 = [None]
     def promote():
         v2[0] = save_model(loaded.registry, 5); loaded.registry.promote('delay', v2[0])
-    answers = asyncio.run(_load(loaded.base, loaded.keys, 10_000, 32, on_half=promote))
+    lost = []  # an oversized body may be cut off by the server's 413 while the client still sends it (HTTP allows it)
+    answers = asyncio.run(_load(loaded.base, loaded.keys, 10_000, 32, on_half=promote, lost=lost))
     statuses = Counter(s for s, _, _ in answers)
-    assert len(answers) == 10_000 and not [s for s in statuses if s >= 500], statuses
+    assert all(len(body['instances']) == 20_000 for *_, body in lost), lost
+    assert len(answers) + len(lost) == 10_000 and not [s for s in statuses if s >= 500], statuses
     assert {200, 401, 403, 404, 413, 422, 429} <= set(statuses), statuses
     assert {'1', str(v2[0])} <= {v for _, _, v in answers if v}  # the switch between versions, with no failed request
     loaded.stop()  # SIGTERM: the audit queue is flushed on the way out
     audited = query("SELECT request_id, status_code, model_version FROM audit WHERE path != '/v2/health/ready'", get_engine(loaded.url))
-    assert len(audited) == 10_000 and {r['request_id'] for r in audited} == {rid for _, rid, _ in answers}
-    assert Counter(r['status_code'] for r in audited) == statuses
+    assert len(audited) == 10_000 and {r['request_id'] for r in audited} >= {rid for _, rid, _ in answers}
+    assert Counter(r['status_code'] for r in audited) == statuses + Counter({413: len(lost)})
     assert {r['model_version'] for r in audited if r['status_code'] == 200 and r['model_version']} == {1, v2[0]}
 
 
