@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from .core import AiinfraError
-from .ops.machines import cost_between, machine_status, today_start
+from .ops.machines import machine_status
 from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
@@ -64,18 +64,19 @@ def show(rows: list[dict], columns: list[str], title: str | None = None, as_json
 # %% ../nbs/api/50_cli.ipynb #f53f6c5d
 @app.command()
 def status(as_json: bool = typer.Option(False, '--json', help='print JSON')):
-    "The store, its row counts, machines on, today's cost and the latest runs"
-    summary, ms = store_summary(), machine_status()
-    out = dict(store=summary, machines_on=sum(m['state'] == 'on' for m in ms), machines=len(ms),
-               idle_machines=[m['machine'] for m in ms if m['idle']], cost_today=round(cost_between(today_start()), 4),
-               latest_runs=list_runs(limit=5))
+    "The portfolio at a glance: projects, runs, machines, cost, API calls, services; the latest runs"
+    from aiinfra_nb.ops.overview import overview
+    summary = store_summary()
+    out = dict(store=summary, **overview(), latest_runs=list_runs(limit=5))
     if as_json: return print(json.dumps(out, default=str, indent=1))
     c = Console(width=max(Console().width, 120), highlight=False)
     c.print(f"[bold]store[/]      {summary['backend']}  {summary['url']}  (schema v{summary['schema_version']})")
-    c.print('[bold]rows[/]       ' + '  '.join(f"{k} {v:,}" for k, v in summary['rows'].items()))
-    idle = f"  [yellow]idle: {', '.join(out['idle_machines'])}[/]" if out['idle_machines'] else ''
-    c.print(f"[bold]machines[/]   {out['machines_on']} on of {out['machines']}{idle}")
-    c.print(f"[bold]cost today[/] {money(out['cost_today'])}")
+    c.print(f"[bold]projects[/]   {out['projects']:,}   [bold]runs today[/] {out['runs_today']:,} "
+            f"({'[red]' if out['failed_today'] else ''}{out['failed_today']:,} failed{'[/]' if out['failed_today'] else ''}, {out['running']:,} running)")
+    idle = f"  [yellow]{out['machines_idle']} idle[/]" if out['machines_idle'] else ''
+    c.print(f"[bold]machines[/]   {out['machines_on']} on{idle}")
+    c.print(f"[bold]cost today[/] {money(out['cost_today'])}   [bold]this month[/] {money(out['cost_month'])}")
+    c.print(f"[bold]API calls[/]  {out['api_calls_today']:,} today   [bold]services[/] {out['services_up']} up of {out['services']}")
     show(out['latest_runs'], ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'id'], title='latest runs')
 
 # %% ../nbs/api/50_cli.ipynb #745ea559
