@@ -11,16 +11,16 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
-from .core import AiinfraError
+from .core import AiinfraError, cell_text, money
 from .ops.machines import machine_status
 from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
-__all__ = ['app', 'models_app', 'keys_app', 'contract_app', 'stages_app', 'money', 'duration', 'show', 'status', 'runs',
-           'machines', 'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote', 'serve_',
-           'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_', 'new_', 'upgrade_', 'contract_infer',
-           'contract_check', 'stages_sync', 'stages_check', 'main']
+__all__ = ['app', 'models_app', 'keys_app', 'contract_app', 'stages_app', 'show', 'status', 'runs', 'machines', 'logs', 'sql_',
+           'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list',
+           'keys_revoke', 'audit_', 'services_', 'new_', 'upgrade_', 'contract_infer', 'contract_check', 'stages_sync',
+           'stages_check', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -30,35 +30,12 @@ app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML proj
 def _group():
     "aiinfra: runs, machines, costs and logs of every ML project, from the ops store."
 
-def money(v: float) -> str:
-    "Dollars as people read them: $1,234.50, $0.0012, <$0.0001"
-    if v == 0: return '$0.00'
-    if abs(v) >= 0.01: return f'${v:,.2f}'
-    return f'${v:.4f}' if abs(v) >= 0.0001 else '<$0.0001'
-
-def duration(seconds: float) -> str:
-    "0.42 s, 12.3 s, 4 min 05 s, 2 h 03 min"
-    if seconds < 60: return f'{seconds:.2g} s' if seconds < 1 else f'{seconds:.1f} s'
-    m, s = divmod(round(seconds), 60)
-    return f'{m} min {s:02d} s' if m < 60 else f'{m // 60} h {m % 60:02d} min'
-
-def _cell(key: str, v) -> str:
-    "A value as a table shows it: times as times, costs as money, durations as durations, counts as integers"
-    if v is None: return ''
-    if isinstance(v, datetime): return v.strftime('%Y-%m-%d %H:%M:%S')
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or key in ('pid', 'port', 'step') or key.endswith('version'): return str(v)
-    if key.endswith('_at') or key == 'time': return datetime.fromtimestamp(v).strftime('%Y-%m-%d %H:%M:%S')
-    if 'cost' in key or key.startswith('price'): return money(v)
-    if key.endswith('_s') or key == 'duration': return duration(v)
-    if isinstance(v, int) or float(v).is_integer(): return f'{int(v):,}'
-    return f'{v:,.4g}' if abs(v) < 1e6 else f'{v:,.0f}'
-
 def show(rows: list[dict], columns: list[str], title: str | None = None, as_json: bool = False):
     "Print `rows` as JSON or as a table of `columns`"
     if as_json: return print(json.dumps(rows, default=str, indent=1))
     t = Table(title=title, title_justify='left', show_edge=False, header_style='bold')
     for c in columns: t.add_column(c)
-    for r in rows: t.add_row(*[_cell(c, r.get(c)) for c in columns])
+    for r in rows: t.add_row(*[cell_text(c, r.get(c)) for c in columns])
     Console(width=max(Console().width, 120)).print(t)
 
 # %% ../nbs/api/50_cli.ipynb #f53f6c5d

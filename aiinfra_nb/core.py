@@ -5,6 +5,7 @@
 # %% ../nbs/api/00_core.ipynb #3379bf31
 from __future__ import annotations
 import ast, configparser, hashlib, math, os, re, subprocess, tempfile, time
+from datetime import datetime
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +15,7 @@ from fastcore.basics import AttrDict
 __all__ = ['TASKS', 'ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S',
            'AiinfraError', 'SettingsError', 'FeatureError', 'project_root', 'read_settings', 'mask_secrets',
            'load_settings', 'clear_settings_cache', 'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write',
-           'stale_temporaries', 'file_hash', 'git_revision']
+           'stale_temporaries', 'file_hash', 'git_revision', 'money', 'duration', 'cell_text']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -367,3 +368,27 @@ def git_revision(root: str | Path | None = None) -> str | None:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return rev.stdout.strip() + ('+dirty' if dirty else '')
     except (OSError, subprocess.TimeoutExpired): return None
+
+# %% ../nbs/api/00_core.ipynb #bcf5b4a0
+def money(v: float) -> str:
+    "Dollars as people read them: $1,234.50, $0.0012, <$0.0001"
+    if v == 0: return '$0.00'
+    if abs(v) >= 0.01: return f'${v:,.2f}'
+    return f'${v:.4f}' if abs(v) >= 0.0001 else '<$0.0001'
+
+def duration(seconds: float) -> str:
+    "0.42 s, 12.3 s, 4 min 05 s, 2 h 03 min"
+    if seconds < 60: return f'{seconds:.2g} s' if seconds < 1 else f'{seconds:.1f} s'
+    m, s = divmod(round(seconds), 60)
+    return f'{m} min {s:02d} s' if m < 60 else f'{m // 60} h {m % 60:02d} min'
+
+def cell_text(key: str, v) -> str:
+    "A value as a table shows it: times as times, costs as money, durations as durations, counts as integers"
+    if v is None: return ''
+    if isinstance(v, datetime): return v.strftime('%Y-%m-%d %H:%M:%S')
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or key in ('pid', 'port', 'step') or key.endswith('version'): return str(v)
+    if key.endswith('_at') or key == 'time': return datetime.fromtimestamp(v).strftime('%Y-%m-%d %H:%M:%S')
+    if 'cost' in key or key.startswith('price'): return money(v)
+    if key.endswith('_s') or key == 'duration': return duration(v)
+    if isinstance(v, int) or float(v).is_integer(): return f'{int(v):,}'
+    return f'{v:,.4g}' if abs(v) < 1e6 else f'{v:,.0f}'

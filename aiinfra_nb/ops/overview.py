@@ -14,7 +14,8 @@ from .record import check_limit
 from .store import audit, machine_sessions, machines, metrics, projects, query, runs, services
 
 # %% auto #0
-__all__ = ['month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'project_summary']
+__all__ = ['month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'project_summary',
+           'machines_now', 'services_now', 'recent_requests', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def _least(a, b): return sa.case((a < b, a), else_=b)
@@ -133,3 +134,59 @@ def project_summary(now: float | None = None, engine: Engine | None = None) -> l
     for row in rows:
         row.update(failed_week=row['failed_week'] or 0, production_models=row['production_models'] or 0, cost_month=round(row['cost_month'] or 0, 6))
     return rows
+
+# %% ../../nbs/api/06_ops.overview.ipynb #f7538ae2
+def machines_now(now: float | None = None, engine: Engine | None = None) -> list[dict]:
+    "One row per machine: state, idle, last cpu/gpu %, hours and cost today"
+    now, m = now or time.time(), load_settings().machines
+    day, s = today_start(now), machine_sessions.c
+    on = s.ended_at.is_(None) & (s.last_heartbeat_at >= now - m.off_after_s)
+    latest = sa.select(s.machine, s.cpu_pct, s.gpu_pct, s.last_heartbeat_at,
+                       sa.func.row_number().over(partition_by=s.machine, order_by=s.last_heartbeat_at.desc()).label('rn')).subquery()
+    end = _session_end(now, m.off_after_s)
+    secs = _least(end, sa.literal(now)) - _greatest(s.started_at, sa.literal(day))
+    today = (sa.select(s.machine, sa.func.sum(sa.case((on, 1), else_=0)).label('sessions_on'),
+                       sa.func.sum(sa.case((on & (s.idle_since <= now - m.idle_after_min * 60), 1), else_=0)).label('idle_sessions'),
+                       sa.func.sum(sa.case((secs > 0, secs), else_=0)).label('seconds_today'),
+                       sa.func.sum(_cost_in(day, now, now, m.off_after_s)).label('cost_today'))
+             .where(s.ended_at.is_(None) | (s.ended_at >= day)).group_by(s.machine).subquery())
+    q = (sa.select(machines.c.name.label('machine'), machines.c.kind, machines.c.gpu_count.label('gpus'), today.c.sessions_on,
+                   today.c.idle_sessions, today.c.seconds_today, today.c.cost_today, latest.c.cpu_pct, latest.c.gpu_pct, latest.c.last_heartbeat_at)
+         .select_from(machines.outerjoin(today, today.c.machine == machines.c.name)
+                      .outerjoin(latest, (latest.c.machine == machines.c.name) & (latest.c.rn == 1))).order_by(machines.c.name))
+    out = []
+    for r in query(q, engine):
+        out.append(dict(machine=r['machine'], kind=r['kind'], state='on' if r['sessions_on'] else 'off', idle=bool(r['idle_sessions']),
+                        cpu_pct=r['cpu_pct'], gpu_pct=r['gpu_pct'], last_heartbeat_at=r['last_heartbeat_at'], gpus=r['gpus'],
+                        hours_today=round((r['seconds_today'] or 0) / 3600, 4), cost_today=round(r['cost_today'] or 0, 6)))
+    return out
+
+# %% ../../nbs/api/06_ops.overview.ipynb #d2b55f38
+def services_now(now: float | None = None, engine: Engine | None = None) -> list[dict]:
+    "Every registered service: up, down, or stale (marked up, but its heartbeat stopped)"
+    now, sv = now or time.time(), services.c
+    stale = (sv.status == 'up') & (sa.func.coalesce(sv.last_seen_at, 0) < now - load_settings().machines.off_after_s)
+    return query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
+                           sv.started_at, sv.last_seen_at).order_by(sv.name), engine)
+
+def recent_requests(limit: int = 20, project: str | None = None, engine: Engine | None = None) -> list[dict]:
+    "The newest audited requests (who, what, answer, latency)"
+    check_limit(limit)
+    a = audit.c
+    q = sa.select(a.time, a.project, a.service, a.key_name, a.method, a.path, a.model, a.model_version, a.status_code, a.latency_ms,
+                  a.rows).order_by(a.time.desc(), a.id.desc()).limit(limit)
+    return query(q.where(a.project == project) if project else q, engine)
+
+# %% ../../nbs/api/06_ops.overview.ipynb #7ec31429
+def panel(now: float | None = None, run_id: str | None = None,  # the run whose metric curves to include
+          logs: dict | None = None,  # filters of the Logs tab: project, service, level, grep
+          engine: Engine | None = None) -> dict:
+    "The data of every tab of the control panel"
+    from aiinfra_nb.ops.record import list_events, list_runs
+    now = now or time.time()
+    return dict(at=now, overview=overview(now, engine), projects=project_summary(now, engine),
+                runs=list_runs(limit=50, engine=engine), failed_runs=list_runs(status='failed', limit=10, engine=engine),
+                curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine),
+                cost_by_day=cost_by_project_day(14, now, engine), services=services_now(now, engine),
+                traffic=traffic(3600, now, engine), callers=top_callers(86400, 10, now, engine),
+                requests=recent_requests(20, engine=engine), logs=list_events(**(logs or {}), limit=100, engine=engine))

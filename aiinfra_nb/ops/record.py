@@ -435,13 +435,14 @@ def list_runs(project: str | None = None, status: str | None = None, kind: str |
     return query(q, engine)
 
 def list_events(service: str | None = None, level: str | None = None, grep: str | None = None,
-                run_id: str | None = None, limit: int = 50, engine: Engine | None = None) -> list[dict]:
+                run_id: str | None = None, project: str | None = None, limit: int = 50, engine: Engine | None = None) -> list[dict]:
     "The most recent events, newest first; `level` keeps that level and above"
     check_limit(limit)
-    q = sa.select(events.c.time, events.c.service, events.c.level, events.c.logger, events.c.message,
+    q = sa.select(events.c.time, events.c.project, events.c.service, events.c.level, events.c.logger, events.c.message,
                   events.c.run_id, events.c.request_id).order_by(events.c.time.desc(), events.c.id.desc()).limit(limit)
     if service: q = q.where(events.c.service == service)
     if level: q = q.where(events.c.level.in_(LEVELS[LEVELS.index(check_level(level)):]))
     if grep: q = q.where(events.c.message.contains(grep, autoescape=True))
     if run_id: q = q.where(events.c.run_id == run_id)
+    if project: q = q.where(events.c.project == project)
     return query(q, engine)
