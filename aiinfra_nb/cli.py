@@ -19,8 +19,8 @@ from .ops.store import store_summary
 # %% auto #0
 __all__ = ['app', 'models_app', 'keys_app', 'contract_app', 'stages_app', 'show', 'status', 'runs', 'machines', 'logs', 'sql_',
            'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list',
-           'keys_revoke', 'audit_', 'services_', 'new_', 'upgrade_', 'contract_infer', 'contract_check', 'stages_sync',
-           'stages_check', 'main']
+           'keys_revoke', 'audit_', 'services_', 'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check',
+           'stages_sync', 'stages_check', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -188,6 +188,20 @@ def services_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every service: up, down or stale"
     from aiinfra_nb.serve.app import list_services
     show(list_services(), ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at'], as_json=as_json)
+
+# %% ../nbs/api/50_cli.ipynb #83adbf26
+@app.command()
+def projects(root: Path = typer.Option(None, help='default: [portfolio] root'),
+             stale: bool = typer.Option(False, '--stale', help='only projects whose pipeline is stale (or unreadable)'),
+             failing: bool = typer.Option(False, '--failing', help='only projects with a failed run this week'),
+             as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "The portfolio's repositories: git, pipeline, runs, models, cost, template drift"
+    from aiinfra_nb.ops.projects import scan_projects
+    rows = scan_projects(root)
+    if stale: rows = [r for r in rows if r['pipeline'] in ('stale', 'unknown', 'never run')]
+    if failing: rows = [r for r in rows if r.get('failed_week')]
+    show(rows, ['project', 'branch', 'uncommitted', 'pipeline', 'last_run_at', 'failed_week', 'production_models', 'cost_month',
+                'template_drift', 'error'], as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #3d133af9
 @app.command('new')

@@ -15,9 +15,9 @@ from ..core import AiinfraError, load_settings, mask_secrets
 
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
-           'services', 'api_keys', 'audit', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS', 'StoreError',
-           'store_url', 'check_url', 'create_store_engine', 'ensure_schema', 'get_engine', 'writing', 'reading',
-           'query', 'insert_ignore', 'store_summary']
+           'services', 'api_keys', 'audit', 'project_scans', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS',
+           'StoreError', 'store_url', 'check_url', 'create_store_engine', 'ensure_schema', 'get_engine', 'writing',
+           'reading', 'query', 'insert_ignore', 'store_summary']
 
 # %% ../../nbs/api/01_ops.store.ipynb #7b09f694
 metadata = sa.MetaData()
@@ -100,6 +100,10 @@ audit = sa.Table('audit', metadata,
     _col('route', _Text), _col('rows', _Int), _col('request_bytes', _Int), _col('payload', _Text),  # v5: what was asked
     _col('project', _Str),  # the project whose service answered; v6
     sa.Index('ix_audit_time', 'time'), sa.Index('ix_audit_key_time', 'key_id', 'time'))
+
+project_scans = sa.Table('project_scans', metadata,  # the last scan of each repository of the portfolio (ops.projects); v7
+    _col('repo', _Text, primary_key=True), _col('project', _Str), _col('scanned_at', _Float, nullable=False),
+    _col('fingerprint', sa.String(128), nullable=False), _col('state', _JSON))
 
 schema_version = sa.Table('schema_version', metadata, _col('version', _Int, nullable=False))
 
@@ -189,7 +193,14 @@ def _v6_projects(op):
                     sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'"))
     op.add_column('audit', sa.Column('project', sa.String(255)))
 
-MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects}  # version -> step(op: alembic Operations) from version-1
+def _v7_project_scans(op):
+    "v7: the portfolio scan keeps each repository's last result, to re-read only what changed"
+    op.create_table('project_scans', sa.Column('repo', sa.Text, primary_key=True), sa.Column('project', sa.String(255)),
+                    sa.Column('scanned_at', sa.Float, nullable=False), sa.Column('fingerprint', sa.String(128), nullable=False),
+                    sa.Column('state', sa.JSON))
+
+MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects,
+                                   7: _v7_project_scans}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine
