@@ -65,7 +65,7 @@ def naive(engine, now: float) -> dict:
     return dict(runs_today=t['runs'].filter(pl.col('started_at') >= day).height,
                 calls_today=a.filter(pl.col('time') >= day).height,
                 traffic=a.filter(pl.col('time') >= hour).group_by('service', 'model').agg(
-                    pl.len(), (pl.col('status_code') >= 500).sum(), pl.col('latency_ms').quantile(0.5), pl.col('latency_ms').quantile(0.95)),
+                    pl.len(), (pl.col('status_code') >= 500).sum(), pl.col('latency_ms').quantile(0.5).alias('p50'), pl.col('latency_ms').quantile(0.95).alias('p95')),
                 callers=a.filter(pl.col('time') >= now - 86400).group_by('key_name').len().sort('len', descending=True).head(10),
                 logs=t['events'].sort('time', descending=True).head(100),
                 projects=t['runs'].group_by('project').agg(pl.col('started_at').max()),
@@ -78,9 +78,9 @@ def portfolio(work: Path, n: int) -> Path:
     from aiinfra_nb.scaffold import new_project
     root = work/'portfolio'
     env = {**os.environ, 'DVC_NO_ANALYTICS': '1', 'PATH': f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    first = new_project('project-00', package_file('palmerpenguins', 'data/penguins.csv'), 'species', dir=root/'project-00').path
+    first = new_project('repo-00', package_file('palmerpenguins', 'data/penguins.csv'), 'species', dir=root/'repo-00').path
     subprocess.run(['dvc', 'repro', '-q'], cwd=first, env=env, check=True, capture_output=True)
-    for i in range(1, n): shutil.copytree(first, root/f'project-{i:02d}', symlinks=True)
+    for i in range(1, n): shutil.copytree(first, root/f'repo-{i:02d}', symlinks=True)
     return root
 
 
@@ -113,7 +113,8 @@ def main():
     root = portfolio(work, a.repos)
     t0 = time.perf_counter(); cold = scan_projects(root, engine=engine); cold_s = time.perf_counter() - t0
     t0 = time.perf_counter(); warm = scan_projects(root, engine=engine); warm_s = time.perf_counter() - t0
-    assert len(cold) == a.repos and not any(r['read'] for r in warm) and all(r['pipeline'] == 'up to date' for r in cold), cold[:1]
+    assert len(cold) == a.repos and all(r['pipeline'] == 'up to date' for r in cold), [(r['repo'], r['pipeline'], r['stages'], r['error']) for r in cold if r['pipeline'] != 'up to date'][:3]
+    assert not any(r['read'] for r in warm), [r['repo'] for r in warm if r['read']][:3]
     env = {**os.environ, 'DVC_NO_ANALYTICS': '1'}
     t0 = time.perf_counter()
     for repo in sorted(root.iterdir()): subprocess.run([str(BIN/'dvc'), 'status', '--json'], cwd=repo, env=env, capture_output=True, check=True)

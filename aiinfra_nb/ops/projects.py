@@ -23,7 +23,7 @@ class PortfolioError(AiinfraError):
     "The portfolio cannot be scanned as configured"
 
 def _git(repo: Path, *args: str) -> str:
-    r = subprocess.run(['git', '-C', str(repo), *args], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(['git', '--no-optional-locks', '-C', str(repo), *args], capture_output=True, text=True, timeout=30)  # reads only: never refreshes the index
     if r.returncode: raise PortfolioError(f"git {args[0]}: {(r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout).strip() else r.returncode}")
     return r.stdout
 
