@@ -19,8 +19,8 @@ from .ops.store import store_summary
 # %% auto #0
 __all__ = ['app', 'models_app', 'keys_app', 'contract_app', 'stages_app', 'show', 'status', 'runs', 'machines', 'logs', 'sql_',
            'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list',
-           'keys_revoke', 'audit_', 'services_', 'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check',
-           'stages_sync', 'stages_check', 'main']
+           'keys_revoke', 'audit_', 'services_', 'dashboard', 'projects', 'new_', 'upgrade_', 'contract_infer',
+           'contract_check', 'stages_sync', 'stages_check', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -188,6 +188,15 @@ def services_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every service: up, down or stale"
     from aiinfra_nb.serve.app import list_services
     show(list_services(), ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at'], as_json=as_json)
+
+# %% ../nbs/api/50_cli.ipynb #248a0f2a
+@app.command()
+def dashboard(host: str = typer.Option('127.0.0.1', help='bind address'), port: int = typer.Option(8866),
+              token: str = typer.Option(None, help='default: a new random token, printed'),
+              refresh_s: float = typer.Option(10, help='seconds between refreshes')):
+    "Serve the control panel as a page (Voila) until Ctrl-C"
+    from aiinfra_nb.ui.dashboard import serve_panel
+    raise typer.Exit(serve_panel(host, port, token, refresh_s))
 
 # %% ../nbs/api/50_cli.ipynb #83adbf26
 @app.command()

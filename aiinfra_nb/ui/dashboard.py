@@ -5,6 +5,7 @@
 # %% ../../nbs/api/41_ui.dashboard.ipynb #0e015f62
 from __future__ import annotations
 import asyncio, html, time
+from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
 from IPython.display import display
@@ -14,7 +15,7 @@ from ..ops.record import LEVELS
 
 # %% auto #0
 __all__ = ['TABS', 'TABLE_STYLE', 'table_html', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html',
-           'Dashboard']
+           'Dashboard', 'panel_notebook', 'serve_panel']
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #4ba36174
 TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
@@ -172,3 +173,30 @@ def _repr_mimebundle_(self: Dashboard, **kw) -> dict:
     bundle = self.widget._repr_mimebundle_(**kw) or {}
     if self.data is not None: bundle['text/html'] = snapshot_html(self.data)  # what a frontend without widgets shows
     return bundle
+
+# %% ../../nbs/api/41_ui.dashboard.ipynb #24c33db3
+def panel_notebook(path: str | Path, refresh_s: float = 10) -> Path:
+    "Write the notebook Voila serves: the control panel, started"
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# aiinfra control panel'),
+                                         nbformat.v4.new_code_cell(f'from aiinfra_nb.ui.dashboard import Dashboard\nDashboard(refresh_s={refresh_s!r}).start()')],
+                                  metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}})
+    path = Path(path)
+    nbformat.write(nb, path)
+    return path
+
+def serve_panel(host: str = '127.0.0.1', port: int = 8866, token: str | None = None, refresh_s: float = 10) -> int:
+    "Serve the control panel with Voila until interrupted; returns Voila's exit code"
+    import secrets, signal, subprocess, sys, tempfile
+    token = token or secrets.token_urlsafe(24)
+    folder = Path(tempfile.mkdtemp(prefix='aiinfra-panel-'))
+    nb = panel_notebook(folder/'aiinfra-panel.ipynb', refresh_s)
+    print(f"aiinfra control panel: http://{host}:{port}/?token={token}", flush=True)
+    cmd = [sys.executable, '-m', 'voila', str(nb), f'--Voila.ip={host}', f'--port={port}', '--no-browser', f'--token={token}']
+    proc = subprocess.Popen(cmd, cwd=folder)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # stopping the command stops the page (and its kernel)
+    try: return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+    finally: signal.signal(signal.SIGTERM, previous)
