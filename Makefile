@@ -69,6 +69,8 @@ demo: install
 	$(PAPERMILL) nbs/tutorials/serving.ipynb data/runs/serving.ipynb
 	bash .ci/demo_serve.sh
 	aiinfra status
+	@echo "the control panel: 'aiinfra dashboard' (a page on 127.0.0.1, token printed), or '%load_ext aiinfra_nb' then '%aiinfra dashboard' in JupyterLab;"
+	@echo "a demo company to look at: 'aiinfra demo fleet --projects 50 --dir /tmp/fleet' (nbs/tutorials/control_panel.ipynb walks through it)"
 
 bench: install
 	python benchmarks/store_ingest.py

@@ -17,10 +17,10 @@ from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
-__all__ = ['app', 'models_app', 'keys_app', 'contract_app', 'stages_app', 'show', 'status', 'runs', 'machines', 'logs', 'sql_',
-           'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list',
-           'keys_revoke', 'audit_', 'services_', 'dashboard', 'projects', 'new_', 'upgrade_', 'contract_infer',
-           'contract_check', 'stages_sync', 'stages_check', 'main']
+__all__ = ['app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'show', 'status', 'runs', 'machines',
+           'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create',
+           'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_', 'projects', 'new_',
+           'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -197,6 +197,22 @@ def dashboard(host: str = typer.Option('127.0.0.1', help='bind address'), port: 
     "Serve the control panel as a page (Voila) until Ctrl-C"
     from aiinfra_nb.ui.dashboard import serve_panel
     raise typer.Exit(serve_panel(host, port, token, refresh_s))
+
+# %% ../nbs/api/50_cli.ipynb #2aed87fc
+demo_app = typer.Typer(help="Demo data for the control panel.", no_args_is_help=True)
+app.add_typer(demo_app, name='demo')
+
+@demo_app.command('fleet')
+def demo_fleet_(dir: Path = typer.Option(Path('fleet'), help='an absent or empty folder for the projects'),
+                projects: int = typer.Option(50), run: int = typer.Option(4, help='projects whose pipeline runs (the last one fails)'),
+                services: int = typer.Option(2), calls: int = typer.Option(200, help='API calls to each service'),
+                keep_serving: bool = typer.Option(False, help='leave the services running')):
+    "Make a demo company: projects, pipelines, machines, services and API traffic, in the store"
+    from aiinfra_nb.demo import demo_fleet
+    out = demo_fleet(dir, projects=projects, run=run, services=services, calls=calls, keep_serving=keep_serving)
+    print(f"{len(out['projects'])} projects in {out['root']}; pipelines: " + ', '.join(f"{k} {'ok' if v else 'failed'}" for k, v in out['pipelines'].items()))
+    for name, counts in out['traffic'].items(): print(f"  {name}: " + ', '.join(f"{n} x {code}" for code, n in sorted(counts.items())))
+    print(f"see it: aiinfra status; aiinfra projects --root {out['root']}; aiinfra dashboard")
 
 # %% ../nbs/api/50_cli.ipynb #83adbf26
 @app.command()
