@@ -35,6 +35,7 @@ install: $(VENV)/.installed
 
 services:
 	@bash .ci/services.sh
+	@bash .ci/browser.sh
 
 sync-check: install
 	bash .ci/check_sync.sh

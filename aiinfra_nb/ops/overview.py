@@ -100,7 +100,7 @@ def top_callers(since_s: float = 86400, limit: int = 10, now: float | None = Non
     a, now = audit.c, now or time.time()
     q = (sa.select(sa.func.coalesce(a.key_name, '(no key)').label('caller'), sa.func.count().label('calls'),
                    sa.func.sum(sa.case((a.status_code >= 400, 1), else_=0)).label('errors'),
-                   sa.func.count(sa.distinct(a.model)).label('models'), sa.func.max(a.time).label('last_call'))
+                   sa.func.count(sa.distinct(a.model)).label('models'), sa.func.max(a.time).label('last_call_at'))
          .where(a.time >= now - since_s).group_by(a.key_name).order_by(sa.func.count().desc()).limit(limit))
     return query(q, engine)
 

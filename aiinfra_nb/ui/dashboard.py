@@ -34,7 +34,8 @@ def table_html(rows: list[dict], columns: list[str], title: str | None = None, e
 def cost_chart(cost_by_day: list[dict]):
     "Stacked bars: machine cost per project per day"
     import plotly.graph_objects as go
-    fig = go.Figure(layout=dict(barmode='stack', height=300, margin=dict(l=40, r=10, t=30, b=30), title='machine cost per project and day ($)'))
+    fig = go.Figure(layout=dict(barmode='stack', height=300, margin=dict(l=40, r=10, t=30, b=30), title='machine cost per project and day ($)',
+                                xaxis=dict(type='category')))  # days as labels: one day is a bar, not a fraction of a second
     for project in sorted({r['project'] for r in cost_by_day}):
         mine = [r for r in cost_by_day if r['project'] == project]
         fig.add_bar(x=[r['day'] for r in mine], y=[r['cost'] for r in mine], name=project or '(none)')
@@ -77,7 +78,7 @@ def tab_html(name: str, d: dict) -> str:
     if name == 'Services':
         return (table_html(d['services'], ['name', 'project', 'status', 'url', 'last_seen_at'], 'services')
                 + table_html(d['traffic'], ['service', 'model', 'requests', 'rps', 'errors', 'error_rate', 'refused', 'p50_ms', 'p95_ms'], 'traffic, last hour')
-                + table_html(d['callers'], ['caller', 'calls', 'errors', 'models', 'last_call'], 'top callers, last day')
+                + table_html(d['callers'], ['caller', 'calls', 'errors', 'models', 'last_call_at'], 'top callers, last day')
                 + table_html(d['requests'], ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms'], 'latest requests'))
     if name == 'Logs': return table_html(d['logs'], ['time', 'project', 'service', 'level', 'logger', 'message'], 'logs')
     raise ValueError(f"no tab {name!r}: {', '.join(TABS)}")
@@ -85,7 +86,7 @@ def tab_html(name: str, d: dict) -> str:
 def snapshot_html(d: dict) -> str:
     "Every tab, one after another, with the charts: what a notebook run without a frontend keeps"
     charts = {'Runs': curves_chart(d['curves'], d.get('run_id')), 'Machines & cost': cost_chart(d['cost_by_day']), 'Services': latency_chart(d['traffic'])}
-    parts, js = [TABLE_STYLE, f"<h3>aiinfra control panel, {html.escape(cell_text('at', d['at']))}</h3>"], True
+    parts, js = [TABLE_STYLE, f"<h3>aiinfra control panel, {html.escape(cell_text('time', d['at']))}</h3>"], True
     for name in TABS:
         parts.append(f'<h3>{name}</h3>' + tab_html(name, d))
         if name in charts:
@@ -132,7 +133,7 @@ def refresh(self: Dashboard, data: dict | None = None):
         self.status.value = f'<span class="aiinfra-bad">store: {html.escape(msg)}</span> (showing the last data)'
         return
     self.data = d
-    self.status.value = f"refreshed {html.escape(cell_text('at', d['at']))}"
+    self.status.value = f"refreshed {html.escape(cell_text('time', d['at']))}"
     for name in TABS: self.html[name].value = tab_html(name, d)
     runs = [(f"{r['project']} / {r['name'] or r['kind']} / {r['id'][:8]}", r['id']) for r in d['runs']]
     if [v for _, v in self.run.options if v] != [v for _, v in runs]:
@@ -178,8 +179,7 @@ def _repr_mimebundle_(self: Dashboard, **kw) -> dict:
 def panel_notebook(path: str | Path, refresh_s: float = 10) -> Path:
     "Write the notebook Voila serves: the control panel, started"
     import nbformat
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# aiinfra control panel'),
-                                         nbformat.v4.new_code_cell(f'from aiinfra_nb.ui.dashboard import Dashboard\nDashboard(refresh_s={refresh_s!r}).start()')],
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f'from aiinfra_nb.ui.dashboard import Dashboard\nDashboard(refresh_s={refresh_s!r}).start()')],
                                   metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}})
     path = Path(path)
     nbformat.write(nb, path)

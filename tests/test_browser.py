@@ -1,0 +1,109 @@
+"""The control panel in a real browser: headless Chromium (Playwright driving the system browser) on the Voila page that
+`aiinfra dashboard` serves, and on nbs/tutorials/control_panel.ipynb run in JupyterLab. Both servers are started and
+stopped here; screenshots of every tab are kept in .test-artifacts/."""
+import os, shutil, subprocess, sys, time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT, copy_repo
+from test_serve import free_port
+
+BIN = Path(sys.executable).parent
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+ARTIFACTS = ROOT/'.test-artifacts'
+TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
+FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+         '--disable-sync', '--no-first-run']
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='no chromium: `make test` installs it (apt) when root')
+
+
+def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120):
+    "Until the server at `url` answers (anything but an error)"
+    for _ in range(int(seconds * 5)):
+        try:
+            if httpx.get(url, timeout=1).status_code < 500: return
+        except httpx.HTTPError: pass
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    proc.terminate()
+    raise TimeoutError(f"{url} did not answer: {proc.communicate(timeout=60)[0][-3000:]}")
+
+
+def check_tabs(page, where: str, expect: dict):
+    "Click every tab of the panel, assert on what it shows, keep a screenshot"
+    ARTIFACTS.mkdir(exist_ok=True)
+    for tab in TABS:
+        page.get_by_role('tab', name=tab).first.click()
+        for text in expect[tab]: page.locator(f'text={text} >> visible=true').first.wait_for(timeout=60_000)  # on the tab shown
+        page.screenshot(path=str(ARTIFACTS/f"{where}-{tab.split()[0].lower()}.png"), full_page=True)
+
+
+EXPECT = {'Overview': ['idle machines', 'failing runs'], 'Projects': ['fleet-00', 'production_models'], 'Runs': ['latest runs', 'fleet-01'],
+          'Machines & cost': ['gpu-node-7', 'cost per project and day'], 'Services': ['p95_ms', 'billing-key'], 'Logs': ['saved raw/table']}
+
+
+@pytest.fixture
+def fleet(tmp_path, monkeypatch):
+    "A small demo company in a store of its own"
+    url = f"sqlite:///{tmp_path/'central.db'}"
+    monkeypatch.setenv('AIINFRA_DB_URL', url)
+    from aiinfra_nb.demo import demo_fleet
+    demo_fleet(tmp_path/'portfolio', projects=3, run=2, services=1, calls=30, progress=False)
+    return url
+
+
+def test_voila_page_shows_every_tab(fleet):
+    from playwright.sync_api import sync_playwright
+    port = free_port()
+    proc = subprocess.Popen([str(BIN/'aiinfra'), 'dashboard', '--port', str(port), '--token', 'seeme', '--refresh-s', '2'],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f'http://127.0.0.1:{port}/', proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={'width': 1400, 'height': 900})
+            page.goto(f'http://127.0.0.1:{port}/?token=seeme', timeout=120_000)
+            page.get_by_role('tab', name='Machines & cost').first.wait_for(timeout=120_000)
+            check_tabs(page, 'voila', EXPECT)
+            assert 'Traceback' not in page.inner_text('body')
+            browser.close()
+    finally:
+        proc.terminate(); proc.communicate(timeout=60)
+
+
+def test_control_panel_tutorial_runs_in_jupyterlab(tmp_path):
+    "JupyterLab on 127.0.0.1 opens nbs/tutorials/control_panel.ipynb, runs it, and the panel shows every tab"
+    from playwright.sync_api import sync_playwright
+    port, token = free_port(), 'labtoken'
+    dirs = {k: tmp_path/k.lower() for k in ('JUPYTER_RUNTIME_DIR', 'JUPYTER_CONFIG_DIR', 'IPYTHONDIR')}
+    for d in dirs.values(): d.mkdir()
+    env = {**os.environ, **{k: str(v) for k, v in dirs.items()}, 'AIINFRA_HOME': str(tmp_path/'home'),
+           'PATH': f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop('AIINFRA_DB_URL', None)
+    repo = copy_repo(tmp_path/'repo')  # JupyterLab saves what it runs: never into the repository itself
+    proc = subprocess.Popen([str(BIN/'jupyter'), 'lab', '--no-browser', '--allow-root', '--ServerApp.ip=127.0.0.1', f'--ServerApp.port={port}',
+                             f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={repo}'],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f'http://127.0.0.1:{port}/api/status?token={token}', proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={'width': 1500, 'height': 1000})
+            page.goto(f'http://127.0.0.1:{port}/lab/tree/nbs/tutorials/control_panel.ipynb?token={token}', timeout=120_000)
+            page.locator('.jp-Notebook').first.wait_for(timeout=120_000)
+            page.get_by_text('Run', exact=True).first.click()
+            page.get_by_text('Run All Cells', exact=True).first.click()
+            try:
+                page.get_by_role('tab', name='Machines & cost').first.wait_for(timeout=300_000)
+                check_tabs(page, 'jupyterlab', EXPECT)
+            except Exception:
+                ARTIFACTS.mkdir(exist_ok=True); page.screenshot(path=str(ARTIFACTS/'jupyterlab-failed.png'), full_page=True)
+                raise
+            assert page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0 or \
+                'Traceback' not in page.inner_text('.jp-Notebook')
+            browser.close()
+    finally:
+        proc.terminate(); proc.communicate(timeout=60)
