@@ -141,6 +141,11 @@ SPEC = {
 }
 
 
+def test_the_service_registers_the_address_it_serves(service):
+    (row,) = query("SELECT url, status FROM services WHERE name = 'test-api'", get_engine(service.url))
+    assert row == {'url': service.base, 'status': 'up'}
+
+
 def test_v2_bodies_follow_the_open_inference_protocol(service):
     auth = {'Authorization': f"Bearer {service.keys['predict']}"}
     with httpx.Client(base_url=service.base, headers=auth, timeout=10) as c:

@@ -393,7 +393,9 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='aiinfra-prometheus-')
     handler = StoreHandler(service=s.name or load_settings().project.name)
     for name in ('uvicorn', 'uvicorn.error', 'aiinfra'): logging.getLogger(name).addHandler(handler)
-    uvicorn.run('aiinfra_nb.serve.app:create_app', factory=True, host=host or s.host, port=port or s.port, workers=workers,
+    host, port = host or s.host, port or s.port
+    os.environ['AIINFRA_SERVICE_HOST'], os.environ['AIINFRA_SERVICE_PORT'] = host, str(port)  # the workers register the address they serve
+    uvicorn.run('aiinfra_nb.serve.app:create_app', factory=True, host=host, port=port, workers=workers,
                 access_log=False, timeout_graceful_shutdown=30, log_level='warning')
 
 def list_services(engine=None) -> list[dict]:
