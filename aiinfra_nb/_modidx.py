@@ -483,7 +483,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'aiinfra_nb.serve.app.create_app': ('api/serve.app.html#create_app', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.error': ('api/serve.app.html#error', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.frame_from_v2': ('api/serve.app.html#frame_from_v2', 'aiinfra_nb/serve/app.py'),
-                                      'aiinfra_nb.serve.app.list_services': ('api/serve.app.html#list_services', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.needs': ('api/serve.app.html#needs', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.predict': ('api/serve.app.html#predict', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.serve': ('api/serve.app.html#serve', 'aiinfra_nb/serve/app.py'),

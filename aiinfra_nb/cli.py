@@ -186,8 +186,8 @@ def audit_(key: str = typer.Option(None, help="a key's id or name"), model: str 
 @app.command('services')
 def services_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every service: up, down or stale"
-    from aiinfra_nb.serve.app import list_services
-    show(list_services(), ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at'], as_json=as_json)
+    from aiinfra_nb.ops.overview import services_now
+    show(services_now(), ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at'], as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #248a0f2a
 @app.command()

@@ -166,7 +166,7 @@ def services_now(now: float | None = None, engine: Engine | None = None) -> list
     "Every registered service: up, down, or stale (marked up, but its heartbeat stopped)"
     now, sv = now or time.time(), services.c
     stale = (sv.status == 'up') & (sa.func.coalesce(sv.last_seen_at, 0) < now - load_settings().machines.off_after_s)
-    return query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
+    return query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.host, sv.pid, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
                            sv.started_at, sv.last_seen_at).order_by(sv.name), engine)
 
 def recent_requests(limit: int = 20, project: str | None = None, engine: Engine | None = None) -> list[dict]:

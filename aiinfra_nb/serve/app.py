@@ -28,7 +28,7 @@ __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not i
 
 # %% auto #0
 __all__ = ['REQUESTS', 'LATENCY', 'NUMERIC_TYPES', 'Served', 'LiveModels', 'predict', 'ServiceError', 'error', 'needs', 'Guard',
-           'V2Tensor', 'V2Request', 'V1Request', 'frame_from_v2', 'v2_metadata', 'create_app', 'serve', 'list_services']
+           'V2Tensor', 'V2Request', 'V1Request', 'frame_from_v2', 'v2_metadata', 'create_app', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #0f4766e8
 @dataclass(frozen=True)
@@ -397,12 +397,3 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     os.environ['AIINFRA_SERVICE_HOST'], os.environ['AIINFRA_SERVICE_PORT'] = host, str(port)  # the workers register the address they serve
     uvicorn.run('aiinfra_nb.serve.app:create_app', factory=True, host=host, port=port, workers=workers,
                 access_log=False, timeout_graceful_shutdown=30, log_level='warning')
-
-def list_services(engine=None) -> list[dict]:
-    "Every registered service: up, down, or stale (up, but its heartbeat stopped)"
-    from aiinfra_nb.ops.store import query
-    off = load_settings().machines.off_after_s
-    rows = query('SELECT name, project, kind, url, host, pid, status, started_at, last_seen_at FROM services ORDER BY name', engine)
-    for r in rows:
-        if r['status'] == 'up' and time.time() - (r['last_seen_at'] or 0) > off: r['status'] = 'stale'
-    return rows
