@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from .core import AiinfraError, cell_text, money
-from .ops.machines import machine_status
+from .ops.overview import machines_now
 from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
@@ -70,7 +70,7 @@ def runs(project: str = typer.Option(None, help='only this project'),
 @app.command()
 def machines(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every machine: on or off, utilization, idle flag, hours and cost today"
-    show(machine_status(), ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today'],
+    show(machines_now(), ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today'],
          as_json=as_json)
 
 @app.command()

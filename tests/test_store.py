@@ -3,7 +3,8 @@ import math, textwrap
 import pytest
 import sqlalchemy as sa
 from aiinfra_nb.ops import record
-from aiinfra_nb.ops.machines import MachineSession, hourly_price, machine_status
+from aiinfra_nb.ops.machines import MachineSession, hourly_price
+from aiinfra_nb.ops.overview import machines_now
 from aiinfra_nb.ops.store import MIGRATIONS, machine_sessions, ensure_schema, events, get_engine, metrics, query, runs, store_summary
 
 LATEST = max([1, *MIGRATIONS])
@@ -121,9 +122,9 @@ def test_machine_session_on_then_off(store_url, monkeypatch):
     eng = get_engine(store_url)
     with MachineSession(project='flights', heartbeat_s=0.2, engine=eng) as ms:
         import time; time.sleep(0.7)
-        on = {m['machine']: m for m in machine_status(engine=eng)}[ms.machine]
+        on = {m['machine']: m for m in machines_now(engine=eng)}[ms.machine]
         assert on['state'] == 'on' and on['cpu_pct'] is not None  # the heartbeat thread sampled
-    off = {m['machine']: m for m in machine_status(engine=eng)}[ms.machine]
+    off = {m['machine']: m for m in machines_now(engine=eng)}[ms.machine]
     assert off['state'] == 'off'
     s = query(sa.select(machine_sessions).where(machine_sessions.c.id == ms.id), eng)[0]
     assert s['price_per_hour'] == hourly_price(s['kind'])  # machine kind priced from settings.ini

@@ -16,7 +16,7 @@ from .store import get_engine, insert_ignore, machine_sessions, machines, query,
 
 # %% auto #0
 __all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'register_machine',
-           'MachineSession', 'session_cost', 'cost_between', 'today_start', 'machine_status']
+           'MachineSession', 'session_cost', 'today_start']
 
 # %% ../../nbs/api/03_ops.machines.ipynb #35288994
 def _nvml():
@@ -161,53 +161,7 @@ def session_cost(start: float, end: float, price: float | None) -> float:
     return max(end - start, 0) / 3600 * (price or 0)
 
 # %% ../../nbs/api/03_ops.machines.ipynb #d89d15ff
-def _session_end(s: dict, now: float, off_after_s: float) -> tuple[float, bool]:
-    "(effective end, still on) of a session row"
-    if s['ended_at'] is not None: return s['ended_at'], False
-    if now - s['last_heartbeat_at'] > off_after_s: return s['last_heartbeat_at'], False
-    return now, True
-
-def _overlap_cost(s: dict, start: float, end: float, now: float, off_after_s: float) -> tuple[float, float]:
-    "(hours, cost) of session `s` inside [start, end]"
-    s_end, _ = _session_end(s, now, off_after_s)
-    secs = max(min(s_end, end) - max(s['started_at'], start), 0)
-    return secs / 3600, session_cost(0, secs, s['price_per_hour'])
-
-def _sessions_since(start: float, engine, project: str | None = None) -> list[dict]:
-    ms = machine_sessions.c
-    q = sa.select(machine_sessions).where(sa.or_(ms.ended_at.is_(None), ms.ended_at >= start))
-    if project: q = q.where(ms.project == project)
-    return query(q, engine)
-
-def cost_between(start: float, end: float | None = None, project: str | None = None,
-                 engine: Engine | None = None) -> float:
-    "Machine cost in [start, end] (default: up to now), optionally of one project"
-    now = time.time(); end = end or now
-    off = load_settings().machines.off_after_s
-    return sum(_overlap_cost(s, start, end, now, off)[1] for s in _sessions_since(start, engine, project))
-
 def today_start(now: float | None = None) -> float:
     "Midnight UTC of the day of `now`, in epoch seconds"
     d = datetime.fromtimestamp(now or time.time(), timezone.utc)
     return d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-# %% ../../nbs/api/03_ops.machines.ipynb #80ced20a
-def machine_status(now: float | None = None, engine: Engine | None = None) -> list[dict]:
-    "One row per machine: on/off, utilization, idle flag, hours and cost today"
-    now, m = now or time.time(), load_settings().machines
-    day = today_start(now)
-    sessions = _sessions_since(day, engine)
-    latest = {}  # machine -> its most recent session (any day), for the last sample and 'since'
-    for s in query(sa.select(machine_sessions).order_by(machine_sessions.c.last_heartbeat_at), engine): latest[s['machine']] = s
-    out = []
-    for mach in query(sa.select(machines).order_by(machines.c.name), engine):
-        mine = [s for s in sessions if s['machine'] == mach['name']]
-        on = [s for s in mine if _session_end(s, now, m.off_after_s)[1]]
-        hours, cost = map(sum, zip(*[_overlap_cost(s, day, now, now, m.off_after_s) for s in mine])) if mine else (0.0, 0.0)
-        last = latest.get(mach['name'], {})
-        idle_since = min((s['idle_since'] for s in on if s['idle_since']), default=None) if on else None
-        out.append(dict(machine=mach['name'], kind=mach['kind'], state='on' if on else 'off', sessions_on=len(on),
-                        last_heartbeat_at=last.get('last_heartbeat_at'), cpu_pct=last.get('cpu_pct'), gpu_pct=last.get('gpu_pct'),
-                        idle=bool(idle_since and now - idle_since >= m.idle_after_min * 60),
-                        hours_today=round(hours, 4), cost_today=round(cost, 4), gpus=mach['gpu_count']))
-    return out

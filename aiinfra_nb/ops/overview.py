@@ -15,7 +15,7 @@ from .store import audit, machine_sessions, machines, metrics, projects, query, 
 
 # %% auto #0
 __all__ = ['month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'project_summary',
-           'machines_now', 'services_now', 'recent_requests', 'panel']
+           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def _least(a, b): return sa.case((a < b, a), else_=b)
@@ -160,6 +160,16 @@ def machines_now(now: float | None = None, engine: Engine | None = None) -> list
                         cpu_pct=r['cpu_pct'], gpu_pct=r['gpu_pct'], last_heartbeat_at=r['last_heartbeat_at'], gpus=r['gpus'],
                         hours_today=round((r['seconds_today'] or 0) / 3600, 4), cost_today=round(r['cost_today'] or 0, 6)))
     return out
+
+# %% ../../nbs/api/06_ops.overview.ipynb #80ef0b20
+def cost_between(start: float, end: float | None = None, project: str | None = None, now: float | None = None,
+                 engine: Engine | None = None) -> float:
+    "Machine cost inside [start, end] (default: up to now), of one project or of all"
+    now = now or time.time()
+    end, s = end or now, machine_sessions.c
+    q = (sa.select(sa.func.coalesce(sa.func.sum(_cost_in(start, end, now, load_settings().machines.off_after_s)), 0).label('cost'))
+         .where((s.started_at < end) & (s.ended_at.is_(None) | (s.ended_at >= start))))
+    return query(q.where(s.project == project) if project else q, engine)[0]['cost']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d2b55f38
 def services_now(now: float | None = None, engine: Engine | None = None) -> list[dict]:
