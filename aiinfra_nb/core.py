@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/00_core.ipynb #3379bf31
 from __future__ import annotations
-import ast, configparser, hashlib, math, os, re, subprocess, tempfile, time
+import ast, configparser, hashlib, html, math, os, re, subprocess, tempfile, time
 from datetime import datetime
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,9 +13,10 @@ from fastcore.basics import AttrDict
 
 # %% auto #0
 __all__ = ['TASKS', 'ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S',
-           'AiinfraError', 'SettingsError', 'FeatureError', 'project_root', 'read_settings', 'mask_secrets',
-           'load_settings', 'clear_settings_cache', 'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write',
-           'stale_temporaries', 'file_hash', 'git_revision', 'money', 'duration', 'cell_text']
+           'TABLE_STYLE', 'AiinfraError', 'SettingsError', 'FeatureError', 'project_root', 'read_settings',
+           'mask_secrets', 'load_settings', 'clear_settings_cache', 'aiinfra_home', 'scratch_dir', 'atomic_file',
+           'atomic_write', 'stale_temporaries', 'file_hash', 'git_revision', 'money', 'duration', 'cell_text',
+           'table_html', 'fields_html', 'Rows']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -386,9 +387,44 @@ def cell_text(key: str, v) -> str:
     "A value as a table shows it: times as times, costs as money, durations as durations, counts as integers"
     if v is None: return ''
     if isinstance(v, datetime): return v.strftime('%Y-%m-%d %H:%M:%S')
+    if isinstance(v, dict): return ', '.join(f'{k}: {cell_text(k, x)}' for k, x in v.items())  # params, metrics
     if isinstance(v, bool) or not isinstance(v, (int, float)) or key in ('pid', 'port', 'step') or key.endswith('version'): return str(v)
     if key.endswith('_at') or key == 'time': return datetime.fromtimestamp(v).strftime('%Y-%m-%d %H:%M:%S')
     if 'cost' in key or key.startswith('price'): return money(v)
     if key.endswith('_s') or key == 'duration': return duration(v)
     if isinstance(v, int) or float(v).is_integer(): return f'{int(v):,}'
     return f'{v:,.4g}' if abs(v) < 1e6 else f'{v:,.0f}'
+
+# %% ../nbs/api/00_core.ipynb #cb30f187
+TABLE_STYLE = ('<style>.aiinfra-t{border-collapse:collapse;font-size:12px}.aiinfra-t th,.aiinfra-t td{padding:2px 8px;'
+               'border-bottom:1px solid #ddd;text-align:left}.aiinfra-t th{background:#f3f3f3}.aiinfra-bad{color:#b00020;font-weight:bold}</style>')
+
+def table_html(rows: list[dict], columns: list[str], title: str | None = None, empty: str = 'nothing yet') -> str:
+    "`rows` as an HTML table of `columns`, values as people read them"
+    head = f'<h4>{html.escape(title)}</h4>' if title else ''
+    if not rows: return head + f'<p><i>{html.escape(empty)}</i></p>'
+    cells = lambda r: ''.join(f'<td>{html.escape(cell_text(c, r.get(c)))}</td>' for c in columns)
+    return (head + '<table class="aiinfra-t"><tr>' + ''.join(f'<th>{html.escape(c)}</th>' for c in columns) + '</tr>'
+            + ''.join(f'<tr>{cells(r)}</tr>' for r in rows) + '</table>')
+
+def fields_html(fields: dict, title: str | None = None) -> str:
+    "One record as a two-column table of its fields that have a value"
+    rows = [dict(field=k, value=cell_text(k, v)) for k, v in fields.items() if v not in (None, {}, '')]
+    return TABLE_STYLE + table_html(rows, ['field', 'value'], title)
+
+class Rows(list):
+    "A list of dict rows that shows as a table: HTML in a notebook, aligned text elsewhere"
+    def __init__(self, rows=(), columns: list[str] | None = None, title: str | None = None):
+        super().__init__(rows)
+        self.title, self.columns = title, columns or list(dict.fromkeys(k for r in self for k in r))
+
+    @property
+    def rows(self) -> list[dict]: return list(self)
+
+    def _repr_html_(self): return TABLE_STYLE + table_html(self, self.columns, self.title)
+
+    def __repr__(self):
+        text = [[cell_text(c, r.get(c)) for c in self.columns] for r in self]
+        width = [max([len(c)] + [len(t[i]) for t in text]) for i, c in enumerate(self.columns)]
+        line = lambda cells: '  '.join(x.ljust(w) for x, w in zip(cells, width)).rstrip()
+        return '\n'.join(([self.title] if self.title else []) + [line(self.columns)] + [line(t) for t in text])

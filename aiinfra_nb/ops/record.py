@@ -10,14 +10,14 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, git_revision, load_settings, mask_secrets
-from .store import StoreError, events, get_engine, insert_ignore, projects, query, runs, store_url, writing
+from ..core import AiinfraError, fields_html, git_revision, load_settings, mask_secrets
+from .store import StoreError, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
 
 # %% auto #0
 __all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush',
            'RecordError', 'new_id', 'Run', 'jsonable', 'current_run', 'error_text', 'Terminated', 'on_sigterm',
            'recording', 'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit',
-           'list_runs', 'list_events']
+           'list_runs', 'list_events', 'last_metrics']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {
@@ -446,3 +446,21 @@ def list_events(service: str | None = None, level: str | None = None, grep: str 
     if run_id: q = q.where(events.c.run_id == run_id)
     if project: q = q.where(events.c.project == project)
     return query(q, engine)
+
+# %% ../../nbs/api/02_ops.record.ipynb #74c001a8
+def last_metrics(run_id: str, engine: Engine | None = None) -> dict:
+    "The last value of each metric of run `run_id` (highest step, then newest)"
+    m = metrics.c
+    order = (sa.func.coalesce(m.step, -1).desc(), m.time.desc(), m.id.desc())
+    ranked = sa.select(m.key, m.value, sa.func.row_number().over(partition_by=m.key, order_by=order).label('rn')).where(m.run_id == run_id).subquery()
+    return {r['key']: r['value'] for r in query(sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rn == 1).order_by(ranked.c.key), engine)}
+
+@patch
+def summary(self: Run) -> dict:
+    "This run as the store has it now: state, times, where it ran, error, parameters, last metrics"
+    (row,) = query(sa.select(runs.c.name, runs.c.status, runs.c.started_at, runs.c.ended_at, runs.c.duration_s, runs.c.host,
+                             runs.c.git_rev, runs.c.data_version, runs.c.error, runs.c.params).where(runs.c.id == self.id), self.engine)
+    return dict(id=self.id, project=self.project, kind=self.kind, **row, metrics=last_metrics(self.id, self.engine))
+
+@patch
+def _repr_html_(self: Run) -> str: return fields_html(self.summary(), f'{self.kind} run of {self.project}')

@@ -5,14 +5,14 @@
 # %% ../../nbs/api/25_train.fit.ipynb #76663793
 from __future__ import annotations
 import contextlib, difflib, hashlib, inspect, json, logging, os, pathlib, signal, subprocess, sys, threading, warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import pytorch_lightning as ptl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from ..core import AiinfraError, atomic_write, load_settings
+from ..core import AiinfraError, atomic_write, fields_html, load_settings
 from ..data.io import Catalog
 from ..ops.machines import MachineSession
 from ..ops.record import Run, log_event, recording
@@ -113,6 +113,8 @@ class FitResult:
     epochs: int = 0
     trained: bool = False  # False: no optimizer step was taken (e.g. resuming a checkpoint that had reached max_epochs)
     note: str | None = None
+
+    def _repr_html_(self) -> str: return fields_html(asdict(self), f'fit {self.status}')  # in a notebook: a table, costs as money
 
 # %% ../../nbs/api/25_train.fit.ipynb #b86da8c4
 TRAINER_DEFAULTS = dict(max_epochs=5, accelerator='auto', devices='auto', num_nodes=1, strategy='auto', precision='32-true', log_every_n_steps=50)

@@ -12,7 +12,7 @@ from fastcore.basics import patch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, file_hash, git_revision, load_settings
+from ..core import AiinfraError, Rows, file_hash, git_revision, load_settings
 from ..ops.store import StoreError, get_engine, models, query, writing
 from .model import TrainingError, model_class
 
@@ -242,11 +242,16 @@ def set_metrics(self: Registry, name: str, version: int, metrics: dict) -> dict:
     return new
 
 @patch
-def list(self: Registry, name: str | None = None) -> list[dict]:
+def list(self: Registry, name: str | None = None) -> Rows:
     "Every version (of `name`), newest first, with stage, metrics and `files` (ok, or missing from this registry folder)"
     q = sa.select(models.c.name, models.c.version, models.c.stage, models.c.created_at, models.c.metrics, models.c.run_id,
                   models.c.data_version).where(models.c.project == self.project).order_by(models.c.name, models.c.version.desc())
     if name: q = q.where(models.c.name == name)
     rows = query(q, self.engine)
     for r in rows: r['files'] = 'ok' if (self.root/r['name']/str(r['version'])/META).is_file() else 'missing'
-    return rows
+    return Rows(rows, ['name', 'version', 'stage', 'metrics', 'files', 'created_at', 'data_version', 'run_id'], f'models of {self.project}')
+
+@patch
+def _repr_html_(self: Registry) -> str:
+    "In a notebook, a registry shows its models"
+    return self.list()._repr_html_()

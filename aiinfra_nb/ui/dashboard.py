@@ -9,26 +9,16 @@ from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
 from IPython.display import display
-from ..core import cell_text, money
+from ..core import TABLE_STYLE, cell_text, money, table_html
 from ..ops.overview import panel
 from ..ops.record import LEVELS
 
 # %% auto #0
-__all__ = ['TABS', 'TABLE_STYLE', 'table_html', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html',
-           'Dashboard', 'panel_notebook', 'serve_panel']
+__all__ = ['TABS', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html', 'Dashboard', 'panel_notebook',
+           'serve_panel']
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #4ba36174
 TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
-TABLE_STYLE = ('<style>.aiinfra-t{border-collapse:collapse;font-size:12px}.aiinfra-t th,.aiinfra-t td{padding:2px 8px;border-bottom:1px solid #ddd;'
-          'text-align:left}.aiinfra-t th{background:#f3f3f3}.aiinfra-bad{color:#b00020;font-weight:bold}</style>')
-
-def table_html(rows: list[dict], columns: list[str], title: str | None = None, empty: str = 'nothing yet') -> str:
-    "`rows` as an HTML table of `columns`, values as people read them"
-    head = f'<h4>{html.escape(title)}</h4>' if title else ''
-    if not rows: return head + f'<p><i>{html.escape(empty)}</i></p>'
-    cells = lambda r: ''.join(f'<td>{html.escape(cell_text(c, r.get(c)))}</td>' for c in columns)
-    return (head + '<table class="aiinfra-t"><tr>' + ''.join(f'<th>{html.escape(c)}</th>' for c in columns) + '</tr>'
-            + ''.join(f'<tr>{cells(r)}</tr>' for r in rows) + '</table>')
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #19f3bbe2
 def cost_chart(cost_by_day: list[dict]):

@@ -9,28 +9,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from ..core import AiinfraError, cell_text
+from ..core import AiinfraError, Rows
 from ..data.io import Catalog
 from ..data.sql import sql
-from .dashboard import TABLE_STYLE, table_html
 
 # %% auto #0
-__all__ = ['ANSWERS', 'Rows', 'aiinfra_answer', 'AiinfraMagics']
-
-# %% ../../nbs/api/42_ui.magics.ipynb #4ebfc088
-class Rows:
-    "Rows shown as a table: HTML in a notebook, text elsewhere; the raw rows in `.rows`"
-    def __init__(self, rows: list[dict], columns: list[str] | None = None, title: str | None = None):
-        self.rows, self.title = rows, title
-        self.columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-
-    def _repr_html_(self): return TABLE_STYLE + table_html(self.rows, self.columns, self.title)
-
-    def __repr__(self):
-        lines = [self.title] if self.title else []
-        return '\n'.join(lines + ['  '.join(self.columns)] + ['  '.join(cell_text(c, r.get(c)) for c in self.columns) for r in self.rows])
-
-    def __len__(self): return len(self.rows)
+__all__ = ['ANSWERS', 'aiinfra_answer', 'AiinfraMagics']
 
 # %% ../../nbs/api/42_ui.magics.ipynb #de1def10
 def _status(**kw) -> Rows:
@@ -45,7 +29,7 @@ def _call(module: str, name: str, columns: list[str] | None = None, title: str |
 
 def _models(**kw) -> Rows:
     from aiinfra_nb.train.registry import Registry
-    return Rows(Registry().list(**kw), ['name', 'version', 'stage', 'files', 'created_at', 'data_version', 'run_id'], 'models')
+    return Registry().list(**kw)
 
 def _dashboard(refresh_s: str = '10'):
     from aiinfra_nb.ui.dashboard import Dashboard
