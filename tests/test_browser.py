@@ -103,6 +103,7 @@ def test_control_panel_tutorial_runs_in_jupyterlab(tmp_path):
             try:
                 page.get_by_role('tab', name='Machines & cost').first.wait_for(timeout=300_000)
                 check_tabs(page, 'jupyterlab', EXPECT)
+                page.get_by_text('of fleet-03: finished').first.wait_for(timeout=180_000)  # the RunWatch widget saw its run end
             except Exception:
                 ARTIFACTS.mkdir(exist_ok=True); page.screenshot(path=str(ARTIFACTS/'jupyterlab-failed.png'), full_page=True)
                 raise

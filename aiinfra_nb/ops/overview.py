@@ -14,8 +14,8 @@ from .record import check_limit
 from .store import audit, machine_sessions, machines, metrics, projects, query, runs, services
 
 # %% auto #0
-__all__ = ['month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'project_summary',
-           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'panel']
+__all__ = ['month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail',
+           'project_summary', 'machines_now', 'cost_between', 'services_now', 'recent_requests', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def _least(a, b): return sa.case((a < b, a), else_=b)
@@ -112,6 +112,12 @@ def run_curves(run_id: str, engine: Engine | None = None) -> dict[str, list[tupl
     for r in query(sa.select(mt.key, mt.step, mt.value).where(mt.run_id == run_id).order_by(mt.key, mt.step, mt.time), engine):
         out.setdefault(r['key'], []).append((r['step'], r['value']))
     return out
+
+# %% ../../nbs/api/06_ops.overview.ipynb #e2fbc305
+def run_detail(run_id: str, engine: Engine | None = None) -> dict:
+    "One run now: its summary and its metric curves"
+    from aiinfra_nb.ops.record import Run
+    return dict(Run.attach(run_id, engine).summary(), curves=run_curves(run_id, engine))
 
 # %% ../../nbs/api/06_ops.overview.ipynb #1e2e88b0
 def project_summary(now: float | None = None, engine: Engine | None = None) -> list[dict]:

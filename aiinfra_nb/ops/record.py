@@ -421,7 +421,8 @@ def check_limit(limit: int) -> int:
     return limit
 
 def list_runs(project: str | None = None, status: str | None = None, kind: str | None = None,
-              limit: int = 20, engine: Engine | None = None) -> list[dict]:
+              limit: int = 20, since: float | None = None,  # only runs started at or after this time (epoch seconds)
+              engine: Engine | None = None) -> list[dict]:
     "The most recent runs, newest first"
     if status and status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
     check_limit(limit)
@@ -432,6 +433,7 @@ def list_runs(project: str | None = None, status: str | None = None, kind: str |
     if project: q = q.where(runs.c.project == project)
     if status: q = q.where(runs.c.status == status)
     if kind: q = q.where(runs.c.kind == kind)
+    if since is not None: q = q.where(runs.c.started_at >= since)
     return query(q, engine)
 
 def list_events(service: str | None = None, level: str | None = None, grep: str | None = None,

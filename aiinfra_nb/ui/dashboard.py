@@ -4,18 +4,18 @@
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #0e015f62
 from __future__ import annotations
-import asyncio, html, time
+import asyncio, html, threading, time
 from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
 from IPython.display import display
-from ..core import TABLE_STYLE, cell_text, money, table_html
-from ..ops.overview import panel
-from ..ops.record import LEVELS
+from ..core import TABLE_STYLE, cell_text, duration, money, table_html
+from ..ops.overview import panel, run_detail
+from ..ops.record import LEVELS, list_runs
 
 # %% auto #0
-__all__ = ['TABS', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html', 'Dashboard', 'panel_notebook',
-           'serve_panel']
+__all__ = ['TABS', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html', 'Dashboard', 'RunWatch',
+           'panel_notebook', 'serve_panel']
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #4ba36174
 TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
@@ -163,6 +163,70 @@ def close(self: Dashboard):
 def _repr_mimebundle_(self: Dashboard, **kw) -> dict:
     bundle = self.widget._repr_mimebundle_(**kw) or {}
     if self.data is not None: bundle['text/html'] = snapshot_html(self.data)  # what a frontend without widgets shows
+    return bundle
+
+# %% ../../nbs/api/41_ui.dashboard.ipynb #866cb994
+class RunWatch:
+    "A run's state and metric curves, redrawn from a thread of its own while the kernel trains"
+    def __init__(self, run=None,  # a `Run` or a run id; default: the next run of `kind` (of `project`) to start
+                 kind: str = 'train', project: str | None = None,
+                 refresh_s: float = 2,  # seconds between readings
+                 engine=None):
+        self.run_id, self.kind, self.project, self.refresh_s, self.engine = getattr(run, 'id', run), kind, project, refresh_s, engine
+        self.since, self.data, self._thread, self._stop = time.time(), None, None, threading.Event()
+        self.header, self.chart = W.HTML(f'waiting for a {html.escape(kind)} run to start'), W.Output()
+        self.widget = W.VBox([W.HTML(TABLE_STYLE), self.header, self.chart])
+
+    def __repr__(self): return f"RunWatch({self.run_id!r}, running={bool(self._thread and self._thread.is_alive())})"
+
+# %% ../../nbs/api/41_ui.dashboard.ipynb #9722a7e8
+def _watch_header(d: dict) -> str:
+    "The line above the curves: run, state, time so far, last metrics"
+    took = d['duration_s'] if d['duration_s'] is not None else time.time() - d['started_at']
+    state = f'<span class="aiinfra-bad">{d["status"]}</span>' if d['status'] == 'failed' else d['status']
+    return (f"<b>{html.escape(d['kind'])} run {html.escape(d['name'] or d['id'][:8])} of {html.escape(d['project'])}</b>: {state}, "
+            f"{duration(took)}; {html.escape(cell_text('metrics', d['metrics']) or 'no metrics yet')}"
+            + (f"<br><span class='aiinfra-bad'>{html.escape(d['error'])}</span>" if d['error'] else ''))
+
+@patch
+def refresh(self: RunWatch) -> bool:
+    "Read the run once and redraw; True while there is more to watch"
+    try:
+        if self.run_id is None:
+            new = list_runs(kind=self.kind, project=self.project, since=self.since, limit=1, engine=self.engine)
+            if not new: return True
+            self.run_id = new[0]['id']
+        d = run_detail(self.run_id, self.engine)
+    except Exception as e:  # the store is away for a moment: say so, keep watching
+        self.header.value = f'<span class="aiinfra-bad">store: {html.escape(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)}</span>'
+        return True
+    self.data, self.header.value = d, _watch_header(d)
+    self.chart.outputs = ()
+    self.chart.append_display_data(curves_chart(d['curves'], d['name'] or d['id'][:8]))
+    return d['status'] == 'running'
+
+@patch
+def start(self: RunWatch) -> RunWatch:
+    "Watch from a background thread until the run ends or `close()`"
+    def loop():
+        while self.refresh() and not self._stop.wait(self.refresh_s): pass
+    if self._thread is None or not self._thread.is_alive():
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name='aiinfra-runwatch', daemon=True)
+        self._thread.start()
+    return self
+
+@patch
+def close(self: RunWatch):
+    "Stop watching and close the widget"
+    self._stop.set()
+    if self._thread is not None: self._thread.join(timeout=self.refresh_s + 5)
+    self.widget.close()
+
+@patch
+def _repr_mimebundle_(self: RunWatch, **kw) -> dict:
+    bundle = self.widget._repr_mimebundle_(**kw) or {}
+    bundle['text/html'] = self.header.value  # what a frontend without widgets (papermill) keeps
     return bundle
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #24c33db3
