@@ -17,10 +17,10 @@ from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
-__all__ = ['app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'show', 'status', 'runs', 'machines',
-           'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create',
-           'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_', 'projects', 'new_',
-           'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check', 'main']
+__all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'show', 'status', 'runs',
+           'machines', 'machines_stop', 'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote',
+           'serve_', 'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_',
+           'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -67,11 +67,23 @@ def runs(project: str = typer.Option(None, help='only this project'),
     rows = list_runs(project=project, status=status, kind=kind, limit=limit)
     show(rows, ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'host', 'error', 'id', 'parent_id'], as_json=as_json)
 
-@app.command()
-def machines(as_json: bool = typer.Option(False, '--json', help='print JSON')):
+machines_app = typer.Typer(help="Machines: on or off, idle, hours and cost today; stop one (admin).")
+app.add_typer(machines_app, name='machines')
+
+@machines_app.callback(invoke_without_command=True)
+def machines(ctx: typer.Context, as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every machine: on or off, utilization, idle flag, hours and cost today"
+    if ctx.invoked_subcommand: return
     show(machines_now(), ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today'],
          as_json=as_json)
+
+@machines_app.command('stop')
+def machines_stop(name: str = typer.Argument(..., help='the machine, as `aiinfra machines` lists it'),
+                  key: str = typer.Option(None, envvar='AIINFRA_API_KEY', help='an admin API key (or AIINFRA_API_KEY)')):
+    "Stop a machine with the stop_command of settings.ini and end its sessions (admin key; audited)"
+    from aiinfra_nb.serve.admin import stop_machine
+    r = stop_machine(name, key)
+    print(f"machine {r['machine']} stopped by {r['by']}: {r['sessions_ended']} session(s) ended, {money(r['cost'])} in all")
 
 @app.command()
 def logs(service: str = typer.Option(None, help='only this service'),

@@ -75,6 +75,10 @@ off_after_s = 120
 idle_cpu_pct = 5
 idle_gpu_pct = 5
 idle_after_min = 30
+# how an admin stops a machine (`aiinfra machines stop NAME`), {machine} standing for its name, e.g.
+# "gcloud compute instances stop {machine}" or "ssh {machine} sudo shutdown -h now"; empty: not configured
+stop_command =
+stop_timeout_s = 120
 
 [prices]
 # hourly price (USD) of each machine kind
@@ -136,7 +140,7 @@ SETTINGS_SCHEMA = {
     'record': {'queue_rows': 'int 1..', 'batch_rows': 'int 1..', 'flush_s': 'float 0.001..3600', 'put_wait_s': 'float 0..3600',
                'end_flush_s': 'float 0..3600'},
     'machines': {'kind': 'str', 'heartbeat_s': 'float 0..86400', 'off_after_s': 'float 1..', 'idle_cpu_pct': 'float 0..100',
-                 'idle_gpu_pct': 'float 0..100', 'idle_after_min': 'float 0..'},
+                 'idle_gpu_pct': 'float 0..100', 'idle_after_min': 'float 0..', 'stop_command': 'str', 'stop_timeout_s': 'float 1..3600'},
     'prices': '*float 0..',  # open section: any key, each a price
     'service': {'host': 'str', 'port': 'int 1..65535', 'workers': 'int 1..256', 'name': 'str', 'reload_s': 'float 0.1..3600',
                 'rate_limit': 'str', 'limits_url': 'str', 'max_body_bytes': 'int 1..', 'max_rows': 'int 1..',

@@ -54,3 +54,30 @@ def test_unreachable_postgresql():
 
 def test_bad_level_is_one_line():
     one_line_error(aiinfra('logs', '--level', 'loud'), "level 'loud'")
+
+
+def test_machines_stop_needs_an_admin_key_and_is_audited(tmp_path, store_url):
+    "aiinfra machines stop: refused without an admin key (one line), runs [machines] stop_command with one, ends the session"
+    code = f"""
+import time
+from aiinfra_nb.ops.store import get_engine, machines, machine_sessions, writing
+with writing(get_engine({store_url!r})) as c:
+    c.execute(machines.insert().values(name='gpu-node-7', kind='gpu-h100', registered_at=time.time()))
+    c.execute(machine_sessions.insert().values(id='s-left-on', machine='gpu-node-7', kind='gpu-h100', started_at=time.time() - 3600,
+                                               last_heartbeat_at=time.time(), price_per_hour=4.5))
+"""
+    assert subprocess.run([sys.executable, '-c', code]).returncode == 0
+    env = dict(AIINFRA_DB_URL=store_url, AIINFRA_MACHINES_STOP_COMMAND=f"echo {{machine}} >> {tmp_path/'stopped'}")
+    admin = json.loads(aiinfra('keys', 'create', '--name', 'ops', '--role', 'admin', '--json', **env).stdout)['secret']
+    viewer = json.loads(aiinfra('keys', 'create', '--name', 'bi', '--role', 'read', '--json', **env).stdout)['secret']
+    one_line_error(aiinfra('machines', 'stop', 'gpu-node-7', **env), 'no API key')
+    one_line_error(aiinfra('machines', 'stop', 'gpu-node-7', '--key', viewer, **env), "key 'bi' has the read role")
+    assert not (tmp_path/'stopped').exists()
+    done = aiinfra('machines', 'stop', 'gpu-node-7', **env, AIINFRA_API_KEY=admin)
+    assert done.returncode == 0 and 'machine gpu-node-7 stopped by ops: 1 session(s) ended' in done.stdout, done.stderr
+    assert (tmp_path/'stopped').read_text() == 'gpu-node-7\n'
+    state = {m['machine']: m['state'] for m in json.loads(aiinfra('machines', '--json', **env).stdout)}
+    assert state == {'gpu-node-7': 'off'}
+    audit = json.loads(aiinfra('audit', '--json', **env).stdout)
+    assert sorted((a['status_code'], a['key_name']) for a in audit if a['path'] == '/admin/machines/gpu-node-7/stop') == \
+        [(200, 'ops'), (401, None), (403, 'bi')]
