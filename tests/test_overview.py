@@ -46,3 +46,20 @@ def test_an_empty_store_answers_zeros(store_url):
     o = overview(engine=engine)
     assert o['projects'] == 0 and o['cost_today'] == 0 and o['api_calls_today'] == 0
     assert traffic(engine=engine) == [] and top_callers(engine=engine) == [] and project_summary(engine=engine) == []
+
+
+def test_sql_over_store_tables_runs_in_the_store(store_url, tmp_path):
+    "%%sql over store tables only is answered by the store (grouped there), times as UTC datetimes, on both backends"
+    import polars as pl
+    from aiinfra_nb.data.sql import SQLError, sql, where_it_runs
+    engine, now = get_engine(store_url), today_start(time.time()) + 12 * 3600
+    seed(engine, now)
+    q = "select service, count(*) as calls, max(time) as last from audit where time > '2000-01-01' and status_code >= 400 group by service"
+    assert where_it_runs(q, tmp_path, engine) == 'store'
+    got = sql(q, tmp_path, engine)
+    assert got.select('service', 'calls').rows() == [('churn', 5)] and got.schema['last'] == pl.Datetime('us', 'UTC')
+    assert abs(got['last'][0].timestamp() - now) < 1e-3
+    with pytest.raises(SQLError, match='query failed'): sql("select pg_read_file('/etc/passwd') as x from runs", tmp_path, engine)
+    with pytest.raises(SQLError, match='query stopped after 0.5 s'):
+        sql("with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c, runs", tmp_path, engine, timeout_s=0.5)
+    assert sql("select count(*) as n from runs", tmp_path, engine)['n'][0] == 3  # the store still answers after a stopped query

@@ -144,3 +144,20 @@ def test_records_from_a_child_process_flushed_at_exit(store_url):
     assert p.returncode == 0, p.stderr
     n = query(sa.select(sa.func.count()).select_from(metrics).where(metrics.c.run_id == p.stdout.strip()), get_engine(store_url))
     assert list(n[0].values()) == [3000]
+
+
+def test_bi_views_show_times_as_timestamps(store_url):
+    "A BI tool reads the bi_* views: the same rows, times as the backend's timestamps, a session's hours and cost"
+    eng = get_engine(store_url)
+    with eng.begin() as c:
+        c.execute(runs.insert().values(id='r', project='p', kind='train', name='nightly', status='finished', started_at=86400.0, ended_at=86460.0))
+        c.execute(metrics.insert().values(run_id='r', key='loss', step=1, value=0.5, time=86430.0))
+        c.execute(machine_sessions.insert().values(id='s', machine='m', kind='gpu-h100', started_at=86400.0, last_heartbeat_at=86400.0 + 1800,
+                                                   price_per_hour=4.0))
+    with eng.connect() as c:
+        started, name = c.exec_driver_sql("SELECT started, name FROM bi_runs").one()
+        (project, run_name, key), = c.exec_driver_sql("SELECT project, run_name, key FROM bi_metrics").all()
+        state, hours, cost = c.exec_driver_sql("SELECT state, hours, cost FROM bi_machine_sessions").one()
+    assert str(started).startswith('1970-01-02 00:00:00') and name == 'nightly'
+    assert (project, run_name, key) == ('p', 'nightly', 'loss')
+    assert (state, hours, cost) == ('open', 0.5, 2.0)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/14_data.sql.ipynb #e25a3576
 from __future__ import annotations
-import re
+import re, time
 import polars as pl
 import sqlalchemy as sa
 import sqlglot
@@ -15,7 +15,7 @@ from .io import Catalog
 from ..ops.store import get_engine, metadata, reading
 
 # %% auto #0
-__all__ = ['STORE_TABLES', 'SQLError', 'check_query', 'table_name', 'tables', 'sql']
+__all__ = ['STORE_TABLES', 'TIMEOUT_S', 'SQLError', 'check_query', 'table_name', 'tables', 'store_query', 'where_it_runs', 'sql']
 
 # %% ../../nbs/api/14_data.sql.ipynb #541ae050
 class SQLError(AiinfraError):
@@ -78,17 +78,96 @@ def _store_frame(table: str, engine: Engine) -> pl.LazyFrame:
     return df.lazy().with_columns([(pl.col(c) * 1e6).cast(pl.Int64).cast(pl.Datetime('us', 'UTC')) for c in times])
 
 # %% ../../nbs/api/14_data.sql.ipynb #098a2be8
+TIMEOUT_S = 60  # the longest a store query may run
+
+def _time_columns(table: sa.Table) -> list[str]:
+    return [c.name for c in table.columns if isinstance(c.type, sa.Float) and (c.name.endswith('_at') or c.name in ('time', 'idle_since'))]
+
+def _with_timestamps(table: str, dialect) -> str:
+    "SELECT of a store table with its epoch-second times as UTC timestamps, in the store's SQL"
+    t = metadata.tables[table]
+    ts = ((lambda c: sa.func.to_timestamp(c)) if dialect.name == 'postgresql' else
+          (lambda c: sa.func.strftime('%Y-%m-%d %H:%M:%f', c, 'unixepoch')))
+    cols = [ts(c).label(c.name) if c.name in _time_columns(t) else c for c in t.columns]
+    return str(sa.select(*cols).compile(dialect=dialect, compile_kwargs={'literal_binds': True}))
+
+def store_query(query: str, names: dict[str, str], dialect) -> str | None:
+    "`query` in the store's dialect, each store table (spelled -> name) read with timestamps; None when only polars may run it"
+    st = _parse(query)
+    if any(isinstance(f, exp.Anonymous) for f in st.find_all(exp.Func)): return None
+    target = 'postgres' if dialect.name == 'postgresql' else 'sqlite'
+    own = {c.alias_or_name.lower() for c in st.find_all(exp.CTE)}
+    for t in list(st.find_all(exp.Table)):  # `runs r` -> `_store_runs AS r`, `runs` -> `_store_runs AS runs`
+        if t.name in names and t.name.lower() not in own:
+            alias = t.alias or t.name
+            t.set('this', exp.to_identifier(f'_store_{names[t.name]}'))
+            t.set('alias', exp.TableAlias(this=exp.to_identifier(alias)))
+    ctes = [exp.CTE(this=sqlglot.parse_one(_with_timestamps(name, dialect), read=target), alias=exp.TableAlias(this=exp.to_identifier(f'_store_{name}')))
+            for name in set(names.values())]
+    key = next(k for k in ('with_', 'with') if k in type(st).arg_types)  # sqlglot renamed it in 2025
+    mine = st.args.get(key)
+    st.set(key, exp.With(expressions=ctes + (mine.expressions if mine else []), recursive=mine.args.get('recursive') if mine else None))
+    return st.sql(dialect=target)
+
+# %% ../../nbs/api/14_data.sql.ipynb #e6ba1930
+_TIMESTAMP = r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$'
+
+def _run_in_store(text: str, engine: Engine, timeout_s: float = TIMEOUT_S) -> pl.DataFrame:
+    "Rows of `text` from a read-only, time-limited transaction of the store, as a frame; timestamps as UTC datetimes"
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        pg = conn.dialect.name == 'postgresql'
+        if pg:
+            conn.exec_driver_sql('SET TRANSACTION READ ONLY')
+            conn.exec_driver_sql(f'SET LOCAL statement_timeout = {int(timeout_s * 1000)}')
+        else:
+            deadline = time.monotonic() + timeout_s
+            raw.execute('PRAGMA query_only = 1')
+            raw.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # non-zero: interrupt the query
+        try:
+            cur = raw.cursor()
+            cur.execute(text)
+            columns, rows = [d[0] for d in cur.description], cur.fetchall()
+        finally:
+            if not pg: raw.set_progress_handler(None, 0); raw.execute('PRAGMA query_only = 0')
+            conn.rollback()
+    df = pl.DataFrame(rows, schema=columns, orient='row', infer_schema_length=None)
+    fix = []
+    for c, dtype in df.schema.items():
+        if isinstance(dtype, pl.Datetime): fix.append(pl.col(c).dt.convert_time_zone('UTC') if dtype.time_zone else pl.col(c).dt.replace_time_zone('UTC'))
+        elif dtype == pl.String and df[c].drop_nulls().len() and df[c].drop_nulls().str.contains(_TIMESTAMP).all():  # SQLite: text
+            fix.append(pl.col(c).str.to_datetime('%Y-%m-%d %H:%M:%S%.f', time_zone='UTC'))
+    return df.with_columns(fix) if fix else df
+
+# %% ../../nbs/api/14_data.sql.ipynb #f1046a32
+def where_it_runs(query: str, catalog: Catalog | str | None = None, engine: Engine | None = None) -> str:
+    "'store' when `query` reads only store tables and the store can take it, else 'polars'"
+    cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+    known = tables(cat)
+    used = {spelled: {k.lower(): k for k in known}[spelled.lower()] for spelled in check_query(query, list(known))}
+    if not used or any(known[n] != 'store' for n in used.values()): return 'polars'
+    return 'store' if store_query(query, used, (engine or get_engine()).dialect) is not None else 'polars'
+
 def sql(query: str,  # one SELECT / WITH statement
         catalog: Catalog | str | None = None,  # default: the project's catalog
         engine: Engine | None = None,  # default: the configured store
+        timeout_s: float = TIMEOUT_S,  # the longest a query run in the store may take
        ) -> pl.DataFrame:
     "Run a read-only SQL query over the catalog's datasets and the store's tables"
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     known = tables(cat)
     by_lower = {k.lower(): k for k in known}
+    used = {spelled: by_lower[spelled.lower()] for spelled in check_query(query, list(known))}  # the query's own spelling -> table
+    if used and all(known[n] == 'store' for n in used.values()):
+        engine = engine or get_engine()
+        if (text := store_query(query, used, engine.dialect)) is not None:
+            try: return _run_in_store(text, engine, timeout_s)
+            except engine.dialect.loaded_dbapi.Error as e:  # the driver's own error: SQLite or psycopg
+                if 'timeout' in str(e).lower() or 'interrupt' in str(e).lower():
+                    raise SQLError(f"query stopped after {timeout_s:g} s: narrow it with WHERE or LIMIT") from None
+            except pl.exceptions.PolarsError: pass  # a column polars cannot type: the polars path below reads it as it can
     ctx = pl.SQLContext()
-    for spelled in check_query(query, list(known)):  # registered under the query's own spelling
-        name = by_lower[spelled.lower()]
+    for spelled, name in used.items():
         what = known[name]
         ctx.register(spelled, cat.load(what.removeprefix('dataset ')) if what.startswith('dataset') else _store_frame(name, engine or get_engine()))
     try: return ctx.execute(query.strip().rstrip(';'), eager=True)

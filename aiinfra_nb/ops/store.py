@@ -11,13 +11,13 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from ..core import AiinfraError, load_settings, mask_secrets
+from ..core import AiinfraError, Rows, load_settings, mask_secrets
 
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
            'services', 'api_keys', 'audit', 'project_scans', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS',
-           'StoreError', 'store_url', 'check_url', 'create_store_engine', 'ensure_schema', 'get_engine', 'writing',
-           'reading', 'query', 'insert_ignore', 'store_summary']
+           'STORE_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'ensure_schema', 'get_engine',
+           'writing', 'reading', 'query', 'insert_ignore', 'store_summary', 'store_reference']
 
 # %% ../../nbs/api/01_ops.store.ipynb #7b09f694
 metadata = sa.MetaData()
@@ -157,6 +157,34 @@ def create_store_engine(url: str | sa.URL) -> Engine:
     try: return sa.create_engine(u, pool_pre_ping=True, connect_args={'connect_timeout': 5})
     except (ValueError, sa.exc.ArgumentError) as e: raise StoreError(f"store URL {_safe(u)}: {e}") from None
 
+# %% ../../nbs/api/01_ops.store.ipynb #95581e02
+def _bi_views(ts: Callable) -> dict[str, sa.Select]:
+    "name -> SELECT of each view, given `ts`, epoch seconds -> the backend's timestamp"
+    r, mt, e, s, m, a = runs.c, metrics.c, events.c, machine_sessions.c, models.c, audit.c
+    end = sa.func.coalesce(s.ended_at, s.last_heartbeat_at)  # a session not closed: up to its last heartbeat
+    hours = (end - s.started_at) / 3600.0
+    return {
+        'bi_runs': sa.select(r.id, r.project, r.kind, r.name, r.status, ts(r.started_at).label('started'), ts(r.ended_at).label('ended'),
+                             r.duration_s, r.host, r.git_rev, r.data_version, r.error, r.parent_id),
+        'bi_metrics': sa.select(mt.run_id, r.project, r.name.label('run_name'), mt.key, mt.step, mt.value, ts(mt.time).label('time'))
+                        .select_from(metrics.join(runs, runs.c.id == mt.run_id)),
+        'bi_events': sa.select(ts(e.time).label('time'), e.project, e.service, e.level, e.logger, e.message, e.run_id, e.request_id, e.host),
+        'bi_machine_sessions': sa.select(s.machine, s.kind, s.project, s.run_id, ts(s.started_at).label('started'), ts(end).label('ended'),
+                                         sa.case((s.ended_at.is_(None), 'open'), else_='closed').label('state'), hours.label('hours'),
+                                         s.price_per_hour, sa.func.coalesce(s.cost, hours * s.price_per_hour).label('cost')),
+        'bi_models': sa.select(m.project, m.name, m.version, m.stage, ts(m.created_at).label('created'), m.data_version, m.git_rev, m.run_id),
+        'bi_audit': sa.select(ts(a.time).label('time'), a.project, a.service, a.key_name, a.role, a.method, a.route, a.path, a.model,
+                              a.model_version, a.status_code, a.latency_ms, a.rows, a.error),
+    }
+
+def _create_views(conn: Connection):
+    "(Re)create the `bi_*` views in this store, compiled for its backend"
+    pg = conn.dialect.name == 'postgresql'
+    ts = (lambda c: sa.func.to_timestamp(c)) if pg else (lambda c: sa.func.datetime(c, 'unixepoch'))
+    for name, q in _bi_views(ts).items():
+        conn.exec_driver_sql(f'DROP VIEW IF EXISTS {name}')
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {q.compile(dialect=conn.dialect, compile_kwargs={'literal_binds': True})}")
+
 # %% ../../nbs/api/01_ops.store.ipynb #fa66c6a4
 def _v2_run_parents(op):
     "v2: a run records the run it ran inside"
@@ -199,8 +227,12 @@ def _v7_project_scans(op):
                     sa.Column('scanned_at', sa.Float, nullable=False), sa.Column('fingerprint', sa.String(128), nullable=False),
                     sa.Column('state', sa.JSON))
 
+def _v8_bi_views(op):
+    "v8: the bi_* views, for BI tools (times as timestamps)"
+    _create_views(op.get_bind())
+
 MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects,
-                                   7: _v7_project_scans}  # version -> step(op: alembic Operations) from version-1
+                                   7: _v7_project_scans, 8: _v8_bi_views}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine
@@ -216,6 +248,7 @@ def ensure_schema(engine: Engine,  # a store engine
                 raise StoreError(f"{_safe(engine.url)} is not an aiinfra store: it holds other tables ({', '.join(sorted(foreign)[:5])}"
                                  f"{', ...' if len(foreign) > 5 else ''}); point [store] url at an aiinfra store or an empty database")
             metadata.create_all(conn)
+            _create_views(conn)
             conn.execute(schema_version.insert().values(version=latest))
             return latest
         current = conn.execute(sa.select(schema_version.c.version)).scalar_one()
@@ -285,3 +318,44 @@ def store_summary(engine: Engine | None = None) -> dict:
                   for t in metadata.tables if t != 'schema_version'}
         version = conn.execute(sa.select(schema_version.c.version)).scalar()
     return dict(backend=engine.dialect.name, url=_safe(engine.url), schema_version=version, rows=counts)
+
+# %% ../../nbs/api/01_ops.store.ipynb #732275cc
+STORE_NOTES = {
+    'projects': ("one row per project: its repository, owner, description", {'repo': 'path or URL of its repository'}),
+    'runs': ("every pipeline stage, training, evaluation, notebook run: one row, ended as finished, failed or interrupted", {
+        'kind': 'etl, train, evaluate, serve, notebook, ...', 'status': 'running, finished, failed, interrupted',
+        'params': 'parameters (JSON; secrets masked)', 'git_rev': 'commit of the code that ran', 'data_version': 'hash or DVC revision of its input',
+        'output': 'the executed notebook, where one was kept', 'parent_id': 'the run it ran inside', 'heartbeat_at': 'last sign of life while running'}),
+    'metrics': ("the points each run logged (loss per step, AUC, rows)", {'value': 'NULL where NaN was logged', 'step': 'training step or epoch'}),
+    'events': ("the central log: every record of every run and service", {'level': 'DEBUG, INFO, WARNING, ERROR, CRITICAL',
+        'request_id': 'the API request it belongs to', 'extra': 'structured fields (JSON)'}),
+    'machines': ("every machine that did work: its kind and size", {'name': 'hostname', 'kind': 'price key: cpu-<cores>, gpu-<model>'}),
+    'machine_sessions': ("the on/off ledger: one row per process that used a machine, with its heartbeats and cost", {
+        'last_heartbeat_at': 'a session without end whose heartbeat is older than [machines] off_after_s is off',
+        'price_per_hour': 'USD, from [prices]; NULL: no price', 'idle_since': 'below the idle thresholds since', 'cost': 'USD, set when it closes'}),
+    'models': ("the registry: every version of every model, its stage and metrics", {'stage': 'NULL, staging, production, archived',
+        'path': 'folder of its safetensors weights', 'meta': 'architecture, features, hash (JSON)'}),
+    'services': ("model services: where they listen, whether they beat", {'status': 'up or down (stale: up without heartbeat)'}),
+    'api_keys': ("API keys: never the secret, only its hash", {'role': 'read, predict or admin', 'models': 'models it may use (NULL: all)'}),
+    'audit': ("every API call, refused ones included: who, what, the answer, how long", {'route': 'the route template', 'path': 'the path called',
+        'payload': 'what was asked: the body, its SHA-256 or nothing ([service] audit_payload)', 'rows': 'rows predicted'}),
+    'project_scans': ("the portfolio scan's last result per repository", {'fingerprint': 'what the scan compares to skip an unchanged repository'}),
+    'schema_version': ("the store's schema version (one row)", {}),
+    'bi_runs': ("view: runs with timestamps", {}),
+    'bi_metrics': ("view: metric points with their run's project and name, timestamps", {}),
+    'bi_events': ("view: the log with timestamps", {}),
+    'bi_machine_sessions': ("view: sessions with timestamps, hours and cost (open ones up to their last heartbeat)", {}),
+    'bi_models': ("view: model versions with timestamps", {}),
+    'bi_audit': ("view: API calls with timestamps", {}),
+}
+
+def store_reference() -> Rows:
+    "Every table and view of the store: column, type, and what it holds"
+    out = []
+    def add(name, kind, columns):
+        what, notes = STORE_NOTES[name]
+        out.append(dict(table=name, column='', type=kind, note=what))
+        out.extend(dict(table=name, column=c.name, type=str(c.type), note=notes.get(c.name, '')) for c in columns)
+    for t in metadata.tables.values(): add(t.name, 'table', t.columns)
+    for name, q in _bi_views(lambda c: sa.func.to_timestamp(c, type_=sa.DateTime)).items(): add(name, 'view', q.selected_columns)
+    return Rows(out, ['table', 'column', 'type', 'note'], 'the store')
