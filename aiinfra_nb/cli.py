@@ -239,6 +239,7 @@ def projects(root: Path = typer.Option(None, help='default: [portfolio] root'),
     if failing: rows = [r for r in rows if r.get('failed_week')]
     show(rows, ['project', 'branch', 'uncommitted', 'pipeline', 'last_run_at', 'failed_week', 'production_models', 'cost_month',
                 'template_drift', 'error'], as_json=as_json)
+    if rows and rows[0]['store_error']: print(f"aiinfra: warning: {rows[0]['store_error']}: runs, models and costs are left out", file=sys.stderr)
 
 # %% ../nbs/api/50_cli.ipynb #3d133af9
 @app.command('new')

@@ -81,3 +81,19 @@ with writing(get_engine({store_url!r})) as c:
     audit = json.loads(aiinfra('audit', '--json', **env).stdout)
     assert sorted((a['status_code'], a['key_name']) for a in audit if a['path'] == '/admin/machines/gpu-node-7/stop') == \
         [(200, 'ops'), (401, None), (403, 'bi')]
+
+
+def test_projects_scan_goes_on_past_bad_repositories_and_an_unreachable_store(tmp_path):
+    "aiinfra projects: a repository without DVC and a broken one are rows that say so; with the store away, a warning, not a failure"
+    plain = tmp_path/'portfolio'/'no-dvc'
+    plain.mkdir(parents=True)
+    for cmd in (['git', 'init', '-q', '-b', 'main'], ['git', '-c', 'user.name=a', '-c', 'user.email=a@b', 'commit', '-q', '--allow-empty', '-m', 'first']):
+        subprocess.run(cmd, cwd=plain, check=True)
+    (tmp_path/'portfolio'/'broken'/'.git').mkdir(parents=True)  # claims to be a repository
+    for store, warned in ((f"sqlite:///{tmp_path/'store.db'}", False), ('postgresql://nobody@127.0.0.1:1/none', True)):
+        p = aiinfra('projects', '--root', str(tmp_path/'portfolio'), '--json', AIINFRA_DB_URL=store)
+        assert p.returncode == 0, p.stderr
+        rows = {Path(r['repo']).name: r for r in json.loads(p.stdout)}
+        assert (rows['no-dvc']['pipeline'], rows['no-dvc']['branch'], rows['no-dvc']['error']) == ('none', 'main', None)
+        assert rows['broken']['pipeline'] == 'unknown' and rows['broken']['error'].startswith('PortfolioError: git')
+        assert ('aiinfra: warning: store: cannot open the store' in p.stderr) == warned, p.stderr

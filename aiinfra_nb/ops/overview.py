@@ -11,11 +11,12 @@ from sqlalchemy.engine import Engine
 from ..core import load_settings
 from .machines import today_start
 from .record import check_limit
-from .store import audit, machine_sessions, machines, metrics, projects, query, runs, services
+from .store import audit, machine_sessions, machines, metrics, project_scans, projects, query, runs, services
 
 # %% auto #0
-__all__ = ['month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail',
-           'project_summary', 'machines_now', 'cost_between', 'services_now', 'recent_requests', 'panel']
+__all__ = ['SCAN_FIELDS', 'PROJECT_SORTS', 'month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers',
+           'run_curves', 'run_detail', 'project_summary', 'machines_now', 'cost_between', 'services_now',
+           'recent_requests', 'project_detail', 'sort_projects', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def _least(a, b): return sa.case((a < b, a), else_=b)
@@ -120,8 +121,10 @@ def run_detail(run_id: str, engine: Engine | None = None) -> dict:
     return dict(Run.attach(run_id, engine).summary(), curves=run_curves(run_id, engine))
 
 # %% ../../nbs/api/06_ops.overview.ipynb #1e2e88b0
+SCAN_FIELDS = ('pipeline', 'branch', 'uncommitted', 'template_drift')  # what the portfolio scan adds to a project's row
+
 def project_summary(now: float | None = None, engine: Engine | None = None) -> list[dict]:
-    "One row per project: last run, failed runs this week, production models, machine cost this month"
+    "One row per project: last run, failed runs this week, production models, machine cost this month, and its last scan"
     now, off = now or time.time(), load_settings().machines.off_after_s
     r, s = runs.c, machine_sessions.c
     from aiinfra_nb.ops.store import models
@@ -136,10 +139,18 @@ def project_summary(now: float | None = None, engine: Engine | None = None) -> l
                    prod.c.production_models, cost.c.cost_month)
          .select_from(projects.outerjoin(last, last.c.project == projects.c.name).outerjoin(prod, prod.c.project == projects.c.name)
                       .outerjoin(cost, cost.c.project == projects.c.name)).order_by(projects.c.name))
-    rows = query(q, engine)
-    for row in rows:
-        row.update(failed_week=row['failed_week'] or 0, production_models=row['production_models'] or 0, cost_month=round(row['cost_month'] or 0, 6))
-    return rows
+    rows = {r['project']: r for r in query(q, engine)}
+    for scan in query(sa.select(project_scans.c.project, project_scans.c.repo, project_scans.c.scanned_at, project_scans.c.state)
+                      .order_by(project_scans.c.scanned_at), engine):  # one small row per repository of the portfolio
+        st = scan['state'] or {}
+        row = rows.setdefault(scan['project'], dict(project=scan['project'], owner=None, repo=scan['repo'], last_run_at=None))
+        row.update({k: st.get(k) for k in SCAN_FIELDS}, scan_error=st.get('error'), scanned_at=scan['scanned_at'], stages=st.get('stages') or {})
+    for row in rows.values():
+        row.update(failed_week=row.get('failed_week') or 0, production_models=row.get('production_models') or 0,
+                   cost_month=round(row.get('cost_month') or 0, 6))
+        for k in (*SCAN_FIELDS, 'scan_error', 'scanned_at'): row.setdefault(k, None)
+        row.setdefault('stages', {})
+    return sorted(rows.values(), key=lambda r: r['project'])
 
 # %% ../../nbs/api/06_ops.overview.ipynb #f7538ae2
 def machines_now(now: float | None = None, engine: Engine | None = None) -> list[dict]:
@@ -193,14 +204,38 @@ def recent_requests(limit: int = 20, project: str | None = None, engine: Engine 
                   a.rows).order_by(a.time.desc(), a.id.desc()).limit(limit)
     return query(q.where(a.project == project) if project else q, engine)
 
+# %% ../../nbs/api/06_ops.overview.ipynb #2cec771b
+def project_detail(name: str, now: float | None = None, engine: Engine | None = None) -> dict:
+    "One project: its summary row, stages, latest runs, models and services"
+    from aiinfra_nb.ops.record import list_runs
+    from aiinfra_nb.ops.store import models
+    row = next((r for r in project_summary(now, engine) if r['project'] == name), None)
+    if row is None: raise ValueError(f"no project {name!r} in the store or the last scan")
+    m = models.c
+    return dict(summary=row, stages=[dict(stage=k, state=v) for k, v in row['stages'].items()], runs=list_runs(project=name, limit=10, engine=engine),
+                models=query(sa.select(m.name, m.version, m.stage, m.metrics, m.created_at).where(m.project == name)
+                             .order_by(m.name, m.version.desc()).limit(20), engine),
+                services=[sv for sv in services_now(now, engine) if sv['project'] == name])
+
 # %% ../../nbs/api/06_ops.overview.ipynb #7ec31429
+PROJECT_SORTS = {'project': False, 'pipeline': False, 'last_run_at': True, 'failed_week': True, 'cost_month': True}  # key -> descending
+
+def sort_projects(rows: list[dict], by: str = 'project') -> list[dict]:
+    "Projects sorted by one of `PROJECT_SORTS` (busiest, costliest, most failing first); unknown values last"
+    if by not in PROJECT_SORTS: raise ValueError(f"sort by {by!r}: expected one of {', '.join(PROJECT_SORTS)}")
+    known = sorted((r for r in rows if r.get(by) is not None), key=lambda r: r[by], reverse=PROJECT_SORTS[by])
+    return known + [r for r in rows if r.get(by) is None]
+
 def panel(now: float | None = None, run_id: str | None = None,  # the run whose metric curves to include
           logs: dict | None = None,  # filters of the Logs tab: project, service, level, grep
+          project: str | None = None,  # the project whose detail to include
+          sort: str = 'project',  # the order of the Projects tab: a key of `PROJECT_SORTS`
           engine: Engine | None = None) -> dict:
     "The data of every tab of the control panel"
     from aiinfra_nb.ops.record import list_events, list_runs
     now = now or time.time()
-    return dict(at=now, overview=overview(now, engine), projects=project_summary(now, engine),
+    return dict(at=now, overview=overview(now, engine), projects=sort_projects(project_summary(now, engine), sort),
+                detail=project_detail(project, now, engine) if project else None,
                 runs=list_runs(limit=50, engine=engine), failed_runs=list_runs(status='failed', limit=10, engine=engine),
                 curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine),
                 cost_by_day=cost_by_project_day(14, now, engine), services=services_now(now, engine),

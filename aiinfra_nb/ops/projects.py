@@ -11,8 +11,8 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, load_settings
-from .overview import project_summary
-from .store import get_engine, project_scans, query, writing
+from .overview import SCAN_FIELDS, project_summary
+from .store import StoreError, get_engine, project_scans, query, writing
 
 # %% auto #0
 __all__ = ['PortfolioError', 'git_state', 'pipeline_state', 'template_commit', 'template_state', 'fingerprint', 'project_name',
@@ -110,7 +110,7 @@ def fingerprint(repo: Path) -> str:
     head = (repo/'.git/HEAD').read_text().strip() if (repo/'.git/HEAD').exists() else ''
     if head.startswith('ref: '): parts.append(_stat(repo/'.git'/head[5:]))
     try: lock = yaml.safe_load((repo/'dvc.lock').read_text()) or {} if (repo/'dvc.lock').exists() else {}
-    except yaml.YAMLError: lock = {}
+    except (yaml.YAMLError, ValueError, OSError): lock = {}  # not YAML, not text: read_repository reports it
     for stage in (lock.get('stages') or {}).values():
         for d in stage.get('deps') or []:
             p = repo/d['path']
@@ -144,9 +144,13 @@ def scan_projects(root: str | Path | None = None,  # default: `[portfolio] root`
     "Scan the portfolio: one row per repository, re-reading only the ones that changed"
     root = root or load_settings().portfolio.root
     if not root: raise PortfolioError("no portfolio configured: set [portfolio] root in settings.ini to the folder of the project repositories")
-    engine, now = engine or get_engine(), now or time.time()
-    repos = repositories(root)
-    cached = {r['repo']: r for r in query(sa.select(project_scans).where(project_scans.c.repo.in_([str(p) for p in repos])), engine)} if repos else {}
+    now, repos = now or time.time(), repositories(root)
+    try:  # the store down is a note on each row, not the end of the scan: the repositories can still be read
+        engine = engine or get_engine()
+        cached = {r['repo']: r for r in query(sa.select(project_scans).where(project_scans.c.repo.in_([str(p) for p in repos])), engine)} if repos else {}
+        store_error = None
+    except (StoreError, sa.exc.SQLAlchemyError) as e:
+        cached, store_error = {}, f"store: {str(getattr(e, 'orig', e) or e).strip().splitlines()[0][:200]}"
     current = template_commit()
     def one(repo: Path) -> tuple[dict, bool]:
         fp = f"{fingerprint(repo)}:{current}"
@@ -154,6 +158,7 @@ def scan_projects(root: str | Path | None = None,  # default: `[portfolio] root`
         if hit and hit['fingerprint'] == fp: return hit['state'], False
         return read_repository(repo, current) | dict(fingerprint=fp), True
     with ThreadPoolExecutor(max_workers=workers) as pool: results = list(pool.map(one, repos))
+    if store_error: return [s | dict(read=read, store_error=store_error) for s, read in results]
     fresh = [s for s, read in results if read]
     if fresh:
         with writing(engine) as conn:
@@ -161,4 +166,5 @@ def scan_projects(root: str | Path | None = None,  # default: `[portfolio] root`
                 conn.execute(project_scans.delete().where(project_scans.c.repo == s['repo']))
                 conn.execute(project_scans.insert().values(repo=s['repo'], project=s['project'], scanned_at=now, fingerprint=s['fingerprint'], state=s))
     store = {r['project']: r for r in project_summary(now, engine)}
-    return [s | dict(read=read) | {k: v for k, v in store.get(s['project'], {}).items() if k not in ('project', 'repo')} for s, read in results]
+    return [s | dict(read=read, store_error=None) | {k: v for k, v in store.get(s['project'], {}).items() if k not in ('project', 'repo', *SCAN_FIELDS, 'stages')}
+            for s, read in results]

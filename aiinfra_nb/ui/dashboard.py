@@ -9,8 +9,8 @@ from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
 from IPython.display import display
-from ..core import TABLE_STYLE, cell_text, duration, money, table_html
-from ..ops.overview import panel, run_detail
+from ..core import TABLE_STYLE, cell_text, duration, fields_html, money, table_html
+from ..ops.overview import PROJECT_SORTS, panel, run_detail
 from ..ops.record import LEVELS, list_runs
 
 # %% auto #0
@@ -57,10 +57,23 @@ def _overview_html(d: dict) -> str:
     row = ''.join(f'<td style="padding:6px 14px"><div style="font-size:11px;color:#666">{k}</div><div style="font-size:20px">{v}</div></td>' for k, v in cards)
     return f'<table><tr>{row}</tr></table>' + table_html(d['failed_runs'], ['started_at', 'project', 'kind', 'name', 'error'], 'failing runs', 'no failed run')
 
+def _projects_html(d: dict) -> str:
+    "The portfolio (pipeline state and scan problems from the last scan), and the chosen project's detail"
+    out = table_html(d['projects'], ['project', 'owner', 'pipeline', 'branch', 'uncommitted', 'last_run_at', 'failed_week', 'production_models',
+                                     'cost_month', 'template_drift', 'scan_error'], 'projects')
+    if not (x := d.get('detail')): return out
+    p = x['summary']
+    return (out + fields_html({k: p.get(k) for k in ('project', 'owner', 'repo', 'pipeline', 'branch', 'uncommitted', 'scanned_at', 'scan_error',
+                                                     'last_run_at', 'failed_week', 'production_models', 'cost_month')}, f"project {p['project']}")
+            + table_html(x['stages'], ['stage', 'state'], 'pipeline stages', 'no scan of its repository yet (aiinfra projects)')
+            + table_html(x['runs'], ['started_at', 'kind', 'name', 'state', 'duration_s', 'error'], 'latest runs')
+            + table_html(x['models'], ['name', 'version', 'stage', 'metrics', 'created_at'], 'models')
+            + table_html(x['services'], ['name', 'status', 'url', 'last_seen_at'], 'services'))
+
 def tab_html(name: str, d: dict) -> str:
     "One tab of the panel as HTML (tables only; the charts are added by the caller)"
     if name == 'Overview': return _overview_html(d)
-    if name == 'Projects': return table_html(d['projects'], ['project', 'owner', 'last_run_at', 'failed_week', 'production_models', 'cost_month', 'repo'], 'projects')
+    if name == 'Projects': return _projects_html(d)
     if name == 'Runs': return table_html(d['runs'], ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'error', 'id'], 'latest runs')
     if name == 'Machines & cost':
         return (table_html(d['machines'], ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today'], 'machines')
@@ -91,14 +104,16 @@ class Dashboard:
         self.refresh_s, self.engine, self.data, self._task = refresh_s, engine, None, None
         self.status = W.HTML()
         self.run = W.Dropdown(description='run', options=[('', None)], layout=W.Layout(width='420px'))
+        self.project = W.Dropdown(description='project', options=[('', None)], layout=W.Layout(width='320px'))
+        self.sort = W.Dropdown(description='sort by', options=[(k.replace('_', ' '), k) for k in PROJECT_SORTS], value='project')
         self.log_filters = dict(project=W.Text(description='project'), service=W.Text(description='service'),
                                 level=W.Dropdown(description='level', options=['', *LEVELS]), grep=W.Text(description='text'))
         self.html = {name: W.HTML() for name in TABS}
         self.charts = {'Runs': W.Output(), 'Machines & cost': W.Output(), 'Services': W.Output()}
         refresh, stop = W.Button(description='Refresh'), W.Button(description='Stop')
         refresh.on_click(lambda _: self.refresh()); stop.on_click(lambda _: self.close())
-        for w in (self.run, *self.log_filters.values()): w.observe(lambda _: self.refresh(), names='value')
-        extra = {'Runs': [self.run], 'Logs': [W.HBox(list(self.log_filters.values()))]}
+        for w in (self.run, self.project, self.sort, *self.log_filters.values()): w.observe(lambda _: self.refresh(), names='value')
+        extra = {'Projects': [W.HBox([self.sort, self.project])], 'Runs': [self.run], 'Logs': [W.HBox(list(self.log_filters.values()))]}
         self.tabs = W.Tab(children=[W.VBox(extra.get(n, []) + [self.html[n]] + ([self.charts[n]] if n in self.charts else [])) for n in TABS])
         for i, n in enumerate(TABS): self.tabs.set_title(i, n)
         self.widget = W.VBox([W.HTML(TABLE_STYLE), W.HBox([W.HTML('<b>aiinfra control panel</b>&nbsp;&nbsp;'), self.status, refresh, stop]), self.tabs])
@@ -110,7 +125,7 @@ class Dashboard:
 @patch
 def _query(self: Dashboard) -> dict:
     logs = {k: w.value for k, w in self.log_filters.items() if w.value}
-    d = panel(run_id=self.run.value, logs=logs, engine=self.engine)
+    d = panel(run_id=self.run.value, logs=logs, project=self.project.value, sort=self.sort.value, engine=self.engine)
     d['run_id'] = self.run.value
     return d
 
@@ -126,8 +141,9 @@ def refresh(self: Dashboard, data: dict | None = None):
     self.status.value = f"refreshed {html.escape(cell_text('time', d['at']))}"
     for name in TABS: self.html[name].value = tab_html(name, d)
     runs = [(f"{r['project']} / {r['name'] or r['kind']} / {r['id'][:8]}", r['id']) for r in d['runs']]
-    if [v for _, v in self.run.options if v] != [v for _, v in runs]:
-        with self.run.hold_trait_notifications(): self.run.options = [('', None), *runs]
+    for pick, choices in ((self.run, runs), (self.project, [(p['project'], p['project']) for p in sorted(d['projects'], key=lambda p: p['project'])])):
+        if [v for _, v in pick.options if v] != [v for _, v in choices]:
+            with pick.hold_trait_notifications(): pick.options = [('', None), *choices]
     self._draw(d)
 
 @patch
