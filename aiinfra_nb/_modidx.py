@@ -159,6 +159,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'aiinfra_nb/data/sources.py')},
             'aiinfra_nb.data.sql': { 'aiinfra_nb.data.sql.SQLError': ('api/data.sql.html#sqlerror', 'aiinfra_nb/data/sql.py'),
                                      'aiinfra_nb.data.sql._parse': ('api/data.sql.html#_parse', 'aiinfra_nb/data/sql.py'),
+                                     'aiinfra_nb.data.sql._polars_type': ('api/data.sql.html#_polars_type', 'aiinfra_nb/data/sql.py'),
                                      'aiinfra_nb.data.sql._run_in_store': ('api/data.sql.html#_run_in_store', 'aiinfra_nb/data/sql.py'),
                                      'aiinfra_nb.data.sql._store_frame': ('api/data.sql.html#_store_frame', 'aiinfra_nb/data/sql.py'),
                                      'aiinfra_nb.data.sql._time_columns': ('api/data.sql.html#_time_columns', 'aiinfra_nb/data/sql.py'),

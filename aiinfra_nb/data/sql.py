@@ -70,10 +70,17 @@ def tables(catalog: Catalog | None = None) -> dict[str, str]:
     out = {table_name(n): f'dataset {n}' for n in (cat.names() if cat.root.exists() else [])}
     return {**out, **{t: 'store' for t in STORE_TABLES}}
 
+def _polars_type(column: sa.Column):
+    "The polars type of a store column (JSON arrives as text), so a column that starts with nulls is still typed right"
+    if isinstance(column.type, sa.Float): return pl.Float64
+    if isinstance(column.type, sa.Integer): return pl.Int64
+    return pl.String
+
 def _store_frame(table: str, engine: Engine) -> pl.LazyFrame:
     "A store table as a frame, epoch-second times as UTC datetimes"
     t = metadata.tables[table]
-    with reading(engine) as conn: df = pl.read_database(sa.select(t), connection=conn, schema_overrides={c.name: pl.Float64 for c in t.columns if isinstance(c.type, sa.Float)})
+    cols = [sa.cast(c, sa.Text).label(c.name) if isinstance(c.type, sa.JSON) else c for c in t.columns]
+    with reading(engine) as conn: df = pl.read_database(sa.select(*cols), connection=conn, schema_overrides={c.name: _polars_type(c) for c in t.columns})
     times = [c for c in df.columns if (c.endswith('_at') or c in ('time', 'idle_since')) and df.schema[c] == pl.Float64]
     return df.lazy().with_columns([(pl.col(c) * 1e6).cast(pl.Int64).cast(pl.Datetime('us', 'UTC')) for c in times])
 
