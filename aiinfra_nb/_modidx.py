@@ -343,6 +343,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'aiinfra_nb/ops/record.py'),
                                        'aiinfra_nb.ops.record._close_writers': ( 'api/ops.record.html#_close_writers',
                                                                                  'aiinfra_nb/ops/record.py'),
+                                       'aiinfra_nb.ops.record._copy': ('api/ops.record.html#_copy', 'aiinfra_nb/ops/record.py'),
                                        'aiinfra_nb.ops.record._disk_full': ('api/ops.record.html#_disk_full', 'aiinfra_nb/ops/record.py'),
                                        'aiinfra_nb.ops.record._end_after': ('api/ops.record.html#_end_after', 'aiinfra_nb/ops/record.py'),
                                        'aiinfra_nb.ops.record._forget_writers': ( 'api/ops.record.html#_forget_writers',

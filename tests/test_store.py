@@ -161,3 +161,19 @@ def test_bi_views_show_times_as_timestamps(store_url):
     assert str(started).startswith('1970-01-02 00:00:00') and name == 'nightly'
     assert (project, run_name, key) == ('p', 'nightly', 'loss')
     assert (state, hours, cost) == ('open', 0.5, 2.0)
+
+
+def test_the_writer_copies_into_postgresql_and_drops_only_a_refused_call(pg_url):
+    "On PostgreSQL the batching writer uses COPY; a call the server refuses (a level longer than the column) is dropped alone"
+    eng = get_engine(pg_url)
+    w = record.BatchWriter(eng, flush_s=10)  # one batch: everything below is committed together, or call by call on refusal
+    good = [(float(i), 'p', None, 'INFO', 'app', f'line {i}', None, None, 'h', 1, None) for i in range(1000)]
+    w.put('events', good[:500])
+    w.put('events', [(0.0, 'p', None, 'NOT-A-LEVEL-AT-ALL', 'app', 'refused', None, None, 'h', 1, None)])
+    w.put('events', good[500:])
+    w.put('metrics', [('r' * 32, 'loss', s, 1.0 / (s + 1), 0.0) for s in range(100)])
+    assert w.close(30)
+    assert w.dropped == 1
+    with eng.connect() as c:
+        assert c.exec_driver_sql('SELECT count(*), min(message), max(time) FROM events').one() == (1000, 'line 0', 999.0)
+        assert c.exec_driver_sql('SELECT count(*), sum(step) FROM metrics').one() == (100, 4950)
