@@ -16,7 +16,7 @@ from ..ops.record import current_run, flush, log_event
 from ..ops.store import metrics, query
 
 # %% auto #0
-__all__ = ['DatasetError', 'check_name', 'Catalog', 'catalog', 'save', 'load', 'lineage', 'list_datasets']
+__all__ = ['PARQUET', 'DatasetError', 'check_name', 'Catalog', 'catalog', 'save', 'load', 'lineage', 'list_datasets']
 
 # %% ../../nbs/api/13_data.io.ipynb #ccf98bc8
 class DatasetError(AiinfraError):
@@ -61,6 +61,8 @@ class Catalog:
     def __repr__(self): return f"Catalog({str(self.root)!r}, {len(self.names())} datasets)"
 
 # %% ../../nbs/api/13_data.io.ipynb #f2249c2c
+PARQUET = dict(compression='snappy')  # how every dataset is written (see above)
+
 def _as_contract(contract) -> Contract | None:
     if contract is None or isinstance(contract, Contract): return contract
     return load_contract(contract)
@@ -78,9 +80,9 @@ def save(self: Catalog, data: pl.DataFrame | pl.LazyFrame,  # the dataset
     if isinstance(data, pl.DataFrame) and contract: check(contract, data)
     with atomic_file(path) as tmp:
         if isinstance(data, pl.LazyFrame):
-            data.sink_parquet(tmp)
+            data.sink_parquet(tmp, **PARQUET)
             if contract: check(contract, pl.scan_parquet(tmp))
-        else: data.write_parquet(tmp)
+        else: data.write_parquet(tmp, **PARQUET)
         schema = pl.scan_parquet(tmp).collect_schema()
         rows = pl.scan_parquet(tmp).select(pl.len()).collect().item()
         digest = file_hash(tmp)

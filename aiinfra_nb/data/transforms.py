@@ -8,7 +8,7 @@ import polars as pl
 from .contracts import Contract, ContractError
 
 # %% auto #0
-__all__ = ['WEATHER_FEATURES', 'FEATURE_COLUMNS', 'date_parts', 'build_features', 'clean_flights', 'origin_hour_key', 'features',
+__all__ = ['WEATHER_FEATURES', 'FEATURE_COLUMNS', 'date_parts', 'build_features', 'clean_flights', 'weather_slots', 'features',
            'delays_by_carrier_month', 'sample_flights13']
 
 # %% ../../nbs/api/12_data.transforms.ipynb #47660525
@@ -43,23 +43,32 @@ def clean_flights(flights: pl.LazyFrame) -> pl.LazyFrame:
 WEATHER_FEATURES = ['temp', 'humid', 'wind_speed', 'precip', 'pressure', 'visib']
 FEATURE_COLUMNS = ['month', 'day_of_week', 'dep_hour', 'distance', 'plane_age', *WEATHER_FEATURES, 'carrier', 'origin', 'dest']
 
-def origin_hour_key() -> pl.Expr:
-    "(origin, time_hour) as one exact Int64: minutes since the epoch x 2^24 + the origin's category code"
-    return (pl.col('time_hour').dt.epoch('s') // 60) * (1 << 24) + pl.col('origin').cast(pl.Categorical).to_physical().cast(pl.Int64)
+def _hour() -> pl.Expr: return pl.col('time_hour').dt.epoch('s') // 3600
+
+def weather_slots(weather: pl.LazyFrame) -> tuple[pl.Expr, dict[str, pl.Series]]:
+    "(each flight's slot, as an expression; each weather feature as a dense column with one slot per hour and origin)"
+    w = (weather.select('origin', 'time_hour', *WEATHER_FEATURES).drop_nulls(['origin', 'time_hour'])
+         .unique(['origin', 'time_hour'], keep='first', maintain_order=True).collect())
+    origins = sorted(w['origin'].unique().to_list())
+    first, last = (w.select(_hour().min()).item(), w.select(_hour().max()).item()) if w.height else (0, -1)
+    index = lambda: pl.col('origin').replace_strict(origins, list(range(len(origins))), default=None, return_dtype=pl.Int64)
+    slot = pl.when(_hour().is_between(first, last)).then((_hour() - first) * len(origins) + index())
+    at = w.select(slot.alias('slot'))['slot']
+    size = (last - first + 1) * len(origins)
+    return slot, {c: pl.repeat(None, size, dtype=w.schema[c], eager=True).alias(c).scatter(at, w[c]) for c in WEATHER_FEATURES}
 
 def features(flights: pl.LazyFrame,  # clean flights (`clean_flights`)
              weather: pl.LazyFrame, planes: pl.LazyFrame,
              threshold: float = 15,  # minutes late that make a flight "delayed"
             ) -> pl.LazyFrame:
     "One row per flight: features known at scheduling time, `time_hour`, and the target `delayed`"
-    w = (weather.select('origin', 'time_hour', *WEATHER_FEATURES).unique(['origin', 'time_hour'], keep='first')
-         .with_columns(_key=origin_hour_key()).drop('origin', 'time_hour'))
-    p = planes.select('tailnum', pl.col('year').alias('plane_year'))
-    return (flights.with_columns(_key=origin_hour_key())
-            .join(w, on='_key', how='left', maintain_order='left')
-            .join(p, on='tailnum', how='left', maintain_order='left')
-            .with_columns(day_of_week=pl.col('time_hour').dt.weekday().cast(pl.Int8),
-                          plane_age=(pl.col('year') - pl.col('plane_year')).cast(pl.Float64),
+    slot, dense = weather_slots(weather)
+    years = planes.select('tailnum', 'year').drop_nulls('tailnum').unique('tailnum', keep='first', maintain_order=True).collect()
+    plane_year = pl.col('tailnum').replace_strict(years['tailnum'], years['year'], default=None, return_dtype=pl.Int64)
+    return (flights.with_columns(_slot=slot)
+            .with_columns(*[pl.lit(dense[c]).gather(pl.col('_slot')).alias(c) for c in WEATHER_FEATURES],
+                          day_of_week=pl.col('time_hour').dt.weekday().cast(pl.Int8),
+                          plane_age=(pl.col('year') - plane_year).cast(pl.Float64),
                           delayed=pl.col('arr_delay') > threshold)
             .select('time_hour', *FEATURE_COLUMNS, 'delayed'))
 
