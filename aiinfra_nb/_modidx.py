@@ -183,6 +183,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                     'aiinfra_nb/data/transforms.py'),
                                             'aiinfra_nb.data.transforms.features': ( 'api/data.transforms.html#features',
                                                                                      'aiinfra_nb/data/transforms.py'),
+                                            'aiinfra_nb.data.transforms.index_of': ( 'api/data.transforms.html#index_of',
+                                                                                     'aiinfra_nb/data/transforms.py'),
                                             'aiinfra_nb.data.transforms.sample_flights13': ( 'api/data.transforms.html#sample_flights13',
                                                                                              'aiinfra_nb/data/transforms.py'),
                                             'aiinfra_nb.data.transforms.weather_slots': ( 'api/data.transforms.html#weather_slots',

@@ -8,8 +8,8 @@ import polars as pl
 from .contracts import Contract, ContractError
 
 # %% auto #0
-__all__ = ['WEATHER_FEATURES', 'FEATURE_COLUMNS', 'date_parts', 'build_features', 'clean_flights', 'weather_slots', 'features',
-           'delays_by_carrier_month', 'sample_flights13']
+__all__ = ['WEATHER_FEATURES', 'FEATURE_COLUMNS', 'date_parts', 'build_features', 'clean_flights', 'index_of', 'weather_slots',
+           'features', 'delays_by_carrier_month', 'sample_flights13']
 
 # %% ../../nbs/api/12_data.transforms.ipynb #47660525
 def date_parts(column: str, hour: bool = False) -> list[pl.Expr]:
@@ -45,14 +45,17 @@ FEATURE_COLUMNS = ['month', 'day_of_week', 'dep_hour', 'distance', 'plane_age', 
 
 def _hour() -> pl.Expr: return pl.col('time_hour').dt.epoch('s') // 3600
 
+def index_of(column: str, values: pl.Series) -> pl.Expr:
+    "Each row's position of `column` among `values` (distinct), null where it is not one of them"
+    return pl.col(column).cast(pl.Enum(values), strict=False).to_physical().cast(pl.Int64)
+
 def weather_slots(weather: pl.LazyFrame) -> tuple[pl.Expr, dict[str, pl.Series]]:
     "(each flight's slot, as an expression; each weather feature as a dense column with one slot per hour and origin)"
     w = (weather.select('origin', 'time_hour', *WEATHER_FEATURES).drop_nulls(['origin', 'time_hour'])
          .unique(['origin', 'time_hour'], keep='first', maintain_order=True).collect())
-    origins = sorted(w['origin'].unique().to_list())
+    origins = w['origin'].unique().sort()
     first, last = (w.select(_hour().min()).item(), w.select(_hour().max()).item()) if w.height else (0, -1)
-    index = lambda: pl.col('origin').replace_strict(origins, list(range(len(origins))), default=None, return_dtype=pl.Int64)
-    slot = pl.when(_hour().is_between(first, last)).then((_hour() - first) * len(origins) + index())
+    slot = pl.when(_hour().is_between(first, last)).then((_hour() - first) * len(origins) + index_of('origin', origins))
     at = w.select(slot.alias('slot'))['slot']
     size = (last - first + 1) * len(origins)
     return slot, {c: pl.repeat(None, size, dtype=w.schema[c], eager=True).alias(c).scatter(at, w[c]) for c in WEATHER_FEATURES}
@@ -64,7 +67,7 @@ def features(flights: pl.LazyFrame,  # clean flights (`clean_flights`)
     "One row per flight: features known at scheduling time, `time_hour`, and the target `delayed`"
     slot, dense = weather_slots(weather)
     years = planes.select('tailnum', 'year').drop_nulls('tailnum').unique('tailnum', keep='first', maintain_order=True).collect()
-    plane_year = pl.col('tailnum').replace_strict(years['tailnum'], years['year'], default=None, return_dtype=pl.Int64)
+    plane_year = pl.lit(years['year']).gather(index_of('tailnum', years['tailnum']))
     return (flights.with_columns(_slot=slot)
             .with_columns(*[pl.lit(dense[c]).gather(pl.col('_slot')).alias(c) for c in WEATHER_FEATURES],
                           day_of_week=pl.col('time_hour').dt.weekday().cast(pl.Int8),
