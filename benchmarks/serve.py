@@ -5,7 +5,8 @@ Two servers on 127.0.0.1, one uvicorn worker each, the same registered model:
   body and concurrency guard, Prometheus metrics, the V1 route with its feature checks);
 - bare: a FastAPI app with one route that runs the same model on the same V1 body, nothing else.
 `wrk` (C, from the Debian package; installed when missing) loads each at 16 connections for 1-row and 32-row
-predictions, interleaved, best of the rounds. The last line is one JSON object.
+predictions, interleaved, best of the rounds. Where the full app spends its time is printed from 300 one-row requests
+run in process (httpx's ASGI transport, under cProfile, summed by package, the client's own time left out: `costs.py`). The last line is one JSON object.
 """
 import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, textwrap, time
 from pathlib import Path
@@ -68,6 +69,22 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[float, 
     return rps, p99
 
 
+def app_costs(registry, key: str, n: int = 300) -> list:
+    "The top costs of `n` one-row predictions through the full app, in process, under cProfile"
+    import asyncio
+    sys.path.insert(0, str(Path(__file__).parent))
+    from costs import top_costs
+    from aiinfra_nb.serve.app import create_app
+    app = create_app(registry)
+    body = json.dumps({'instances': [{'distance': 300.0, 'dep_hour': 9.0, 'carrier': 'UA'}]})
+    async def calls():
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url='http://bench') as c:
+            for _ in range(n):
+                r = await c.post('/v1/models/delay:predict', content=body, headers={'Authorization': f'Bearer {key}', 'Content-Type': 'application/json'})
+                assert r.status_code == 200, r.text
+    return top_costs(lambda: asyncio.run(calls()), skip=('httpx', 'asyncio', 'httpcore', 'anyio'))  # the client and the loop are the harness
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seconds', type=int, default=10)
@@ -112,6 +129,9 @@ def main():
     finally:
         for s in servers: s.send_signal(signal.SIGTERM)
         for s in servers: s.wait(60)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from costs import say
+    print(f"where the full app's time goes ({300} one-row requests in process, cProfile): {say(app_costs(reg, key))}")
     out = {'benchmark': 'serve'}
     for rows in (1, 32):
         (full, p99), (bare, _) = results[('full', rows)], results[('bare', rows)]

@@ -7,9 +7,11 @@
    `TensorDataset` (default collation). Goal: >= 20x the rows/s.
 
 Rounds are interleaved and the best epoch time of each contender is kept, to damp a shared machine's
-noise. Both use the same torch thread count. The last line is one JSON object.
+noise. Both use the same torch thread count. Where ours spends its time (one epoch under cProfile, by package or C
+function, `costs.py`) is printed. The last line is one JSON object.
 """
 import argparse, json, sys, time
+from pathlib import Path
 
 import polars as pl
 import pytorch_lightning as ptl
@@ -91,11 +93,15 @@ def main():
         print(f"round {r + 1}: ours {res['ours'][-1]:.3f} s/epoch, hand loop {res['raw'][-1]:.3f} s/epoch", file=sys.stderr)
     ours_s, raw_s = min(res['ours']), min(res['raw'])
     ours_rps, item_rps = loading(dm, a.batch_size)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from costs import say, top_costs
+    where = top_costs(lambda: ours(dm, 1))
     steps = -(-len(dm.train_set) // a.batch_size)
     print(f"{len(dm.train_set):,} training rows, batch {a.batch_size}, {steps} steps per epoch, {torch.get_num_threads()} threads")
     print(f"  DataModule + Trainer: {ours_s:.3f} s/epoch ({ours_s / steps * 1e3:.2f} ms/step)")
     print(f"  hand-written loop:    {raw_s:.3f} s/epoch ({raw_s / steps * 1e3:.2f} ms/step)")
     print(f"  ratio: {ours_s / raw_s:.2f} (goal <= 1.10)")
+    print(f"  where ours' time goes (one epoch, cProfile): {say(where)}")
     print(f"  loading alone: indexed {ours_rps:,.0f} rows/s vs per-item DataLoader {item_rps:,.0f} rows/s: {ours_rps / item_rps:.1f}x (goal >= 20)")
     print(json.dumps(dict(benchmark='train', lightning_s_per_epoch=round(ours_s, 4), raw_s_per_epoch=round(raw_s, 4),
                           ratio_vs_raw=round(ours_s / raw_s, 3), batched_speedup_vs_per_item=round(ours_rps / item_rps, 1))))
