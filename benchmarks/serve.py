@@ -94,7 +94,7 @@ def main():
     if not shutil.which('wrk'): subprocess.run(['apt-get', 'install', '-y', '-q', 'wrk'], check=True, capture_output=True)
     tmp = Path(tempfile.mkdtemp())
     env = {**os.environ, 'AIINFRA_DB_URL': f"sqlite:///{tmp/'store.db'}", 'AIINFRA_DATA_DIR': str(tmp/'data'), 'BENCH_MODELS': str(tmp/'data/models'),
-           'AIINFRA_SERVICE_RATE_LIMIT': '1000000/second', 'AIINFRA_SERVICE_NAME': 'bench'}
+           'AIINFRA_SERVICE_RATE_LIMIT': '1000000/second', 'AIINFRA_SERVICE_NAME': 'bench', 'AIINFRA_PROJECT_NAME': 'bench'}  # one project for all
     os.environ.update(env)
     import torch
     from aiinfra_nb.serve.auth import create_key
