@@ -65,19 +65,24 @@ def timed_ours(url: str, steps: int, keys: int) -> tuple[float, dict]:
     spent['flush wait'] = total - spent['log_metrics calls']
     return total, spent
 
-def raw_pg_copy(url: str, steps: int, keys: int, batch: int) -> float:
-    "The floor on PostgreSQL: psycopg 3 COPY of the same rows, in transactions of `batch` rows"
-    import psycopg
-    con = psycopg.connect(sa.make_url(url).set(drivername='postgresql').render_as_string(hide_password=False))
+def point_batches(steps: int, keys: int, batch: int):
+    "The points as the hand-written contenders send them: tuples in `COLUMNS` order, in batches of `batch` rows"
     names, run_id, rows = [f'metric_{i}' for i in range(keys)], 'r' * 32, []
-    t0 = time.perf_counter()
     for step in range(steps):
         now = time.time()
         rows.extend((run_id, k, step, step * 0.001 + i, now) for i, k in enumerate(names))
         if len(rows) >= batch or step == steps - 1:
-            with con.transaction(), con.cursor() as cur, cur.copy(f"COPY metrics ({', '.join(COLUMNS)}) FROM STDIN") as cp:
-                for r in rows: cp.write_row(r)
+            yield rows
             rows = []
+
+def raw_pg_copy(url: str, steps: int, keys: int, batch: int) -> float:
+    "The floor on PostgreSQL: psycopg 3 COPY of the same rows, in transactions of `batch` rows"
+    import psycopg
+    con = psycopg.connect(sa.make_url(url).set(drivername='postgresql').render_as_string(hide_password=False))
+    t0 = time.perf_counter()
+    for rows in point_batches(steps, keys, batch):
+        with con.transaction(), con.cursor() as cur, cur.copy(f"COPY metrics ({', '.join(COLUMNS)}) FROM STDIN") as cp:
+            for r in rows: cp.write_row(r)
     elapsed = time.perf_counter() - t0
     con.close()
     return elapsed
@@ -85,28 +90,19 @@ def raw_pg_copy(url: str, steps: int, keys: int, batch: int) -> float:
 def raw(d: Path, steps: int, keys: int, batch: int) -> float:
     con = sqlite3.connect(fresh_db(d, f'raw{time.perf_counter_ns()}'), isolation_level=None)
     con.execute('PRAGMA journal_mode = WAL'); con.execute('PRAGMA synchronous = NORMAL')
-    sql = 'INSERT INTO metrics (run_id, key, step, value, time) VALUES (?, ?, ?, ?, ?)'
-    names, run_id, rows = [f'metric_{i}' for i in range(keys)], 'r' * 32, []
+    sql = f"INSERT INTO metrics ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
     t0 = time.perf_counter()
-    for step in range(steps):
-        now = time.time()
-        rows.extend((run_id, k, step, step * 0.001 + i, now) for i, k in enumerate(names))
-        if len(rows) >= batch or step == steps - 1:
-            con.execute('BEGIN IMMEDIATE'); con.executemany(sql, rows); con.execute('COMMIT'); rows = []
+    for rows in point_batches(steps, keys, batch):
+        con.execute('BEGIN IMMEDIATE'); con.executemany(sql, rows); con.execute('COMMIT')
     elapsed = time.perf_counter() - t0
     con.close()
     return elapsed
 
 def core(d: Path, steps: int, keys: int, batch: int) -> float:
     eng = create_store_engine(f"sqlite:///{fresh_db(d, f'core{time.perf_counter_ns()}')}")
-    names, run_id, rows = [f'metric_{i}' for i in range(keys)], 'r' * 32, []
     t0 = time.perf_counter()
-    for step in range(steps):
-        now = time.time()
-        rows.extend(dict(run_id=run_id, key=k, step=step, value=step * 0.001 + i, time=now) for i, k in enumerate(names))
-        if len(rows) >= batch or step == steps - 1:
-            with eng.begin() as conn: conn.execute(sa.insert(metrics), rows)
-            rows = []
+    for rows in point_batches(steps, keys, batch):
+        with eng.begin() as conn: conn.execute(sa.insert(metrics), [dict(zip(COLUMNS, r)) for r in rows])
     elapsed = time.perf_counter() - t0
     eng.dispose()
     return elapsed
