@@ -272,9 +272,9 @@ DEGENERATE = [  # (what the data or arguments are, the DataModule, fit's keyword
     ('null target', lambda pl: pl.DataFrame({'x': [1.0, 2.0, 3.0], 'delayed': [True, None, False]}), {}, 'has 1 missing values'),
     ('no epochs', lambda pl: pl.DataFrame({'x': [1.0, 2.0, 3.0, 4.0], 'delayed': [True, False] * 2}), {'max_epochs': 0}, 'max_epochs 0'),
     ('bad precision', lambda pl: pl.DataFrame({'x': [1.0, 2.0, 3.0, 4.0], 'delayed': [True, False] * 2}), {'precision': '12-bit'},
-     "the Trainer refused these arguments: Precision '12-bit' is invalid"),
+     "Fabric refused these arguments: Precision '12-bit' is invalid"),
     ('bad strategy', lambda pl: pl.DataFrame({'x': [1.0, 2.0, 3.0, 4.0], 'delayed': [True, False] * 2}), {'strategy': 'nope'},
-     "the Trainer refused these arguments: You selected an invalid strategy name"),
+     "Fabric refused these arguments: You selected an invalid strategy name"),
 ]
 
 

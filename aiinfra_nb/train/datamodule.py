@@ -116,8 +116,10 @@ def setup(self: TabularDataModule, stage: str | None = None):
 
 @patch
 def _loader(self: TabularDataModule, ds: TensorBatches, shuffle: bool) -> DataLoader:
-    t = getattr(self, 'trainer', None)
-    rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
+    t, dist = getattr(self, 'trainer', None), torch.distributed
+    if t is not None: rank, world = t.global_rank, t.world_size  # in a Trainer
+    elif dist.is_available() and dist.is_initialized(): rank, world = dist.get_rank(), dist.get_world_size()  # in fit's loop (Fabric)
+    else: rank, world = 0, 1
     sampler = ShardedBatchSampler(len(ds), self.batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
     return DataLoader(ds, sampler=sampler, batch_size=None)  # batch_size=None: the sampler's lists index the dataset whole
 

@@ -4,14 +4,15 @@
 
 # %% ../../nbs/api/25_train.fit.ipynb #76663793
 from __future__ import annotations
-import contextlib, difflib, hashlib, inspect, json, logging, os, pathlib, signal, subprocess, sys, threading, warnings
+import contextlib, difflib, hashlib, inspect, json, logging, os, signal, subprocess, sys, threading, time, warnings
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
-import pytorch_lightning as ptl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from lightning_fabric import Fabric
+from lightning_fabric.utilities import rank_zero_only
+from lightning_fabric.utilities.seed import seed_everything
+from tqdm.auto import tqdm
 from ..core import AiinfraError, atomic_write, fields_html, load_settings
 from ..data.io import Catalog
 from ..ops.machines import MachineSession
@@ -20,42 +21,34 @@ from .datamodule import TabularDataModule
 from .logger import StoreLogger
 from .model import TrainingError, model_class
 from .registry import Registry, check_model_name
-from .system import TabularSystem
+from .system import NonFiniteLossError, TabularSystem
 
 # %% auto #0
-__all__ = ['TRAINER_DEFAULTS', 'log', 'Preemption', 'CheckpointError', 'fingerprint', 'Checkpoints', 'FitResult',
-           'trainer_arguments', 'fit']
+__all__ = ['TRAINING_DEFAULTS', 'LOOP_ARGUMENTS', 'log', 'Preemption', 'CheckpointError', 'fingerprint', 'Checkpoints',
+           'FitResult', 'training_arguments', 'max_seconds', 'fit']
 
 # %% ../../nbs/api/25_train.fit.ipynb #c8666da8
-class Preemption(Callback):
-    "On SIGTERM: checkpoint after the current batch, then stop training"
-    def __init__(self, ckpt_path: Path):
-        self.ckpt_path, self.requested, self._previous = Path(ckpt_path), False, None
+class Preemption:
+    "While entered: SIGTERM sets `requested` instead of ending the process"
+    def __init__(self): self.requested, self._previous = False, None
 
-    def on_train_start(self, trainer, pl_module):
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
             self._previous = signal.signal(signal.SIGTERM, self._request)
+        return self
 
     def _request(self, signum, frame): self.requested = True
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.requested and not trainer.should_stop:
-            trainer.save_checkpoint(self.ckpt_path)
-            trainer.should_stop = True
-
-    def teardown(self, trainer, pl_module, stage):
+    def __exit__(self, *exc):
         if self._previous is not None: signal.signal(signal.SIGTERM, self._previous); self._previous = None
 
 # %% ../../nbs/api/25_train.fit.ipynb #bee8d5ae
 class CheckpointError(AiinfraError):
     "A checkpoint that cannot be read or resumed"
 
-_SAFE_GLOBALS = [pathlib.PosixPath, pathlib.PurePosixPath]  # ModelCheckpoint keeps its dirpath as a Path
-
 def _read_checkpoint(path: Path) -> dict:
     "The checkpoint at `path`, loaded without unpickling code, or a `CheckpointError`"
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS): ck = torch.load(path, map_location='cpu', weights_only=True)
+    try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is unreadable or holds more than weights ({msg}): delete it, or train with resume=False") from None
@@ -117,20 +110,35 @@ class FitResult:
     def _repr_html_(self) -> str: return fields_html(asdict(self), f'fit {self.status}')  # in a notebook: a table, costs as money
 
 # %% ../../nbs/api/25_train.fit.ipynb #b86da8c4
-TRAINER_DEFAULTS = dict(max_epochs=5, accelerator='auto', devices='auto', num_nodes=1, strategy='auto', precision='32-true', log_every_n_steps=50)
-_FIT_SETS = ('logger', 'callbacks', 'use_distributed_sampler', 'enable_progress_bar', 'enable_model_summary', 'num_sanity_val_steps')
+TRAINING_DEFAULTS = dict(max_epochs=5, accelerator='auto', devices='auto', num_nodes=1, strategy='auto', precision='32-true')
+LOOP_ARGUMENTS = ('max_epochs', 'max_time', 'gradient_clip_val')  # what the loop takes; the rest goes to Fabric
+_FIT_SETS = ('loggers', 'callbacks')
 
-def trainer_arguments(**given) -> dict:
-    "`TRAINER_DEFAULTS` updated with `given`, checked against the `Trainer`'s own signature"
-    known = set(inspect.signature(ptl.Trainer.__init__).parameters) - {'self'}
+def training_arguments(**given) -> dict:
+    "`TRAINING_DEFAULTS` updated with `given`, checked against Fabric's own signature and the loop's arguments"
+    known = (set(inspect.signature(Fabric.__init__).parameters) - {'self', *_FIT_SETS}) | set(LOOP_ARGUMENTS)
     for k in given:
-        if k in _FIT_SETS: raise TrainingError(f"fit sets the Trainer's {k!r} itself (store logger, checkpoints, preemption); leave it out")
+        if k in _FIT_SETS: raise TrainingError(f"fit sets Fabric's {k!r} itself (the store logger); leave it out")
         if k not in known:
             near = difflib.get_close_matches(k, known, n=1)
-            raise TrainingError(f"fit got {k}=…, which neither fit nor Lightning's Trainer takes" + (f" (did you mean {near[0]!r}?)" if near else ''))
-    args = {**TRAINER_DEFAULTS, **given}
+            raise TrainingError(f"fit got {k}=…, which neither fit, its loop nor Lightning's Fabric takes" + (f" (did you mean {near[0]!r}?)" if near else ''))
+    args = {**TRAINING_DEFAULTS, **given}
     if not isinstance(args['max_epochs'], int) or args['max_epochs'] < 1: raise TrainingError(f"max_epochs {args['max_epochs']!r}: expected a whole number >= 1")
+    max_seconds(args.get('max_time'))
+    if (clip := args.get('gradient_clip_val')) is not None and not (isinstance(clip, (int, float)) and clip > 0):
+        raise TrainingError(f"gradient_clip_val {clip!r}: expected a number > 0")
     return args
+
+def max_seconds(max_time) -> float | None:
+    "`max_time` (seconds, 'DD:HH:MM:SS', a timedelta or None) in seconds"
+    if max_time is None: return None
+    if isinstance(max_time, timedelta): return max_time.total_seconds()
+    if isinstance(max_time, (int, float)) and not isinstance(max_time, bool) and max_time > 0: return float(max_time)
+    parts = str(max_time).split(':')
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        d, h, m, sec = map(int, parts)
+        return float(((d * 24 + h) * 60 + m) * 60 + sec)
+    raise TrainingError(f"max_time {max_time!r}: expected seconds, 'DD:HH:MM:SS' or a timedelta")
 
 # %% ../../nbs/api/25_train.fit.ipynb #bb867948
 def fit(dm: TabularDataModule,  # the data (its `task` says what the model learns)
@@ -143,52 +151,104 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
         validation_catalog: Catalog | None = None,  # save the validation rows here, referenced from the model's JSON
         project: str | None = None, data_version: str | None = None, progress: bool = True,
         checkpoints_dir: str | Path | None = None,  # default: `[train] checkpoints`
-        **trainer,  # Lightning `Trainer` arguments, passed unchanged (over `TRAINER_DEFAULTS`)
+        **training,  # `LOOP_ARGUMENTS` and Lightning `Fabric` arguments, passed unchanged (over `TRAINING_DEFAULTS`)
        ) -> FitResult:
     "Train on demand: ledger, checkpoints, resume, preemption, registration"
     check_model_name(name)
     model_class(model)
-    trainer = trainer_arguments(**trainer)
-    ptl.seed_everything(seed, workers=True, verbose=False)
+    training = training_arguments(**training)
+    seed_everything(seed, workers=True, verbose=False)
     s = load_settings()
     ckpts = Checkpoints(Path(checkpoints_dir or s.train.checkpoints)/name)
     params = dict(model=model, task=dm.task, hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, seed=seed, batch_size=dm.batch_size,
-                  **{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in trainer.items()})
+                  **{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in training.items()})
     rank0, local0 = rank_zero_only.rank == 0, int(os.environ.get('LOCAL_RANK', 0)) == 0
     run = Run.start('train', name=name, project=project, params=params, data_version=data_version) if rank0 else None
     try:
         with recording(run) if run else contextlib.nullcontext(), \
              MachineSession(project=run.project if run else project, run_id=run.id if run else None) if local0 else contextlib.nullcontext() as session:
-            return _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, trainer,
+            return _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, training,
                         data_version=data_version)
     finally:
         if s.train.shutdown_command and rank0: _shutdown(s.train.shutdown_command, run)
 
 # %% ../../nbs/api/25_train.fit.ipynb #6b136630
-_QUIET_WARNINGS = ('.*does not have many workers.*', '.*is smaller than the logging interval.*',
-                   '.*exists and is not empty.*')  # the checkpoint folder is ours, kept on purpose (lineage.json)
+_QUIET_WARNINGS = ('.*does not have many workers.*', '.*is smaller than the logging interval.*')
 
 @contextlib.contextmanager
 def _quiet_lightning():
     "Lightning's info lines (device summary, tips) and the warnings that do not apply to in-memory batches, silenced"
-    log = logging.getLogger('pytorch_lightning.utilities.rank_zero')
-    level = log.level
-    log.setLevel(logging.WARNING)
+    logs = [logging.getLogger(n) for n in ('lightning_fabric.utilities.rank_zero', 'pytorch_lightning.utilities.rank_zero', 'lightning_fabric')]
+    levels = [l.level for l in logs]
+    for l in logs: l.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             for pattern in _QUIET_WARNINGS: warnings.filterwarnings('ignore', message=pattern)
             warnings.filterwarnings('ignore', message='.*LeafSpec.*', category=FutureWarning)  # Lightning's use of torch internals
             yield
-    finally: log.setLevel(level)
+    finally:
+        for l, level in zip(logs, levels): l.setLevel(level)
 
-@contextlib.contextmanager
-def _trainer_arguments():
-    "Lightning's refusal of an accelerator, strategy or precision, as a `TrainingError` naming it"
-    try: yield
-    except (ValueError, ImportError, MisconfigurationException) as e:
-        raise TrainingError(f"the Trainer refused these arguments: {str(e).strip().splitlines()[0][:300]}") from None
+def _fabric(args: dict, run) -> Fabric:
+    "Fabric with `args` (launched: DDP's other processes start here), or a `TrainingError` naming what it refused"
+    try:
+        fabric = Fabric(**{k: v for k, v in args.items() if k not in LOOP_ARGUMENTS}, loggers=[StoreLogger(run)] if run else [])
+        fabric.launch()
+        return fabric
+    except (ValueError, ImportError, RuntimeError) as e:
+        raise TrainingError(f"Fabric refused these arguments: {str(e).strip().splitlines()[0][:300]}") from None
 
-def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, trainer, *, data_version) -> FitResult:
+# %% ../../nbs/api/25_train.fit.ipynb #4e4feefd
+def _save(fabric: Fabric, path: Path, model, opt, state: dict):
+    "The checkpoint, written beside `path` and renamed over it (by rank 0)"
+    tmp = path.with_name(path.name + '.tmp')
+    fabric.save(tmp, dict(state_dict=model, optimizer=opt, epoch=state['epoch'], global_step=state['global_step'], metrics=state['metrics']))
+    if fabric.is_global_zero: os.replace(tmp, path)
+    fabric.barrier()
+
+def _epoch_metrics(fabric: Fabric, model, system: TabularSystem, val) -> dict[str, float]:
+    "The epoch's mean training loss and validation metrics, over every rank"
+    loss = system.epoch_loss()
+    out = {'train_loss': fabric.all_reduce(loss, reduce_op='mean')} if loss is not None else {}
+    model.eval()
+    with torch.no_grad():
+        outs, ys = zip(*[(model(x_num, x_cat), y) for x_num, x_cat, y in val]) if len(val) else ((), ())
+    if outs:
+        o, y = torch.cat(outs), torch.cat(ys)
+        if fabric.world_size > 1: o, y = fabric.all_gather(o).flatten(0, 1), fabric.all_gather(y).flatten(0, 1)
+        out |= system.val_metrics(o, y)
+    return {k: float(v) for k, v in out.items()}
+
+def _loop(fabric: Fabric, model, system: TabularSystem, opt, train, sampler, val, state: dict, args: dict, last: Path, preempt: Preemption, progress: bool):
+    "Train until `max_epochs` (or the preemption flag, or `max_time`), updating `state`"
+    deadline = time.monotonic() + s if (s := max_seconds(args.get('max_time'))) else None
+    clip = args.get('gradient_clip_val')
+    while state['epoch'] < args['max_epochs']:
+        sampler.set_epoch(state['epoch'])
+        model.train()
+        t0, bar = time.perf_counter(), tqdm(total=len(train), desc=f"epoch {state['epoch'] + 1}/{args['max_epochs']}", leave=False,
+                                           mininterval=0.5, disable=not (progress and fabric.is_global_zero))
+        for i, batch in enumerate(train):
+            try: loss = model.training_step(batch, i)
+            except NonFiniteLossError as e: raise NonFiniteLossError(f"{e} (epoch {state['epoch']}, step {state['global_step']})") from None
+            opt.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if clip: fabric.clip_gradients(model, opt, max_norm=clip)
+            opt.step()
+            state['global_step'] += 1
+            bar.update()
+            if preempt.requested or (deadline and time.monotonic() > deadline):  # stop here; the epoch is redone on resume
+                bar.close(); system.epoch_loss(); _save(fabric, last, model, opt, state)
+                return
+        bar.close()
+        epoch_s = time.perf_counter() - t0
+        state['epoch'] += 1
+        state['metrics'] = _epoch_metrics(fabric, model, system, val)
+        fabric.log_dict({**state['metrics'], 'epoch_s': epoch_s}, step=state['epoch'])
+        _save(fabric, last, model, opt, state)
+
+# %% ../../nbs/api/25_train.fit.ipynb #c1400ae8
+def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, training, *, data_version) -> FitResult:
     dm.setup('fit')
     if dm.task != 'regression' and (classes := dm.train_set.y.unique().numel()) < 2:
         raise TrainingError(f"target {dm.target!r} has {classes} distinct value(s) in the training split: a classifier needs both classes")
@@ -196,7 +256,7 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
     fp = fingerprint(name=name, preprocessing=dm.preprocessor.to_dict(), rows=(len(dm.train_set), len(dm.val_set)), target=dm.target,
                      classes=dm.classes, **{k: p[k] for k in ('model', 'task', 'hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})
     resume_from, why = ckpts.resume_point(resume, fp)
-    start_step = _read_checkpoint(resume_from).get('global_step', 0) if resume_from else 0
+    ck = _read_checkpoint(resume_from) if resume_from else {}
     if run:
         run.update(extra=dict(resumed_from=str(resume_from) if resume_from else None, checkpoint=str(ckpts.last), fingerprint=fp))
         run.log_event(why, logger='aiinfra.train')
@@ -204,26 +264,26 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
     net = model_class(p['model'])(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=p['hidden'], dropout=p['dropout'],
                                   task=dm.task, n_classes=len(dm.classes or [0, 1]))
     system = TabularSystem(net.config, model_class=p['model'], lr=p['lr'], weight_decay=p['weight_decay'])
-    preempt = Preemption(ckpts.last)
-    max_epochs = trainer['max_epochs']
-    with _quiet_lightning(), _trainer_arguments():
-        trainer = ptl.Trainer(
-            **trainer, logger=StoreLogger(run) if run else False,
-            callbacks=[ModelCheckpoint(dirpath=ckpts.folder, save_last=True, save_top_k=1, every_n_epochs=1), preempt]
-                      + ([TQDMProgressBar()] if progress else []),
-            use_distributed_sampler=False,  # the DataModule shards its own batches
-            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    try:
+        if ck: system.load_state_dict(ck['state_dict'])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {resume_from} does not fit this model ({str(e).splitlines()[0][:160]}): train with resume=False") from None
     with _quiet_lightning():
-        try: trainer.fit(system, datamodule=dm, ckpt_path=resume_from)
-        except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after its own cleanup: keep it an interrupt
-            if isinstance(e.__context__, KeyboardInterrupt): raise e.__context__ from None
-            raise
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    trained = trainer.global_step > start_step
+        fabric = _fabric(training, run)
+        model, opt = fabric.setup(system, system.configure_optimizers())
+        if ck: opt.load_state_dict(ck['optimizer'])
+        loader = dm.train_dataloader()  # after launch: it shards by the rank Fabric set up
+        train, val = fabric.setup_dataloaders(loader, dm.val_dataloader(), use_distributed_sampler=False)
+        if run: fabric.loggers[0].log_hyperparams(system.hparams)
+        state = dict(epoch=ck.get('epoch', 0), global_step=ck.get('global_step', 0), metrics=ck.get('metrics', {}))
+        start_step = state['global_step']
+        with Preemption() as preempt:
+            _loop(fabric, model, system, opt, train, loader.sampler, val, state, training, ckpts.last, preempt, progress)
+    metrics, trained = state['metrics'], state['global_step'] > start_step
     status = 'interrupted' if preempt.requested else 'finished'
-    result = FitResult(status, run.id if run else None, metrics=metrics, epochs=trainer.current_epoch, trained=trained)
+    result = FitResult(status, run.id if run else None, metrics=metrics, epochs=state['epoch'], trained=trained)
     if not trained:
-        result.note = (f"nothing left to train: the checkpoint is at epoch {trainer.current_epoch} of max_epochs={max_epochs}; "
+        result.note = (f"nothing left to train: the checkpoint is at epoch {state['epoch']} of max_epochs={training['max_epochs']}; "
                        "raise max_epochs to continue, or pass resume=False to start over. No version registered.")
     if run is None: return result  # not rank 0: rank 0 registers and records
     if status == 'finished' and register and trained and metrics:

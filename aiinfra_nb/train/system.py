@@ -47,17 +47,22 @@ def training_step(self: TabularSystem, batch, batch_idx: int) -> torch.Tensor:
     x_num, x_cat, y = batch
     loss = self._loss(self(x_num, x_cat), y)
     if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
+        raise NonFiniteLossError(f"training loss is {loss.item()} at batch {batch_idx}: "
                                  f"lower the learning rate (lr={self.hparams.lr}) or check the inputs for extreme values")
     d = loss.detach()
     self._train_sum, self._train_n = (d, 1) if self._train_sum is None else (self._train_sum + d, self._train_n + 1)
     return loss
 
 @patch
-def on_train_epoch_end(self: TabularSystem):
-    if self._train_n:
-        self.log('train_loss', self._train_sum / self._train_n, sync_dist=True)
+def epoch_loss(self: TabularSystem) -> torch.Tensor | None:
+    "The mean training loss of the epoch so far (None before a step), and a fresh sum for the next epoch"
+    mean = self._train_sum / self._train_n if self._train_n else None
     self._train_sum = self._train_n = None
+    return mean
+
+@patch
+def on_train_epoch_end(self: TabularSystem):
+    if (mean := self.epoch_loss()) is not None: self.log('train_loss', mean, sync_dist=True)
 
 @patch
 def validation_step(self: TabularSystem, batch, batch_idx: int):
@@ -65,15 +70,20 @@ def validation_step(self: TabularSystem, batch, batch_idx: int):
     self._val_out.append(self(x_num, x_cat).detach()); self._val_y.append(y)
 
 @patch
-def on_validation_epoch_end(self: TabularSystem):
-    if not self._val_out: return
-    out, y = torch.cat(self._val_out), torch.cat(self._val_y)
-    self._val_out, self._val_y = [], []
+def val_metrics(self: TabularSystem, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    "The validation metrics of outputs `out` for targets `y`: loss, and accuracy and AUC where the task has them"
     metrics = {'val_loss': self._loss(out, y)}
     if self.task == 'binary':
         metrics |= {'val_acc': ((out > 0).float() == y).float().mean(), 'val_auc': binary_auroc(torch.sigmoid(out), y.long())}
     elif self.task == 'multiclass': metrics['val_acc'] = (out.argmax(1) == y.long()).float().mean()
-    self.log_dict(metrics, sync_dist=True)
+    return metrics
+
+@patch
+def on_validation_epoch_end(self: TabularSystem):
+    if not self._val_out: return
+    out, y = torch.cat(self._val_out), torch.cat(self._val_y)
+    self._val_out, self._val_y = [], []
+    self.log_dict(self.val_metrics(out, y), sync_dist=True)
 
 @patch
 def configure_optimizers(self: TabularSystem):
