@@ -45,6 +45,18 @@ def browser_page(url: str, width: int = 1400, height: int = 900):
         finally: browser.close()
 
 
+def run_all_cells(page, tries: int = 4):
+    "Run > Run All Cells until a cell is seen running (a click while JupyterLab still connects the kernel is lost)"
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    started = page.locator('.jp-InputPrompt:has-text("[*]"), .jp-InputPrompt:has-text("[1]")').first
+    for attempt in range(tries):
+        page.get_by_text('Run', exact=True).first.click()
+        page.get_by_text('Run All Cells', exact=True).first.click()
+        try: return started.wait_for(state='attached', timeout=45_000)
+        except PlaywrightTimeout:
+            if attempt == tries - 1: raise
+
+
 def check_tabs(page, where: str, expect: dict):
     "Click every tab of the panel, assert on what it shows, keep a screenshot"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -98,8 +110,7 @@ def test_control_panel_tutorial_runs_in_jupyterlab(tmp_path):
         wait_http(f'http://127.0.0.1:{port}/api/status?token={token}', proc)
         with browser_page(f'http://127.0.0.1:{port}/lab/tree/nbs/tutorials/control_panel.ipynb?token={token}', 1500, 1000) as page:
             page.locator('.jp-Notebook').first.wait_for(timeout=120_000)
-            page.get_by_text('Run', exact=True).first.click()
-            page.get_by_text('Run All Cells', exact=True).first.click()
+            run_all_cells(page)
             try:
                 page.get_by_role('tab', name='Machines & cost').first.wait_for(timeout=300_000)
                 check_tabs(page, 'jupyterlab', EXPECT)
