@@ -12,7 +12,7 @@ from sqlglot import exp
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError
 from .io import Catalog
-from ..ops.store import get_engine, metadata, reading
+from ..ops.store import epoch_timestamp, get_engine, metadata, reading
 
 # %% auto #0
 __all__ = ['STORE_TABLES', 'TIMEOUT_S', 'SQLError', 'check_query', 'table_name', 'tables', 'store_query', 'where_it_runs', 'sql']
@@ -76,25 +76,23 @@ def _polars_type(column: sa.Column):
     if isinstance(column.type, sa.Integer): return pl.Int64
     return pl.String
 
+def _time_columns(table: sa.Table) -> list[str]:
+    "The columns of a store table that hold times (epoch seconds)"
+    return [c.name for c in table.columns if isinstance(c.type, sa.Float) and (c.name.endswith('_at') or c.name in ('time', 'idle_since'))]
+
 def _store_frame(table: str, engine: Engine) -> pl.LazyFrame:
     "A store table as a frame, epoch-second times as UTC datetimes"
     t = metadata.tables[table]
     cols = [sa.cast(c, sa.Text).label(c.name) if isinstance(c.type, sa.JSON) else c for c in t.columns]
     with reading(engine) as conn: df = pl.read_database(sa.select(*cols), connection=conn, schema_overrides={c.name: _polars_type(c) for c in t.columns})
-    times = [c for c in df.columns if (c.endswith('_at') or c in ('time', 'idle_since')) and df.schema[c] == pl.Float64]
-    return df.lazy().with_columns([(pl.col(c) * 1e6).cast(pl.Int64).cast(pl.Datetime('us', 'UTC')) for c in times])
+    return df.lazy().with_columns([(pl.col(c) * 1e6).cast(pl.Int64).cast(pl.Datetime('us', 'UTC')) for c in _time_columns(t)])
 
 # %% ../../nbs/api/14_data.sql.ipynb #098a2be8
 TIMEOUT_S = 60  # the longest a store query may run
 
-def _time_columns(table: sa.Table) -> list[str]:
-    return [c.name for c in table.columns if isinstance(c.type, sa.Float) and (c.name.endswith('_at') or c.name in ('time', 'idle_since'))]
-
 def _with_timestamps(table: str, dialect) -> str:
     "SELECT of a store table with its epoch-second times as UTC timestamps, in the store's SQL"
-    t = metadata.tables[table]
-    ts = ((lambda c: sa.func.to_timestamp(c)) if dialect.name == 'postgresql' else
-          (lambda c: sa.func.strftime('%Y-%m-%d %H:%M:%f', c, 'unixepoch')))
+    t, ts = metadata.tables[table], epoch_timestamp(dialect, milliseconds=True)
     cols = [ts(c).label(c.name) if c.name in _time_columns(t) else c for c in t.columns]
     return str(sa.select(*cols).compile(dialect=dialect, compile_kwargs={'literal_binds': True}))
 
@@ -147,13 +145,17 @@ def _run_in_store(text: str, engine: Engine, timeout_s: float = TIMEOUT_S) -> pl
     return df.with_columns(fix) if fix else df
 
 # %% ../../nbs/api/14_data.sql.ipynb #f1046a32
+def _route(query: str, cat: Catalog, engine: Engine | None) -> tuple[dict, dict, str | None]:
+    "(the tables a query may name, the ones it reads by its own spelling, its SQL for the store when the store can answer it alone)"
+    known = tables(cat)
+    by_lower = {k.lower(): k for k in known}
+    used = {spelled: by_lower[spelled.lower()] for spelled in check_query(query, list(known))}
+    alone = used and all(known[n] == 'store' for n in used.values())
+    return known, used, store_query(query, used, (engine or get_engine()).dialect) if alone else None
+
 def where_it_runs(query: str, catalog: Catalog | str | None = None, engine: Engine | None = None) -> str:
     "'store' when `query` reads only store tables and the store can take it, else 'polars'"
-    cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
-    known = tables(cat)
-    used = {spelled: {k.lower(): k for k in known}[spelled.lower()] for spelled in check_query(query, list(known))}
-    if not used or any(known[n] != 'store' for n in used.values()): return 'polars'
-    return 'store' if store_query(query, used, (engine or get_engine()).dialect) is not None else 'polars'
+    return 'store' if _route(query, catalog if isinstance(catalog, Catalog) else Catalog(catalog), engine)[2] is not None else 'polars'
 
 def sql(query: str,  # one SELECT / WITH statement
         catalog: Catalog | str | None = None,  # default: the project's catalog
@@ -162,17 +164,14 @@ def sql(query: str,  # one SELECT / WITH statement
        ) -> pl.DataFrame:
     "Run a read-only SQL query over the catalog's datasets and the store's tables"
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
-    known = tables(cat)
-    by_lower = {k.lower(): k for k in known}
-    used = {spelled: by_lower[spelled.lower()] for spelled in check_query(query, list(known))}  # the query's own spelling -> table
-    if used and all(known[n] == 'store' for n in used.values()):
+    known, used, text = _route(query, cat, engine)
+    if text is not None:
         engine = engine or get_engine()
-        if (text := store_query(query, used, engine.dialect)) is not None:
-            try: return _run_in_store(text, engine, timeout_s)
-            except engine.dialect.loaded_dbapi.Error as e:  # the driver's own error: SQLite or psycopg
-                if 'timeout' in str(e).lower() or 'interrupt' in str(e).lower():
-                    raise SQLError(f"query stopped after {timeout_s:g} s: narrow it with WHERE or LIMIT") from None
-            except pl.exceptions.PolarsError: pass  # a column polars cannot type: the polars path below reads it as it can
+        try: return _run_in_store(text, engine, timeout_s)
+        except engine.dialect.loaded_dbapi.Error as e:  # the driver's own error: SQLite or psycopg
+            if 'timeout' in str(e).lower() or 'interrupt' in str(e).lower():
+                raise SQLError(f"query stopped after {timeout_s:g} s: narrow it with WHERE or LIMIT") from None
+        except pl.exceptions.PolarsError: pass  # a column polars cannot type: the polars path below reads it as it can
     ctx = pl.SQLContext()
     for spelled, name in used.items():
         what = known[name]

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from ..core import load_settings
 from .machines import today_start
-from .record import check_limit
-from .store import audit, machine_sessions, machines, metrics, project_scans, projects, query, runs, services
+from .record import Run, check_limit, list_events, list_runs
+from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, services
 
 # %% auto #0
 __all__ = ['SCAN_FIELDS', 'PROJECT_SORTS', 'month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers',
@@ -117,7 +117,6 @@ def run_curves(run_id: str, engine: Engine | None = None) -> dict[str, list[tupl
 # %% ../../nbs/api/06_ops.overview.ipynb #e2fbc305
 def run_detail(run_id: str, engine: Engine | None = None) -> dict:
     "One run now: its summary and its metric curves"
-    from aiinfra_nb.ops.record import Run
     return dict(Run.attach(run_id, engine).summary(), curves=run_curves(run_id, engine))
 
 # %% ../../nbs/api/06_ops.overview.ipynb #1e2e88b0
@@ -127,7 +126,6 @@ def project_summary(now: float | None = None, engine: Engine | None = None) -> l
     "One row per project: last run, failed runs this week, production models, machine cost this month, and its last scan"
     now, off = now or time.time(), load_settings().machines.off_after_s
     r, s = runs.c, machine_sessions.c
-    from aiinfra_nb.ops.store import models
     last = (sa.select(r.project, sa.func.max(r.started_at).label('last_run_at'),
                       sa.func.sum(sa.case(((r.status == 'failed') & (r.started_at >= now - 7 * 86400), 1), else_=0)).label('failed_week'))
             .group_by(r.project).subquery())
@@ -207,8 +205,6 @@ def recent_requests(limit: int = 20, project: str | None = None, engine: Engine 
 # %% ../../nbs/api/06_ops.overview.ipynb #2cec771b
 def project_detail(name: str, now: float | None = None, engine: Engine | None = None) -> dict:
     "One project: its summary row, stages, latest runs, models and services"
-    from aiinfra_nb.ops.record import list_runs
-    from aiinfra_nb.ops.store import models
     row = next((r for r in project_summary(now, engine) if r['project'] == name), None)
     if row is None: raise ValueError(f"no project {name!r} in the store or the last scan")
     m = models.c
@@ -232,7 +228,6 @@ def panel(now: float | None = None, run_id: str | None = None,  # the run whose 
           sort: str = 'project',  # the order of the Projects tab: a key of `PROJECT_SORTS`
           engine: Engine | None = None) -> dict:
     "The data of every tab of the control panel"
-    from aiinfra_nb.ops.record import list_events, list_runs
     now = now or time.time()
     return dict(at=now, overview=overview(now, engine), projects=sort_projects(project_summary(now, engine), sort),
                 detail=project_detail(project, now, engine) if project else None,

@@ -16,8 +16,9 @@ from ..core import AiinfraError, Rows, load_settings, mask_secrets
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
            'services', 'api_keys', 'audit', 'project_scans', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS',
-           'STORE_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'ensure_schema', 'get_engine',
-           'writing', 'reading', 'query', 'insert_ignore', 'store_summary', 'store_reference']
+           'STORE_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'epoch_timestamp',
+           'ensure_schema', 'get_engine', 'writing', 'reading', 'query', 'insert_ignore', 'store_summary',
+           'store_reference']
 
 # %% ../../nbs/api/01_ops.store.ipynb #7b09f694
 metadata = sa.MetaData()
@@ -177,11 +178,14 @@ def _bi_views(ts: Callable) -> dict[str, sa.Select]:
                               a.model_version, a.status_code, a.latency_ms, a.rows, a.error),
     }
 
+def epoch_timestamp(dialect, milliseconds: bool = False) -> Callable:
+    "column -> the backend's UTC timestamp of its epoch seconds (SQLite has none: text, to the second or the millisecond)"
+    if dialect.name == 'postgresql': return lambda c: sa.func.to_timestamp(c)
+    return lambda c: sa.func.strftime('%Y-%m-%d %H:%M:%f' if milliseconds else '%Y-%m-%d %H:%M:%S', c, 'unixepoch')
+
 def _create_views(conn: Connection):
     "(Re)create the `bi_*` views in this store, compiled for its backend"
-    pg = conn.dialect.name == 'postgresql'
-    ts = (lambda c: sa.func.to_timestamp(c)) if pg else (lambda c: sa.func.datetime(c, 'unixepoch'))
-    for name, q in _bi_views(ts).items():
+    for name, q in _bi_views(epoch_timestamp(conn.dialect)).items():
         conn.exec_driver_sql(f'DROP VIEW IF EXISTS {name}')
         conn.exec_driver_sql(f"CREATE VIEW {name} AS {q.compile(dialect=conn.dialect, compile_kwargs={'literal_binds': True})}")
 

@@ -20,6 +20,11 @@ __all__ = ['TABS', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 's
 # %% ../../nbs/api/41_ui.dashboard.ipynb #4ba36174
 TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
 
+def _store_problem(e: Exception) -> str:
+    "What went wrong with the store, as one line of HTML for a panel's status"
+    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return f'<span class="aiinfra-bad">store: {html.escape(msg)}</span>'
+
 # %% ../../nbs/api/41_ui.dashboard.ipynb #19f3bbe2
 def cost_chart(cost_by_day: list[dict]):
     "Stacked bars: machine cost per project per day"
@@ -134,8 +139,7 @@ def refresh(self: Dashboard, data: dict | None = None):
     "Ask the store again (or show `data`) and redraw every tab"
     try: d = data or self._query()
     except Exception as e:  # the store is down or unreadable: say so in the panel, keep the last data on screen
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        self.status.value = f'<span class="aiinfra-bad">store: {html.escape(msg)}</span> (showing the last data)'
+        self.status.value = f'{_store_problem(e)} (showing the last data)'
         return
     self.data = d
     self.status.value = f"refreshed {html.escape(cell_text('time', d['at']))}"
@@ -214,7 +218,7 @@ def refresh(self: RunWatch) -> bool:
             self.run_id = new[0]['id']
         d = run_detail(self.run_id, self.engine)
     except Exception as e:  # the store is away for a moment: say so, keep watching
-        self.header.value = f'<span class="aiinfra-bad">store: {html.escape(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)}</span>'
+        self.header.value = _store_problem(e)
         return True
     self.data, self.header.value = d, _watch_header(d)
     self.chart.outputs = ()
