@@ -54,12 +54,10 @@ def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()
         refuse(f"the stop command failed (exit {done.returncode}): {said[-1][:300] if said else command}", 502)
-    now, cost = time.time(), 0.0
+    now = time.time()
+    costs = {row['id']: session_cost(row['started_at'], now, row['price_per_hour']) for row in open_}
     with writing(engine) as c:
-        for row in open_:
-            cost += session_cost(row['started_at'], now, row['price_per_hour'])
-            c.execute(machine_sessions.update().where(s.id == row['id']).values(
-                ended_at=now, cost=session_cost(row['started_at'], now, row['price_per_hour'])))
+        for sid, cost in costs.items(): c.execute(machine_sessions.update().where(s.id == sid).values(ended_at=now, cost=cost))
         c.execute(audit.insert().values(**_audit_row(key, name, 200, None, ms())))
     log_event(f"machine {name} stopped by key {key.name} ({len(open_)} session(s) ended)", logger='aiinfra.admin', level='WARNING', engine=engine)
-    return dict(machine=name, sessions_ended=len(open_), cost=round(cost, 6), by=key.name, output=done.stdout.strip()[-2000:])
+    return dict(machine=name, sessions_ended=len(open_), cost=round(sum(costs.values()), 6), by=key.name, output=done.stdout.strip()[-2000:])
