@@ -17,10 +17,12 @@ from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
-__all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'show', 'status', 'runs',
-           'machines', 'machines_stop', 'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote',
-           'serve_', 'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_',
-           'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check', 'main']
+__all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'image_app', 'registry_app',
+           'show', 'status', 'runs', 'machines', 'machines_stop', 'logs', 'sql_', 'datasets', 'models_list',
+           'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_',
+           'dashboard', 'demo_fleet_', 'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check',
+           'stages_sync', 'stages_check', 'image_build', 'image_push', 'images_', 'registry_start', 'registry_stop',
+           'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -310,6 +312,58 @@ def stages_check(root: Path = typer.Option(Path('.'), help="the project's root")
     for p in problems: print(f"- {p}", file=sys.stderr)
     if problems: raise typer.Exit(1)
     print('dvc.yaml matches the pipeline notebooks')
+
+# %% ../nbs/api/50_cli.ipynb #6aa62f26
+image_app = typer.Typer(help="A project's model service as a layered OCI image: build, push.", no_args_is_help=True)
+app.add_typer(image_app, name='image')
+registry_app = typer.Typer(help="A local image registry on 127.0.0.1: start, stop.", no_args_is_help=True)
+app.add_typer(registry_app, name='registry')
+
+@image_app.command('build')
+def image_build(project: Path = typer.Option(Path('.'), help="the project's folder"),
+                tag: str = typer.Option(None, help='default: <model>-v<version>-<commit>'),
+                as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Build the image of a project's service (the serve app and its production models), reusing unchanged layers"
+    from aiinfra_nb.images import build_image
+    b = build_image(project, tag)
+    if as_json: return print(json.dumps(b, default=str))
+    print(f"built {b['image']} ({b['image_id'][:19]}, {b['mb']:,.1f} MB) in {b['seconds']:.1f} s, serving {', '.join(b['models'])}")
+    show([{**l, 'state': 'reused' if l['reused'] else 'built'} for l in b['layers']], ['layer', 'state', 'mb', 'digest'])
+
+@image_app.command('push')
+def image_push(image: str = typer.Argument(None, help="a local image (default: this project's newest build)"),
+               registry: str = typer.Option(None, help='host:port (default: [images] registry)'),
+               as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Push an image to the registry (its tag appears only once every layer is in)"
+    from aiinfra_nb.images import push_image
+    p = push_image(image, registry)
+    if as_json: return print(json.dumps(p, default=str))
+    print(f"pushed {p['destination']} ({p['digest'][:19]}) in {p['seconds']:.1f} s")
+
+@app.command('images')
+def images_(project: str = typer.Option(None, help='one project (default: all)'),
+            catalog: bool = typer.Option(False, '--catalog', help="what the registry holds instead of what was built"),
+            registry: str = typer.Option(None, help='host:port (default: [images] registry)'),
+            as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "The images built (newest first) and where each was pushed; --catalog: the registry's repositories and tags"
+    from aiinfra_nb.images import list_images, registry_catalog
+    rows = registry_catalog(registry) if catalog else list_images(project)
+    show(rows, rows.columns, as_json=as_json)
+
+@registry_app.command('start')
+def registry_start(port: int = typer.Option(5000, min=1, max=65535, help='on 127.0.0.1'),
+                   dir: Path = typer.Option(None, help='where it keeps images (default: AIINFRA_HOME/images/registry/data)')):
+    "Run the reference image registry (docker-registry) on 127.0.0.1 in the background"
+    from aiinfra_nb.images import start_registry
+    r = start_registry(port, dir)
+    print(f"registry on {r['address']} (pid {r['pid']}), images in {r['folder']}; [images] registry = {r['address']} pushes there")
+
+@registry_app.command('stop')
+def registry_stop():
+    "Stop the registry `aiinfra registry start` started"
+    from aiinfra_nb.images import stop_registry
+    r = stop_registry()
+    print(f"stopped the registry on {r['address']}" if r else 'no registry was started here')
 
 # %% ../nbs/api/50_cli.ipynb #19f1f1b7
 def main():

@@ -111,6 +111,21 @@ audit_payload = hash
 audit_payload_max = 4096
 # how long a looked-up API key is trusted before it is looked up again (revocation reaches every worker within this)
 key_cache_s = 1.0
+# a pinned registry folder (models + registry.db, as an image carries) served instead of the project's registry; empty: the project's
+registry =
+
+[images]
+# where `aiinfra image push` sends images (host:port): plain HTTP on 127.0.0.1 (`aiinfra registry start` runs one there),
+# TLS anywhere else, e.g. a company's registry near its cloud
+registry = 127.0.0.1:5000
+# the base layer: a Debian suite and mirror debootstrap builds it from, once per machine (its python3 must be the toolkit's Python)
+base_suite = bookworm
+base_mirror = http://deb.debian.org/debian
+# buildah's storage driver (empty: the containers default, overlay; vfs where overlay cannot mount) and isolation of RUN steps
+storage_driver =
+isolation = chroot
+# the longest a push may take (seconds)
+push_timeout_s = 600
 
 [portfolio]
 # folder holding the company's project repositories; empty: not configured
@@ -144,7 +159,9 @@ SETTINGS_SCHEMA = {
     'prices': '*float 0..',  # open section: any key, each a price
     'service': {'host': 'str', 'port': 'int 1..65535', 'workers': 'int 1..256', 'name': 'str', 'reload_s': 'float 0.1..3600',
                 'rate_limit': 'str', 'limits_url': 'str', 'max_body_bytes': 'int 1..', 'max_rows': 'int 1..',
-                'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60'},
+                'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60', 'registry': 'path'},
+    'images': {'registry': 'str', 'base_suite': 'str', 'base_mirror': 'str', 'storage_driver': 'str', 'isolation': 'str',
+               'push_timeout_s': 'float 1..86400'},
     'portfolio': {'root': 'path'},
     'scaffold': {'template': 'str'},
     'data': {'dir': 'folder'},

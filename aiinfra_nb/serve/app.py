@@ -210,13 +210,13 @@ def v2_metadata(served: Served, versions: list[int]) -> dict:
                          'shape': [-1] if task != 'multiclass' else [-1, served.meta['architecture']['config'].get('n_classes', 2)]}]}
 
 # %% ../../nbs/api/32_serve.app.ipynb #b5c2e5a3
-def create_app(registry: Registry | None = None,  # default: the project's registry
+def create_app(registry: Registry | None = None,  # default: `[service] registry` when set (an image's pinned models), else the project's
                name: str | None = None,  # the service's name in the store; default `[service] name` or the project's
               ) -> FastAPI:
     "The model service: V2 and V1 protocols, keys, roles, limits, audit, hot swap"
     s = load_settings()
     name = name or s.service.name or s.project.name
-    models = LiveModels(registry or Registry())
+    models = LiveModels(registry or (Registry.scratch(s.service.registry) if s.service.registry else Registry()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
