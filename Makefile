@@ -36,6 +36,7 @@ install: $(VENV)/.installed
 services:
 	@bash .ci/services.sh
 	@bash .ci/browser.sh
+	@bash .ci/containers.sh
 
 sync-check: install
 	bash .ci/check_sync.sh
@@ -44,7 +45,7 @@ sync-check: install
 	aiinfra stages check
 	python .ci/render_reference.py --check
 
-test-nbs: install
+test-nbs: install services
 	AIINFRA_HOME=$$(mktemp -d) nbdev-test nbs/api
 	AIINFRA_HOME=$$(mktemp -d) pytest -q --nbval-lax --nbval-current-env nbs/tutorials
 

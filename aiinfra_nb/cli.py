@@ -322,10 +322,11 @@ app.add_typer(registry_app, name='registry')
 @image_app.command('build')
 def image_build(project: Path = typer.Option(Path('.'), help="the project's folder"),
                 tag: str = typer.Option(None, help='default: <model>-v<version>-<commit>'),
+                no_cache: bool = typer.Option(False, '--no-cache', help='rebuild every layer but the base'),
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Build the image of a project's service (the serve app and its production models), reusing unchanged layers"
     from aiinfra_nb.images import build_image
-    b = build_image(project, tag)
+    b = build_image(project, tag, cache=not no_cache)
     if as_json: return print(json.dumps(b, default=str))
     print(f"built {b['image']} ({b['image_id'][:19]}, {b['mb']:,.1f} MB) in {b['seconds']:.1f} s, serving {', '.join(b['models'])}")
     show([{**l, 'state': 'reused' if l['reused'] else 'built'} for l in b['layers']], ['layer', 'state', 'mb', 'digest'])

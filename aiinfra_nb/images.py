@@ -317,9 +317,9 @@ def layer_steps(text: str) -> dict[str, int]:
     starts = {'lock': 'COPY requirements.lock', 'dependencies': 'RUN ', 'code': 'COPY code/', 'model': 'COPY --chown'}
     return {name: next(i for i, l in enumerate(steps, 1) if l.startswith(start)) for name, start in starts.items()}
 
-def _buildah_build(ctx: Path, ref: str, labels: dict) -> dict[int, bool]:
+def _buildah_build(ctx: Path, ref: str, labels: dict, cache: bool = True) -> dict[int, bool]:
     "Run the build with a progress bar; {step number: taken from the cache}"
-    cmd = ['buildah', 'build', '--layers', '--format', 'docker', '-f', str(ctx/'Containerfile'), '-t', ref,
+    cmd = ['buildah', 'build', '--layers', *([] if cache else ['--no-cache']), '--format', 'docker', '-f', str(ctx/'Containerfile'), '-t', ref,
            *[a for k, v in labels.items() for a in ('--label', f'{k}={v}')], str(ctx)]
     cached, step, log = {}, 0, ctx/'build.log'
     with open(log, 'w') as out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tool_env()) as p, \
@@ -349,26 +349,28 @@ def _layers(ref: str, base: str, cached: dict[int, bool], base_built: bool) -> l
 # %% ../nbs/api/47_images.ipynb #68a29d6a
 def build_image(project: str | Path = '.',  # the project's folder
                 tag: str | None = None,  # default: <model>-v<version>-<commit>
-               ) -> dict:  # the build: image, id, layers (name, digest, mb, reused), seconds, run id
+                cache: bool = True,  # False: rebuild every layer but the base
+               ) -> dict:  # the build: image, id, layers (name, digest, mb, reused), seconds (and per phase), run id
     "Build the OCI image of a project's service, reusing every layer whose input did not change"
     service = project_service(project)
     ref = f"localhost/{service.repository}:{check_tag(tag) if tag else service.default_tag()}"
     with contextlib.chdir(service.root):
-        started = time.monotonic()
         base, base_built = ensure_base()
         python = inspect_image(base)['Docker']['config']['Labels']['io.aiinfra.python']
-        run = Run.start('image-build', name=ref, params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base},
+        run = Run.start('image-build', name=ref, params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache},
                         data_version=image_labels(service)[f'{LABEL}.data.version'] or None)
         with recording(run):
-            ctx = build_context(service, base, python)
-            cached = _buildah_build(ctx, ref, image_labels(service))
+            t = [time.monotonic()]
+            ctx = build_context(service, base, python); t.append(time.monotonic())
+            cached = _buildah_build(ctx, ref, image_labels(service), cache); t.append(time.monotonic())
             layers = _layers(ref, base, cached, base_built)
-            image_id = 'sha256:' + inspect_image(ref)['FromImageID']
+            image_id = 'sha256:' + inspect_image(ref)['FromImageID']; t.append(time.monotonic())
+            phases = dict(zip(('context_s', 'buildah_s', 'inspect_s'), (round(b - a, 2) for a, b in zip(t, t[1:]))))
             build = dict(image=ref, image_id=image_id, project=service.project, models=[f"{m['name']}:{m['version']}" for m in service.models],
-                         layers=layers, mb=round(sum(l['mb'] for l in layers), 1), seconds=round(time.monotonic() - started, 2), run_id=run.id)
+                         layers=layers, mb=round(sum(l['mb'] for l in layers), 1), seconds=round(t[-1] - t[0], 2), phases=phases, run_id=run.id)
             run.log_metrics({'image_mb': build['mb'], 'layers_reused': sum(l['reused'] for l in layers),
-                             'layers_built': sum(not l['reused'] for l in layers), 'build_s': build['seconds']})
-            run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'models', 'layers', 'mb')})
+                             'layers_built': sum(not l['reused'] for l in layers), 'build_s': build['seconds'], **phases})
+            run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'models', 'layers', 'mb', 'phases')})
     return build
 
 # %% ../nbs/api/47_images.ipynb #0f2ba51d
@@ -421,6 +423,7 @@ def start_registry(port: int = 5000,  # where it listens, on 127.0.0.1
         if _alive(known['pid']): return known
     if not shutil.which('docker-registry'): raise ImageError(f"docker-registry is not installed here: {INSTALL_HINT}")
     home, address = state.parent, f"127.0.0.1:{port}"
+    home.mkdir(parents=True, exist_ok=True)
     folder = Path(folder or home/'data').resolve()
     folder.mkdir(parents=True, exist_ok=True)
     (config := home/'config.yml').write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {folder}\n"
