@@ -2,7 +2,9 @@
 
 A project is made with `aiinfra new` (the Palmer penguins, multiclass) and trained with `dvc repro`. Then, on one machine
 in one run:
-- cold: `build_image(cache=False)`: every layer but the base (built once per machine, not counted) made anew;
+- cold: `build_image(cache=False)`: every layer but the base (built once per machine, not counted) made anew; then one
+  build with nothing changed, not timed (buildah may take the dependencies from an older cached chain, where this
+  project's code layer is not yet);
 - model rebuild: a new version promoted, then `build_image`: the model layer only (median of --rounds promotions);
 - code rebuild: the project's code changed (its settings.ini), then `build_image`: the code and model layers;
 - naive: the same content (the same context: lock, wheels, code, models, configuration) as one `RUN` layer, built without
@@ -51,6 +53,7 @@ def main():
         sh([sys.executable, '-c', code], proj, env)
 
     cold = build(cache=False)
+    build()  # settles the cache: buildah may match the dependencies to an older cached chain, whose child has no code layer of this project yet
     model = []
     for _ in range(args.rounds):
         promote(); b = build()
