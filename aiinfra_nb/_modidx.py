@@ -219,6 +219,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'aiinfra_nb.images.base_ref': ('api/images.html#base_ref', 'aiinfra_nb/images.py'),
                                    'aiinfra_nb.images.build_context': ('api/images.html#build_context', 'aiinfra_nb/images.py'),
                                    'aiinfra_nb.images.build_image': ('api/images.html#build_image', 'aiinfra_nb/images.py'),
+                                   'aiinfra_nb.images.canonical_sqlite': ('api/images.html#canonical_sqlite', 'aiinfra_nb/images.py'),
                                    'aiinfra_nb.images.check_tag': ('api/images.html#check_tag', 'aiinfra_nb/images.py'),
                                    'aiinfra_nb.images.containerfile': ('api/images.html#containerfile', 'aiinfra_nb/images.py'),
                                    'aiinfra_nb.images.ensure_base': ('api/images.html#ensure_base', 'aiinfra_nb/images.py'),

@@ -21,9 +21,9 @@ from .train.registry import Registry
 __all__ = ['INSTALL_HINT', 'APP_UID', 'SERVING', 'NOT_SERVING', 'TAG', 'ENTRY_SCRIPT', 'LAYERS', 'HEALTH', 'LABEL', 'LOOPBACK',
            'ImageError', 'tool_env', 'tool', 'image_exists', 'inspect_image', 'images_home', 'base_ref', 'ensure_base',
            'serving_lock', 'Service', 'check_tag', 'project_service', 'model_distributions', 'write_code',
-           'write_models', 'containerfile', 'build_context', 'image_labels', 'layer_steps', 'build_image',
-           'registry_url', 'registry_catalog', 'start_registry', 'stop_registry', 'last_build', 'push_image',
-           'list_images', 'run_image']
+           'write_models', 'canonical_sqlite', 'containerfile', 'build_context', 'image_labels', 'layer_steps',
+           'build_image', 'registry_url', 'registry_catalog', 'start_registry', 'stop_registry', 'last_build',
+           'push_image', 'list_images', 'run_image']
 
 # %% ../nbs/api/47_images.ipynb #f487585b
 class ImageError(AiinfraError):
@@ -234,7 +234,19 @@ def write_models(service: Service, models_dir: Path):
             with engine.begin() as conn: pinned._adopt(conn, m['name'])
             pinned.promote(m['name'], m['version'])
     finally: engine.dispose()
-    with contextlib.closing(sqlite3.connect(models_dir/'registry.db')) as db: db.execute('PRAGMA journal_mode=DELETE')  # one file
+    canonical_sqlite(models_dir/'registry.db')
+
+def canonical_sqlite(path: Path):
+    "Rewrite a SQLite file so that the same schema and rows give the same bytes, in one file (no write-ahead log)"
+    with contextlib.closing(sqlite3.connect(path)) as db: statements = list(db.iterdump())
+    tables = sorted(x for x in statements if x.startswith('CREATE TABLE'))
+    rows = [x for x in statements if x.startswith('INSERT INTO')]  # table by table, in name and row order
+    others = sorted(x for x in statements if x.startswith(('CREATE INDEX', 'CREATE UNIQUE INDEX', 'CREATE VIEW', 'CREATE TRIGGER')))
+    tmp = path.with_name(path.name + '.canonical')
+    tmp.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(tmp)) as db: db.executescript('\n'.join(['BEGIN;', *tables, *rows, *others, 'COMMIT;']))
+    for extra in ('-wal', '-shm'): path.with_name(path.name + extra).unlink(missing_ok=True)
+    os.replace(tmp, path)
 
 # %% ../nbs/api/47_images.ipynb #e8470814
 LAYERS = ('lock', 'dependencies', 'code', 'model')  # the layers a project's image adds to the base, in order
@@ -472,6 +484,7 @@ def push_image(image: str | None = None,  # a local image; default: this project
     "Push an image to the registry; its tag appears there only once every layer is in"
     s = load_settings().images
     registry, image = registry or s.registry, image or last_build()['image']
+    if ':' not in image.rsplit('/', 1)[-1]: raise ImageError(f"image {image!r}: name it with its tag, e.g. localhost/aiinfra/<project>:<tag> (`aiinfra images` lists them)")
     if not image_exists(image): raise ImageError(f"no image {image} here: `aiinfra image build` makes one (`aiinfra images` lists them)")
     _get(registry, '/v2/')  # reachable, before anything is sent
     repo, tag = image.removeprefix('localhost/').rsplit(':', 1)

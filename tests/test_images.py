@@ -68,6 +68,9 @@ def test_build_push_run_and_rebuild_only_what_changed(project, pg_url, tmp_path)
     assert image.startswith(f'localhost/aiinfra/{NAME}:{NAME}-v1-') and first['models'] == [f'{NAME}:1']
     assert [l['layer'] for l in first['layers']][-4:] == ['lock', 'dependencies', 'code', 'model']
 
+    again = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--json'], project).stdout)
+    assert all(l['reused'] for l in again['layers']), again['layers']  # nothing changed: every layer reused
+
     config = inspect_image(image)['Docker']['config']
     rev = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=project, capture_output=True, text=True).stdout.strip()
     labels = config['Labels']
@@ -112,16 +115,16 @@ def test_build_push_run_and_rebuild_only_what_changed(project, pg_url, tmp_path)
     settings.write_text(settings.read_text() + "\n[service]\nmax_rows = 5000\n")
     third = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--json'], project).stdout)
     recorded = builds(engine)
-    assert [b['status'] for b in recorded] == ['finished'] * 3
-    assert {k for k, v in recorded[1]['reused'].items() if not v} == {'model'}, recorded[1]['reused']
-    assert {k for k, v in recorded[2]['reused'].items() if not v} == {'code', 'model'}, recorded[2]['reused']
+    assert [b['status'] for b in recorded] == ['finished'] * 4
+    assert {k for k, v in recorded[2]['reused'].items() if not v} == {'model'}, recorded[2]['reused']
+    assert {k for k, v in recorded[3]['reused'].items() if not v} == {'code', 'model'}, recorded[3]['reused']
     assert [l['digest'] for l in third['layers'][:-2]] == [l['digest'] for l in first['layers'][:-2]]
 
     # bad input: no production model, one line, nothing built
     in_project([sys.executable, '-c', f"from aiinfra_nb.train.registry import Registry; Registry().promote({NAME!r}, 2, 'archived')"], project)
     r = in_project([BIN/'aiinfra', 'image', 'build'], project, check=False)
     assert r.returncode == 1 and r.stderr.strip().startswith(f"aiinfra: error: project {NAME!r} has no production model") and 'Traceback' not in r.stderr
-    assert len(builds(engine)) == 3
+    assert len(builds(engine)) == 4
 
 
 def test_bad_input_is_one_clear_error(tmp_path, sqlite_url, monkeypatch):
