@@ -196,7 +196,7 @@ async def _load(base: str, keys: dict, n: int, concurrency: int, on_half=None, l
            ('flood', 'GET', '/v2', None)]
     out, queue = [], asyncio.Queue()
     for i in range(n): queue.put_nowait(i)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=httpx.Limits(max_connections=concurrency)) as c:  # correctness, not latency: a slow machine is no failure
         async def worker():
             while not queue.empty():
                 i = queue.get_nowait()
