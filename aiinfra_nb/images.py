@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from tqdm.auto import tqdm
 from .core import AiinfraError, Rows, aiinfra_home, git_revision, load_settings
-from .ops.record import Run, recording
+from .ops.record import start_run
 from .ops.store import create_store_engine, ensure_schema, query, runs
 from .train.registry import Registry
 
@@ -349,12 +349,12 @@ def _buildah_build(ctx: Path, ref: str, labels: dict, cache: bool = True) -> dic
         raise ImageError(f"buildah could not build {ref} at {at[:90]}: {why.strip()[:300]} (log: {log})")
     return cached
 
-def _layers(ref: str, base: str, cached: dict[int, bool], base_built: bool) -> list[dict]:
+def _layers(image: dict, base: str, cached: dict[int, bool], base_built: bool) -> list[dict]:
     "Each layer of the image: its name, digest, size and whether this build reused it"
-    layers, n_base = json.loads(inspect_image(ref)['Manifest'])['layers'], len(json.loads(inspect_image(base)['Manifest'])['layers'])
+    layers, n_base = json.loads(image['Manifest'])['layers'], len(json.loads(inspect_image(base)['Manifest'])['layers'])
     steps = layer_steps(containerfile(base, '3'))
     names = ['base'] * n_base + list(LAYERS)
-    if len(names) != len(layers): raise ImageError(f"{ref} has {len(layers)} layers, {len(names)} expected: is its Containerfile ours?")
+    if len(names) != len(layers): raise ImageError(f"the image has {len(layers)} layers, {len(names)} expected: is its Containerfile ours?")
     return [dict(layer=name, digest=l['digest'], mb=round(l['size']/1e6, 3),
                  reused=not base_built if name == 'base' else cached.get(steps[name], False)) for name, l in zip(names, layers)]
 
@@ -369,14 +369,13 @@ def build_image(project: str | Path = '.',  # the project's folder
     with contextlib.chdir(service.root):
         base, base_built = ensure_base()
         python = inspect_image(base)['Docker']['config']['Labels']['io.aiinfra.python']
-        run = Run.start('image-build', name=ref, params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache},
-                        data_version=image_labels(service)[f'{LABEL}.data.version'] or None)
-        with recording(run):
+        with start_run('image-build', name=ref, params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache},
+                       data_version=image_labels(service)[f'{LABEL}.data.version'] or None) as run:
             t = [time.monotonic()]
             ctx = build_context(service, base, python); t.append(time.monotonic())
             cached = _buildah_build(ctx, ref, image_labels(service), cache); t.append(time.monotonic())
-            layers = _layers(ref, base, cached, base_built)
-            image_id = 'sha256:' + inspect_image(ref)['FromImageID']; t.append(time.monotonic())
+            image = inspect_image(ref)
+            layers, image_id = _layers(image, base, cached, base_built), 'sha256:' + image['FromImageID']; t.append(time.monotonic())
             phases = dict(zip(('context_s', 'buildah_s', 'inspect_s'), (round(b - a, 2) for a, b in zip(t, t[1:]))))
             build = dict(image=ref, image_id=image_id, project=service.project, models=[f"{m['name']}:{m['version']}" for m in service.models],
                          layers=layers, mb=round(sum(l['mb'] for l in layers), 1), seconds=round(t[-1] - t[0], 2), phases=phases, run_id=run.id)
@@ -489,7 +488,7 @@ def push_image(image: str | None = None,  # a local image; default: this project
     _get(registry, '/v2/')  # reachable, before anything is sent
     repo, tag = image.removeprefix('localhost/').rsplit(':', 1)
     dest, image_id = f"{registry}/{repo}:{tag}", 'sha256:' + inspect_image(image)['FromImageID']
-    with recording(Run.start('image-push', name=dest, params={'image': image, 'registry': registry})) as run:
+    with start_run('image-push', name=dest, params={'image': image, 'registry': registry}) as run:
         started, digest_file = time.monotonic(), Path(tempfile.mkstemp(prefix='aiinfra-push.')[1])
         try:
             tls = [] if registry_url(registry).startswith('https') else ['--dest-tls-verify=false']
