@@ -7,11 +7,14 @@ writes them without the architecture: polars in, the same kind of network (numer
 the same batch size and epochs) trained by a hand loop, a file of metrics out; no store, no DVC, no contract, no kernels.
 
 Goal: <= 30 s per project end to end here, and <= 2x the plain scripts. Rounds are interleaved; the median of each side is
-kept. The breakdown of our side (from the store's runs) says where the time goes. The last line is one JSON object.
+kept. The breakdown of our side (from the store's runs) says where the time goes, and two floors measured in the same rounds
+say what part of it is the fixed cost of a stage: an empty notebook run the way a stage runs (`papermill --engine aiinfra`: its
+process, a kernel, the run recorded), against one empty Python process. The last line is one JSON object.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, textwrap, time
 from pathlib import Path
 
+import nbformat
 import sqlalchemy as sa
 
 from aiinfra_nb.data.sources import package_file
@@ -113,6 +116,21 @@ def plain(work: Path, i: int, data: Path, budget: dict) -> float:
     return time.perf_counter() - t0
 
 
+def empty_stage(work: Path) -> tuple[float, float]:
+    "Seconds for an empty notebook run as a stage is, and for an empty Python process: the floors of a stage on each side"
+    nb = work/'empty.ipynb'
+    if not nb.exists():
+        empty = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('', metadata={'tags': ['parameters']})])
+        empty.metadata['kernelspec'] = dict(name='python3', display_name='python3', language='python')
+        nbformat.write(empty, nb)
+    t0 = time.perf_counter()
+    subprocess.run([str(BIN/'papermill'), '-k', 'python3', '--engine', 'aiinfra', '--log-level', 'WARNING', '--no-progress-bar', str(nb), str(work/'empty-out.ipynb')],
+                   cwd=work, env=ENV, check=True, capture_output=True)
+    t1 = time.perf_counter()
+    subprocess.run([sys.executable, '-c', 'pass'], env=ENV, check=True)
+    return t1 - t0, time.perf_counter() - t1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rounds', type=int, default=3)
@@ -122,16 +140,21 @@ def main():
     os.environ['AIINFRA_DB_URL'] = ENV['AIINFRA_DB_URL'] = f"sqlite:///{work}/central.db"  # a store of its own
     data = package_file('palmerpenguins', 'data/penguins.csv')
     budget = training_budget(333)  # the rows with a target
-    ours_s, plain_s, where = [], [], []
+    ours_s, plain_s, where, floors = [], [], [], []
     for i in range(a.rounds):
         t, parts = ours(work, i, data); ours_s.append(t); where.append(parts)
         plain_s.append(plain(work, i, data, budget))
+        floors.append(empty_stage(work))
         print(f"round {i + 1}: ours {t:.1f} s, plain scripts {plain_s[-1]:.1f} s", file=sys.stderr)
     median = {k: statistics.median(w[k] for w in where) for k in where[0]}
     print("where our time goes (median s): " + ', '.join(f"{k} {v:.1f}" for k, v in sorted(median.items(), key=lambda kv: -kv[1])[:3]), file=sys.stderr)
     o, p = statistics.median(ours_s), statistics.median(plain_s)
+    notebook_floor, process_floor = (statistics.median(f[j] for f in floors) for j in (0, 1))
+    print(f"an empty stage: {notebook_floor:.2f} s as a recorded notebook, {process_floor:.2f} s as a Python process; "
+          f"four of them: {4 * notebook_floor / p:.2f}x the plain scripts' whole time", file=sys.stderr)
     print(json.dumps(dict(benchmark='scaffold', seconds_per_project=round(o, 2), plain_seconds=round(p, 2), ratio_vs_plain=round(o / p, 2),
-                          breakdown_s={k: round(v, 2) for k, v in median.items()})))
+                          breakdown_s={k: round(v, 2) for k, v in median.items()},
+                          empty_stage_s=dict(notebook=round(notebook_floor, 2), python=round(process_floor, 3)))))
 
 
 if __name__ == '__main__':

@@ -33,6 +33,12 @@ def _literals(source: str, what: str) -> dict[str, tuple]:
         out[node.targets[0].id] = (value, comments.get(node.lineno, ''))
     return out
 
+def _papermill_reads(source: str, what: str):
+    "papermill's own parser takes a parameter line with one `=` only (it skips one with more and warns at every run)"
+    for i, line in enumerate(source.splitlines(), 1):
+        if line.count('=') > 1 and not line.lstrip().startswith('#'):
+            raise StageError(f"{what}: line {i} has more than one '=', so papermill cannot read that parameter; reword its comment or value")
+
 def _tagged(nb: dict, tag: str) -> str | None:
     "The source of the first code cell tagged `tag`"
     for c in nb.get('cells', []):
@@ -77,6 +83,7 @@ def read_pipeline_notebook(path: str | Path, root: str | Path = '.') -> Pipeline
     for tag in ('parameters', 'stage'):
         if (src := _tagged(nb, tag)) is None: raise StageError(f"{rel}: no cell tagged {tag!r}: a pipeline notebook declares its parameters and its stage")
         found[tag] = _literals(src, f"{rel}, cell {tag!r}")
+        if tag == 'parameters': _papermill_reads(src, f"{rel}, cell 'parameters'")
     stage = {k: v for k, (v, _) in found['stage'].items()}
     if unknown := set(stage) - set(STAGE_KEYS): raise StageError(f"{rel}: cell 'stage' sets {sorted(unknown)}; it may set {', '.join(STAGE_KEYS)}")
     nb = PipelineNotebook(rel, found['parameters'], **stage)

@@ -5,6 +5,7 @@
 # %% ../../nbs/api/24_train.registry.ipynb #13c37135
 from __future__ import annotations
 import json, os, re, shutil, tempfile, time
+from contextlib import contextmanager
 from pathlib import Path
 import sqlalchemy as sa
 import torch
@@ -12,12 +13,13 @@ from fastcore.basics import patch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from sqlalchemy.engine import Engine
+from torch.overrides import TorchFunctionMode
 from ..core import AiinfraError, Rows, file_hash, git_revision, load_settings
 from ..ops.store import StoreError, get_engine, models, query, writing
 from .model import TrainingError, model_class
 
 # %% auto #0
-__all__ = ['FORMAT', 'STAGES', 'WEIGHTS', 'META', 'RegistryError', 'check_model_name', 'Registry']
+__all__ = ['FORMAT', 'STAGES', 'WEIGHTS', 'META', 'INITIALISERS', 'RegistryError', 'check_model_name', 'Registry', 'shapes_only']
 
 # %% ../../nbs/api/24_train.registry.ipynb #70fdfdd0
 class RegistryError(AiinfraError):
@@ -143,6 +145,23 @@ def _adopt(self: Registry, conn, name: str):
                                                   'sha256': meta.get('sha256'), 'adopted': True}))
 
 # %% ../../nbs/api/24_train.registry.ipynb #2ee7ea0c
+INITIALISERS = {'normal_', 'uniform_', 'trunc_normal_', 'kaiming_normal_', 'kaiming_uniform_', 'xavier_normal_', 'xavier_uniform_',
+                'orthogonal_', 'sparse_', 'exponential_', 'log_normal_', 'cauchy_', 'geometric_', 'random_', 'bernoulli_'}
+
+class _SkipMetaInit(TorchFunctionMode):
+    "An initialiser (`nn.init.*` or the tensor method) applied to a meta tensor returns the tensor untouched"
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get('tensor')
+        if getattr(func, '__name__', None) in INITIALISERS and isinstance(tensor, torch.Tensor) and tensor.is_meta: return tensor
+        return func(*args, **kwargs)
+
+@contextmanager
+def shapes_only():
+    "Modules built in the block have meta tensors (shapes, no memory) and skip their initialisers"
+    with torch.device('meta'), _SkipMetaInit(): yield
+
+# %% ../../nbs/api/24_train.registry.ipynb #9bab9532
 @patch
 def _resolve(self: Registry, name: str, version: int | None, stage: str | None) -> int:
     check_model_name(name)
@@ -194,7 +213,7 @@ def load(self: Registry, name: str, version: int | None = None,  # default: the 
     if recorded.get('sha256') and recorded['sha256'] != meta.get('sha256'):
         raise RegistryError(f"{d}: its files are not the ones registered (the store recorded another SHA-256); refusing to load it")
     try:
-        with torch.device('meta'): shapes = cls.from_config(meta['architecture']['config'])  # no memory: shapes only
+        with shapes_only(): shapes = cls.from_config(meta['architecture']['config'])  # no memory: shapes only
     except Exception as e: raise RegistryError(f"{d/META}: the architecture config does not build a {cls.__name__}: {e}") from None
     want = {k: dict(dtype=str(v.dtype).removeprefix('torch.'), shape=list(v.shape)) for k, v in shapes.state_dict().items()}
     if want != meta.get('tensors'):
