@@ -349,10 +349,9 @@ def _buildah_build(ctx: Path, ref: str, labels: dict, cache: bool = True) -> dic
         raise ImageError(f"buildah could not build {ref} at {at[:90]}: {why.strip()[:300]} (log: {log})")
     return cached
 
-def _layers(image: dict, base: str, cached: dict[int, bool], base_built: bool) -> list[dict]:
+def _layers(image: dict, base: str, steps: dict[str, int], cached: dict[int, bool], base_built: bool) -> list[dict]:
     "Each layer of the image: its name, digest, size and whether this build reused it"
     layers, n_base = json.loads(image['Manifest'])['layers'], len(json.loads(inspect_image(base)['Manifest'])['layers'])
-    steps = layer_steps(containerfile(base, '3'))
     names = ['base'] * n_base + list(LAYERS)
     if len(names) != len(layers): raise ImageError(f"the image has {len(layers)} layers, {len(names)} expected: is its Containerfile ours?")
     return [dict(layer=name, digest=l['digest'], mb=round(l['size']/1e6, 3),
@@ -366,16 +365,18 @@ def build_image(project: str | Path = '.',  # the project's folder
     "Build the OCI image of a project's service, reusing every layer whose input did not change"
     service = project_service(project)
     ref = f"localhost/{service.repository}:{check_tag(tag) if tag else service.default_tag()}"
+    labels = image_labels(service)
     with contextlib.chdir(service.root):
         base, base_built = ensure_base()
         python = inspect_image(base)['Docker']['config']['Labels']['io.aiinfra.python']
         with start_run('image-build', name=ref, params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache},
-                       data_version=image_labels(service)[f'{LABEL}.data.version'] or None) as run:
+                       data_version=labels[f'{LABEL}.data.version'] or None) as run:
             t = [time.monotonic()]
             ctx = build_context(service, base, python); t.append(time.monotonic())
-            cached = _buildah_build(ctx, ref, image_labels(service), cache); t.append(time.monotonic())
+            cached = _buildah_build(ctx, ref, labels, cache); t.append(time.monotonic())
             image = inspect_image(ref)
-            layers, image_id = _layers(image, base, cached, base_built), 'sha256:' + image['FromImageID']; t.append(time.monotonic())
+            steps = layer_steps((ctx/'Containerfile').read_text())
+            layers, image_id = _layers(image, base, steps, cached, base_built), 'sha256:' + image['FromImageID']; t.append(time.monotonic())
             phases = dict(zip(('context_s', 'buildah_s', 'inspect_s'), (round(b - a, 2) for a, b in zip(t, t[1:]))))
             build = dict(image=ref, image_id=image_id, project=service.project, models=[f"{m['name']}:{m['version']}" for m in service.models],
                          layers=layers, mb=round(sum(l['mb'] for l in layers), 1), seconds=round(t[-1] - t[0], 2), phases=phases, run_id=run.id)
