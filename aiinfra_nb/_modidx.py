@@ -487,6 +487,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'aiinfra_nb.ops.store._v7_project_scans': ( 'api/ops.store.html#_v7_project_scans',
                                                                                   'aiinfra_nb/ops/store.py'),
                                       'aiinfra_nb.ops.store._v8_bi_views': ('api/ops.store.html#_v8_bi_views', 'aiinfra_nb/ops/store.py'),
+                                      'aiinfra_nb.ops.store._wal': ('api/ops.store.html#_wal', 'aiinfra_nb/ops/store.py'),
                                       'aiinfra_nb.ops.store.check_url': ('api/ops.store.html#check_url', 'aiinfra_nb/ops/store.py'),
                                       'aiinfra_nb.ops.store.create_store_engine': ( 'api/ops.store.html#create_store_engine',
                                                                                     'aiinfra_nb/ops/store.py'),

@@ -196,11 +196,14 @@ async def _load(base: str, keys: dict, n: int, concurrency: int, on_half=None, l
            ('flood', 'GET', '/v2', None)]
     out, queue = [], asyncio.Queue()
     for i in range(n): queue.put_nowait(i)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=httpx.Limits(max_connections=concurrency)) as c:  # correctness, not latency: a slow machine is no failure
+    # correctness, not latency: a slow machine is no failure. A connection idle for uvicorn's keep-alive (5 s, httpx's default too) is
+    # closed by the server; reused at that very moment it fails before the server reads the request, so the client lets go first
+    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2)
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as c:
         async def worker():
             while not queue.empty():
                 i = queue.get_nowait()
-                if on_half and i == n // 2: on_half()
+                if on_half and i == n // 2: await asyncio.to_thread(on_half)  # off the loop: the other requests go on meanwhile
                 who, method, path, body = mix[i % len(mix)]
                 headers = {'Authorization': f'Bearer {keys[who]}'} if who else {}
                 try: r = await c.request(method, path, json=body, headers=headers)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/01_ops.store.ipynb #3effd515
 from __future__ import annotations
-import os, threading
+import os, sqlite3, threading, time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -135,12 +135,22 @@ def check_url(url: str) -> sa.URL:
 # %% ../../nbs/api/01_ops.store.ipynb #14857a26
 BUSY_TIMEOUT_MS = 60_000
 
+def _wal(dbapi_conn):
+    "Switch the file to WAL, waiting up to the busy timeout for the lock it needs"
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try: return dbapi_conn.execute('PRAGMA journal_mode = WAL')
+        except sqlite3.OperationalError as e:
+            if 'locked' not in str(e) or time.monotonic() > deadline: raise
+            time.sleep(0.02)
+
 def _sqlite_setup(engine: Engine):
     @event.listens_for(engine, 'connect')
     def _connect(dbapi_conn, _):
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
-        for pragma in (f'busy_timeout = {BUSY_TIMEOUT_MS}', 'journal_mode = WAL', 'synchronous = NORMAL'):
-            dbapi_conn.execute(f'PRAGMA {pragma}')
+        dbapi_conn.execute(f'PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}')
+        _wal(dbapi_conn)
+        dbapi_conn.execute('PRAGMA synchronous = NORMAL')
 
     @event.listens_for(engine, 'begin')
     def _begin(conn):
