@@ -4,25 +4,24 @@
 
 # %% ../nbs/api/50_cli.ipynb #e9b177e2
 from __future__ import annotations
-import json, sys
+import json, shutil, sys
 from datetime import datetime
 from pathlib import Path
 import sqlalchemy as sa
 import typer
 from rich.console import Console
-from rich.table import Table
-from .core import AiinfraError, cell_text, money
+from .core import AiinfraError, money, text_table
 from .ops.overview import machines_now
 from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
 __all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'image_app', 'registry_app',
-           'show', 'status', 'runs', 'machines', 'machines_stop', 'logs', 'sql_', 'datasets', 'models_list',
-           'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_',
-           'dashboard', 'demo_fleet_', 'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check',
-           'stages_sync', 'stages_check', 'image_build', 'image_push', 'images_', 'registry_start', 'registry_stop',
-           'main']
+           'terminal_width', 'show', 'status', 'runs', 'machines', 'machines_stop', 'logs', 'sql_', 'datasets',
+           'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list', 'keys_revoke',
+           'audit_', 'services_', 'dashboard', 'demo_fleet_', 'projects', 'new_', 'upgrade_', 'contract_infer',
+           'contract_check', 'stages_sync', 'stages_check', 'image_build', 'image_push', 'images_', 'registry_start',
+           'registry_stop', 'main']
 
 # %% ../nbs/api/50_cli.ipynb #cdeff3f5
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -32,13 +31,15 @@ app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML proj
 def _group():
     "aiinfra: runs, machines, costs and logs of every ML project, from the ops store."
 
-def show(rows: list[dict], columns: list[str], title: str | None = None, as_json: bool = False):
-    "Print `rows` as JSON or as a table of `columns`"
+def terminal_width() -> int:
+    "The terminal's width (`COLUMNS` when set); 120 when the output is not a terminal"
+    return shutil.get_terminal_size((120, 24)).columns
+
+def show(rows: list[dict], columns: list[str] | None = None,  # default: the columns a `Rows` names
+         title: str | None = None, as_json: bool = False):
+    "Print `rows` as JSON, or as a table that fits the terminal: a line per row"
     if as_json: return print(json.dumps(rows, default=str, indent=1))
-    t = Table(title=title, title_justify='left', show_edge=False, header_style='bold')
-    for c in columns: t.add_column(c)
-    for r in rows: t.add_row(*[cell_text(c, r.get(c)) for c in columns])
-    Console(width=max(Console().width, 120)).print(t)
+    print(text_table(rows, columns or rows.columns, terminal_width(), title, getattr(rows, 'fold', ())))
 
 # %% ../nbs/api/50_cli.ipynb #f53f6c5d
 @app.command()
@@ -195,13 +196,13 @@ def audit_(key: str = typer.Option(None, help="a key's id or name"), model: str 
     from aiinfra_nb.serve.audit import list_audit
     from aiinfra_nb.serve.auth import parse_duration
     rows = list_audit(key=key, model=model, status=status, since=time.time() - parse_duration(since) if since else None, limit=limit)
-    show(rows, ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms', 'rows', 'error'], as_json=as_json)
+    show(rows, as_json=as_json)
 
 @app.command('services')
 def services_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every service: up, down or stale"
     from aiinfra_nb.ops.overview import services_now
-    show(services_now(), ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at'], as_json=as_json)
+    show(services_now(), as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #248a0f2a
 @app.command()
@@ -349,7 +350,7 @@ def images_(project: str = typer.Option(None, help='one project (default: all)')
     "The images built (newest first) and where each was pushed; --catalog: the registry's repositories and tags"
     from aiinfra_nb.images import list_images, registry_catalog
     rows = registry_catalog(registry) if catalog else list_images(project)
-    show(rows, rows.columns, as_json=as_json)
+    show(rows, as_json=as_json)
 
 @registry_app.command('start')
 def registry_start(port: int = typer.Option(5000, min=1, max=65535, help='on 127.0.0.1'),

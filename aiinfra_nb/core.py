@@ -13,10 +13,11 @@ from fastcore.basics import AttrDict
 
 # %% auto #0
 __all__ = ['TASKS', 'ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S',
-           'TABLE_STYLE', 'AiinfraError', 'SettingsError', 'FeatureError', 'project_root', 'read_settings',
-           'mask_secrets', 'load_settings', 'clear_settings_cache', 'aiinfra_home', 'scratch_dir', 'atomic_file',
-           'atomic_write', 'stale_temporaries', 'file_hash', 'git_revision', 'money', 'duration', 'cell_text',
-           'table_html', 'fields_html', 'Rows']
+           'ELLIPSIS', 'CUT_FIRST', 'CUT_LAST', 'SHORT_HEADERS', 'TABLE_STYLE', 'AiinfraError', 'SettingsError',
+           'FeatureError', 'project_root', 'read_settings', 'mask_secrets', 'load_settings', 'clear_settings_cache',
+           'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
+           'git_revision', 'money', 'duration', 'cell_text', 'short_time', 'text_table', 'table_html', 'fields_html',
+           'Rows']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -416,6 +417,49 @@ def cell_text(key: str, v) -> str:
     if isinstance(v, int) or float(v).is_integer(): return f'{int(v):,}'
     return f'{v:,.4g}' if abs(v) < 1e6 else f'{v:,.0f}'
 
+# %% ../nbs/api/00_core.ipynb #d7d801e0
+ELLIPSIS = '…'
+CUT_FIRST, CUT_LAST = 24, 8  # a cell is cut to 24 characters before a column is left out, to 8 after
+SHORT_HEADERS = {'model_version': 'version', 'status_code': 'code', 'latency_ms': 'ms'}  # a terminal's room goes to the values
+
+def short_time(ts: float, now: float | None = None) -> str:
+    "A timestamp as a terminal shows it: 11:58:21 today, 2026-11-30 11:58 before"
+    t, today = datetime.fromtimestamp(ts), datetime.fromtimestamp(now or time.time()).date()
+    return t.strftime('%H:%M:%S') if t.date() == today else t.strftime('%Y-%m-%d %H:%M')
+
+def _terminal_cell(key: str, v, now: float) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and (key.endswith('_at') or key == 'time'): text = short_time(v, now)
+    elif isinstance(v, datetime): text = short_time(v.timestamp(), now)
+    else: text = cell_text(key, v)
+    return ''.join(ch if ch.isprintable() else ' ' for ch in text)
+
+def text_table(rows: list[dict], columns: list[str], width: int | None = None,  # at most this many characters a line; None: no limit
+               title: str | None = None, fold: tuple[str, ...] = (),  # columns to leave out when cutting is not enough, first to go first
+               now: float | None = None) -> str:
+    "`rows` as aligned text, one line per row, cut to `width`"
+    now, cols = now or time.time(), list(columns)
+    text = {c: [_terminal_cell(c, r.get(c), now) for r in rows] for c in cols}
+    head = {c: SHORT_HEADERS.get(c, c) for c in cols}
+    natural = {c: max([len(head[c]), *map(len, text[c])]) for c in cols}
+    wide = dict(natural)
+    total = lambda: sum(wide[c] for c in cols) + 2 * (len(cols) - 1)
+    def cut_to(least: int) -> bool:  # cut the widest columns first, none below `least` (or its name): does it fit now?
+        while total() > width and (cuttable := [c for c in cols if wide[c] > max(len(head[c]), least)]):
+            c = max(cuttable, key=lambda c: wide[c])
+            second = max([wide[x] for x in cuttable if x != c], default=0)
+            wide[c] = max(len(head[c]), least, wide[c] - (total() - width), min(second, wide[c] - 1))
+        return total() <= width
+    if width is not None and not cut_to(CUT_FIRST):  # long text cut to a readable width; if that is not enough...
+        for c in (c for c in fold if c in cols):  # ...the less important columns left out, one at a time...
+            cols.remove(c); wide.update(natural)
+            if cut_to(CUT_FIRST) or len(cols) == 1: break
+        cut_to(CUT_LAST)  # ...then cut further, and as a last resort the rightmost columns dropped
+        while total() > width and len(cols) > 1: cols.pop()
+    cut = lambda t, w: t if len(t) <= w else t[:w - 1] + ELLIPSIS
+    line = lambda cells: '  '.join(cut(x, wide[c]).ljust(wide[c]) for c, x in zip(cols, cells)).rstrip()
+    body = [line([text[c][i] for c in cols]) for i in range(len(rows))]
+    return '\n'.join(([title] if title else []) + [line([head[c] for c in cols])] + body)
+
 # %% ../nbs/api/00_core.ipynb #cb30f187
 TABLE_STYLE = ('<style>.aiinfra-t{border-collapse:collapse;font-size:12px}.aiinfra-t th,.aiinfra-t td{padding:2px 8px;'
                'border-bottom:1px solid #ddd;text-align:left}.aiinfra-t th{background:#f3f3f3}.aiinfra-bad{color:#b00020;font-weight:bold}</style>')
@@ -435,17 +479,18 @@ def fields_html(fields: dict, title: str | None = None) -> str:
 
 class Rows(list):
     "A list of dict rows that shows as a table: HTML in a notebook, aligned text elsewhere"
-    def __init__(self, rows=(), columns: list[str] | None = None, title: str | None = None):
+    def __init__(self, rows=(), columns: list[str] | None = None, title: str | None = None,
+                 fold: tuple[str, ...] = ()):  # the columns a narrow terminal leaves out, first to go first
         super().__init__(rows)
-        self.title, self.columns = title, columns or list(dict.fromkeys(k for r in self for k in r))
+        self.title, self.columns, self.fold = title, columns or list(dict.fromkeys(k for r in self for k in r)), fold
 
     @property
     def rows(self) -> list[dict]: return list(self)
 
     def _repr_html_(self): return TABLE_STYLE + table_html(self, self.columns, self.title)
 
-    def __repr__(self):
-        text = [[cell_text(c, r.get(c)) for c in self.columns] for r in self]
-        width = [max([len(c)] + [len(t[i]) for t in text]) for i, c in enumerate(self.columns)]
-        line = lambda cells: '  '.join(x.ljust(w) for x, w in zip(cells, width)).rstrip()
-        return '\n'.join(([self.title] if self.title else []) + [line(self.columns)] + [line(t) for t in text])
+    def text(self, width: int | None = None) -> str:
+        "The table as aligned text, a line per row, at most `width` characters wide"
+        return text_table(self, self.columns, width, self.title, self.fold)
+
+    def __repr__(self): return self.text()

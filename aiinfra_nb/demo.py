@@ -77,8 +77,9 @@ def demo_fleet(root: str | Path,  # an absent or empty folder for the projects
                projects: int = 50, run: int = 4,  # how many projects run their pipeline (the last of those fails)
                services: int = 2, calls: int = 200,  # services started (among the ones that ran), calls to each
                keep_serving: bool = False, progress: bool = True) -> dict:
-    "Make a demo company: projects, pipelines (one failing), an idle machine, services and API traffic"
+    "Make a demo company: projects, pipelines (one failing), an idle machine, services and API traffic; the portfolio scanned"
     from tqdm.auto import tqdm
+    from aiinfra_nb.ops.projects import scan_projects
     from aiinfra_nb.serve.auth import create_key
     root = Path(root).resolve()
     if root.exists() and any(root.iterdir()): raise AiinfraError(f"{root} is not empty: the fleet needs a folder of its own")
@@ -103,5 +104,6 @@ def demo_fleet(root: str | Path,  # an absent or empty folder for the projects
     steps.close()
     if not keep_serving:
         for proc in live: proc.send_signal(signal.SIGTERM); proc.wait(60)
+    scan_projects(root)  # the panel opens on a scanned portfolio: pipeline, branch and drift of every project
     return dict(root=str(root), projects=[p.name for p in made], pipelines=ran, traffic=traffic,
                 services=[p.pid for p in live] if keep_serving else [])

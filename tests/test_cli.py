@@ -97,3 +97,30 @@ def test_projects_scan_goes_on_past_bad_repositories_and_an_unreachable_store(tm
         assert (rows['no-dvc']['pipeline'], rows['no-dvc']['branch'], rows['no-dvc']['error']) == ('none', 'main', None)
         assert rows['broken']['pipeline'] == 'unknown' and rows['broken']['error'].startswith('PortfolioError: git')
         assert ('aiinfra: warning: store: cannot open the store' in p.stderr) == warned, p.stderr
+
+
+def test_audit_and_services_fit_a_120_column_terminal(sqlite_url):
+    "Long paths and errors are cut with an ellipsis, one line per row; today's times as times; --json keeps every field"
+    import time
+    import sqlalchemy as sa
+    from aiinfra_nb.ops.store import audit, get_engine, services
+    now = time.time()
+    calls = [dict(time=now - i, service='flights-api', request_id=f'req-{i}', key_id='k1', key_name='billing-team-key', role='predict',
+                  method='POST', path='/v2/models/flights-delay-with-a-long-name/versions/12/infer?' + 'q' * 80, model='flights-delay-with-a-long-name',
+                  model_version=12, status_code=422, latency_ms=12.5, rows=32, error='invalid request body: ' + 'Input should be a valid dictionary ' * 8)
+             for i in range(5)]
+    with get_engine(sqlite_url).begin() as c:
+        c.execute(audit.insert(), calls)
+        c.execute(services.insert().values(name='flights-delay-with-a-long-name-api', project='flights-delay-with-a-long-name', kind='model-api',
+                                           url='http://127.0.0.1:8000/' + 'p' * 60, host='a-build-machine.internal.example.com', pid=12345,
+                                           model='flights-delay-with-a-long-name', status='up', started_at=now - 90000, last_seen_at=now))
+    for cmd, rows in (('audit', 5), ('services', 1)):
+        p = aiinfra(cmd, AIINFRA_DB_URL=sqlite_url, COLUMNS='120')
+        assert p.returncode == 0, p.stderr
+        lines = p.stdout.rstrip('\n').splitlines()
+        assert len(lines) == rows + 1 and max(map(len, lines)) <= 120, p.stdout  # a header, then one line per row
+        assert all('…' in l for l in lines[1:]), p.stdout
+    audit_lines = aiinfra('audit', AIINFRA_DB_URL=sqlite_url, COLUMNS='120').stdout.splitlines()
+    assert audit_lines[1].startswith(time.strftime('%H:%M:%S', time.localtime(now))) and '422' in audit_lines[1]
+    full = json.loads(aiinfra('audit', '--json', AIINFRA_DB_URL=sqlite_url, COLUMNS='120').stdout)
+    assert full[0]['path'] == calls[0]['path'] and full[0]['error'] == calls[0]['error'] and full[0]['request_id'] == 'req-0'

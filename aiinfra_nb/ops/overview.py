@@ -8,15 +8,16 @@ import time
 from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from ..core import load_settings
+from ..core import Rows, load_settings
 from .machines import today_start
 from .record import Run, check_limit, list_events, list_runs
 from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, services
 
 # %% auto #0
-__all__ = ['SCAN_FIELDS', 'PROJECT_SORTS', 'month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers',
-           'run_curves', 'run_detail', 'project_summary', 'machines_now', 'cost_between', 'services_now',
-           'recent_requests', 'project_detail', 'sort_projects', 'panel']
+__all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'SERVICE_COLUMNS', 'SERVICE_FOLD', 'PROJECT_SORTS', 'month_start', 'overview',
+           'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary',
+           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail', 'sort_projects',
+           'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def _least(a, b): return sa.case((a < b, a), else_=b)
@@ -121,6 +122,8 @@ def run_detail(run_id: str, engine: Engine | None = None) -> dict:
 
 # %% ../../nbs/api/06_ops.overview.ipynb #1e2e88b0
 SCAN_FIELDS = ('pipeline', 'branch', 'uncommitted', 'template_drift')  # what the portfolio scan adds to a project's row
+NOT_SCANNED = {True: 'its repository was never scanned: Refresh (or `aiinfra projects`) scans it',
+               False: 'no repository filed for it: `aiinfra new` files one, and a scan of [portfolio] root finds it'}
 
 def project_summary(now: float | None = None, engine: Engine | None = None) -> list[dict]:
     "One row per project: last run, failed runs this week, production models, machine cost this month, and its last scan"
@@ -148,6 +151,7 @@ def project_summary(now: float | None = None, engine: Engine | None = None) -> l
                    cost_month=round(row.get('cost_month') or 0, 6))
         for k in (*SCAN_FIELDS, 'scan_error', 'scanned_at'): row.setdefault(k, None)
         row.setdefault('stages', {})
+        if row['scanned_at'] is None: row.update(pipeline='not scanned', scan_error=NOT_SCANNED[row['repo'] is not None])
     return sorted(rows.values(), key=lambda r: r['project'])
 
 # %% ../../nbs/api/06_ops.overview.ipynb #f7538ae2
@@ -187,12 +191,15 @@ def cost_between(start: float, end: float | None = None, project: str | None = N
     return query(q.where(s.project == project) if project else q, engine)[0]['cost']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d2b55f38
-def services_now(now: float | None = None, engine: Engine | None = None) -> list[dict]:
+SERVICE_COLUMNS = ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at']  # what a table shows
+SERVICE_FOLD = ('host', 'pid', 'started_at', 'kind')  # what a narrow one leaves out first
+
+def services_now(now: float | None = None, engine: Engine | None = None) -> Rows:
     "Every registered service: up, down, or stale (marked up, but its heartbeat stopped)"
     now, sv = now or time.time(), services.c
     stale = (sv.status == 'up') & (sa.func.coalesce(sv.last_seen_at, 0) < now - load_settings().machines.off_after_s)
-    return query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.host, sv.pid, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
-                           sv.started_at, sv.last_seen_at).order_by(sv.name), engine)
+    return Rows(query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.host, sv.pid, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
+                                sv.started_at, sv.last_seen_at).order_by(sv.name), engine), SERVICE_COLUMNS, fold=SERVICE_FOLD)
 
 def recent_requests(limit: int = 20, project: str | None = None, engine: Engine | None = None) -> list[dict]:
     "The newest audited requests (who, what, answer, latency)"

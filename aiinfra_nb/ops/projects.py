@@ -12,11 +12,11 @@ import yaml
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, load_settings
 from .overview import SCAN_FIELDS, project_summary
-from .store import StoreError, get_engine, project_scans, query, writing
+from .store import StoreError, get_engine, project_scans, projects, query, writing
 
 # %% auto #0
 __all__ = ['PortfolioError', 'git_state', 'pipeline_state', 'template_commit', 'template_state', 'fingerprint', 'project_name',
-           'read_repository', 'repositories', 'scan_projects']
+           'read_repository', 'repositories', 'filed_repositories', 'scan_projects']
 
 # %% ../../nbs/api/07_ops.projects.ipynb #005158ed
 class PortfolioError(AiinfraError):
@@ -127,6 +127,7 @@ def project_name(repo: Path) -> str:
 def read_repository(repo: Path, current_template: str | None) -> dict:
     "Everything the scan says about one repository (its `error` when it cannot be read)"
     out = dict(repo=str(repo), project=project_name(repo), ci=(repo/'.ci/run').exists(), tests=(repo/'tests').is_dir())
+    if not repo.is_dir(): return out | dict(pipeline='unknown', stages={}, error=f"no repository at {repo} on this machine")
     try: out |= git_state(repo) | pipeline_state(repo) | template_state(repo, current_template) | dict(error=None)
     except (PortfolioError, OSError, ValueError, yaml.YAMLError, subprocess.TimeoutExpired) as e:
         out |= dict(pipeline='unknown', stages={}, error=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300])
@@ -137,20 +138,28 @@ def repositories(root: str | Path) -> list[Path]:
     "The git repositories directly under `root`"
     root = Path(root)
     if not root.is_dir(): raise PortfolioError(f"[portfolio] root {root}: no such folder")
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p/'.git').exists())
+    return sorted(p.resolve() for p in root.iterdir() if p.is_dir() and (p/'.git').exists())
 
-def scan_projects(root: str | Path | None = None,  # default: `[portfolio] root`
+def filed_repositories(engine: Engine) -> list[Path]:
+    "The repositories the store's projects name (`aiinfra new` files each), whether or not they are on this machine"
+    return sorted({Path(r['repo']).resolve() for r in query(sa.select(projects.c.repo).where(projects.c.repo.is_not(None)), engine)})
+
+def scan_projects(root: str | Path | None = None,  # a folder of repositories; default: `[portfolio] root` and every repository a project names
                   workers: int = 8, engine: Engine | None = None, now: float | None = None) -> list[dict]:
     "Scan the portfolio: one row per repository, re-reading only the ones that changed"
-    root = root or load_settings().portfolio.root
-    if not root: raise PortfolioError("no portfolio configured: set [portfolio] root in settings.ini to the folder of the project repositories")
-    now, repos = now or time.time(), repositories(root)
+    configured = root or load_settings().portfolio.root
+    now, repos = now or time.time(), repositories(configured) if configured else []
     try:  # the store down is a note on each row, not the end of the scan: the repositories can still be read
         engine = engine or get_engine()
+        if root is None: repos = sorted({*repos, *filed_repositories(engine)})
         cached = {r['repo']: r for r in query(sa.select(project_scans).where(project_scans.c.repo.in_([str(p) for p in repos])), engine)} if repos else {}
         store_error = None
     except (StoreError, sa.exc.SQLAlchemyError) as e:
         cached, store_error = {}, f"store: {str(getattr(e, 'orig', e) or e).strip().splitlines()[0][:200]}"
+    if not configured and not repos:
+        raise PortfolioError("no portfolio configured: set [portfolio] root in settings.ini to the folder of the project repositories"
+                             + (f" (and the {store_error} could not say which repositories its projects name)" if store_error else
+                                ", or make projects with `aiinfra new`, which files their repositories in the store"))
     current = template_commit()
     def one(repo: Path) -> tuple[dict, bool]:
         fp = f"{fingerprint(repo)}:{current}"

@@ -15,9 +15,9 @@ from .store import StoreError, events, get_engine, insert_ignore, metrics, proje
 
 # %% auto #0
 __all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush',
-           'RecordError', 'new_id', 'Run', 'jsonable', 'current_run', 'error_text', 'Terminated', 'on_sigterm',
-           'recording', 'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit',
-           'list_runs', 'list_events', 'last_metrics']
+           'RecordError', 'new_id', 'Run', 'jsonable', 'store_name', 'current_run', 'error_text', 'Terminated',
+           'on_sigterm', 'recording', 'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler',
+           'check_limit', 'list_runs', 'list_events', 'last_metrics']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {
@@ -215,7 +215,7 @@ class Run:
               engine: Engine | None = None, **extra) -> Run:
         "Record a new running run and return it"
         engine = engine or get_engine()
-        parent = parent or current_run()
+        parent = parent or current_run(engine)
         project = project or (parent.project if isinstance(parent, Run) else load_settings().project.name)
         run = cls(new_id(), project, kind, engine, mask_secrets(jsonable(params or {})))
         now = time.time()
@@ -297,14 +297,21 @@ _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar('aiinfra_r
 
 _attached: dict[str, Run] = {}
 
-def current_run() -> Run | None:
-    "The run of the innermost `start_run` block; else the run named by `AIINFRA_RUN_ID` (set by the papermill engine for its kernel)"
+def store_name(engine: Engine) -> str:
+    "A store as a run handed to another process names it: its URL without the password"
+    return engine.url.render_as_string(hide_password=True)
+
+def current_run(engine: Engine | None = None,  # the store the caller writes to; default: the configured one
+               ) -> Run | None:
+    "The run of the innermost `start_run` block; else the run the papermill engine handed to its kernel, if it lives in that store"
     run = _current.get()
-    run_id = os.environ.get('AIINFRA_RUN_ID')
-    if run is None and run_id:
-        if run_id not in _attached: _attached[run_id] = Run.attach(run_id)
-        run = _attached[run_id]
-    return run
+    if run is not None: return run if engine is None or store_name(run.engine) == store_name(engine) else None
+    run_id, its_store = os.environ.get('AIINFRA_RUN_ID'), os.environ.get('AIINFRA_RUN_STORE')
+    if not run_id: return None
+    engine = engine or get_engine()
+    if its_store and its_store != store_name(engine): return None  # the notebook switched stores: its runs start top-level there
+    if run_id not in _attached: _attached[run_id] = Run.attach(run_id, engine)
+    return _attached[run_id]
 
 # %% ../../nbs/api/02_ops.record.ipynb #d9586ca9
 def error_text(e: BaseException) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
 from papermill.engines import NBClientEngine
-from .record import Run, recording
+from .record import Run, recording, store_name
 
 # %% auto #0
 __all__ = ['STAGE_KINDS', 'cell_timings', 'failed_cell', 'last_started_cell', 'AiinfraEngine']
@@ -43,14 +43,16 @@ def last_started_cell(nb) -> int | None:
 STAGE_KINDS = {'ingest': 'ingest', 'etl': 'etl', 'train': 'train', 'evaluate': 'evaluate'}
 
 @contextmanager
-def _run_id_for_kernel(run_id: str):
-    "`AIINFRA_RUN_ID` set for the kernel started in the block (it inherits the environment), restored after"
-    before = os.environ.get('AIINFRA_RUN_ID')
-    os.environ['AIINFRA_RUN_ID'] = run_id
+def _run_for_kernel(run: Run):
+    "`AIINFRA_RUN_ID` and `AIINFRA_RUN_STORE` set for the kernel started in the block (it inherits the environment), restored after"
+    handed = dict(AIINFRA_RUN_ID=run.id, AIINFRA_RUN_STORE=store_name(run.engine))
+    before = {k: os.environ.get(k) for k in handed}
+    os.environ.update(handed)
     try: yield
     finally:
-        if before is None: os.environ.pop('AIINFRA_RUN_ID', None)
-        else: os.environ['AIINFRA_RUN_ID'] = before
+        for k, v in before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 class AiinfraEngine(NBClientEngine):
     "papermill's nbclient engine, recording each notebook run in the aiinfra ops store"
@@ -65,7 +67,7 @@ class AiinfraEngine(NBClientEngine):
         sockets = tempfile.mkdtemp(prefix='aiinfra-kernel-')
         km = _Kernel(kernel_name=kernel_name, transport='ipc', ip=os.path.join(sockets, 'kernel'))
         try:
-            with recording(run), _run_id_for_kernel(run.id):
+            with recording(run), _run_for_kernel(run):
                 try: return super().execute_managed_notebook(nb_man, kernel_name, km=km, **kwargs)
                 finally:
                     _shutdown(km)  # before the run ends: the kernel flushes its own rows as it exits

@@ -5,11 +5,11 @@
 # %% ../../nbs/api/31_serve.audit.ipynb #1e656b0c
 from __future__ import annotations
 import hashlib, time, uuid
-from ..core import SettingsError, load_settings
+from ..core import Rows, SettingsError, load_settings
 from ..ops.record import writer
 
 # %% auto #0
-__all__ = ['PAYLOAD_MODES', 'AuditMiddleware', 'list_audit']
+__all__ = ['PAYLOAD_MODES', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'AuditMiddleware', 'list_audit']
 
 # %% ../../nbs/api/31_serve.audit.ipynb #228dc66f
 PAYLOAD_MODES = ('full', 'hash', 'none')
@@ -69,11 +69,14 @@ class AuditMiddleware:
         except Exception as e: print(f"aiinfra: audit record lost: {e}")
 
 # %% ../../nbs/api/31_serve.audit.ipynb #c9f6430a
+AUDIT_COLUMNS = ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms', 'rows', 'error']  # what a table shows
+AUDIT_FOLD = ('rows', 'method', 'latency_ms', 'model_version')  # what a narrow one leaves out first
+
 def list_audit(key: str | None = None,  # a key's id or name
                model: str | None = None, status: int | None = None,
                since: float | None = None,  # epoch seconds
                project: str | None = None,  # the project whose service answered
-               limit: int = 50, engine=None) -> list[dict]:
+               limit: int = 50, engine=None) -> Rows:
     "The latest audited requests, newest first"
     import sqlalchemy as sa
     from aiinfra_nb.ops.record import check_limit
@@ -87,4 +90,4 @@ def list_audit(key: str | None = None,  # a key's id or name
     if status: q = q.where(a.status_code == status)
     if since: q = q.where(a.time >= since)
     if project: q = q.where(a.project == project)
-    return query(q, engine)
+    return Rows(query(q, engine), AUDIT_COLUMNS, fold=AUDIT_FOLD)

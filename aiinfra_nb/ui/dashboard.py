@@ -11,6 +11,7 @@ from fastcore.basics import patch
 from IPython.display import display
 from ..core import TABLE_STYLE, cell_text, duration, fields_html, money, table_html
 from ..ops.overview import PROJECT_SORTS, panel, run_detail
+from ..ops.projects import scan_projects
 from ..ops.record import LEVELS, list_runs
 
 # %% auto #0
@@ -70,7 +71,7 @@ def _projects_html(d: dict) -> str:
     p = x['summary']
     return (out + fields_html({k: p.get(k) for k in ('project', 'owner', 'repo', 'pipeline', 'branch', 'uncommitted', 'scanned_at', 'scan_error',
                                                      'last_run_at', 'failed_week', 'production_models', 'cost_month')}, f"project {p['project']}")
-            + table_html(x['stages'], ['stage', 'state'], 'pipeline stages', 'no scan of its repository yet (aiinfra projects)')
+            + table_html(x['stages'], ['stage', 'state'], 'pipeline stages', p['scan_error'] or 'no stage has run yet')
             + table_html(x['runs'], ['started_at', 'kind', 'name', 'state', 'duration_s', 'error'], 'latest runs')
             + table_html(x['models'], ['name', 'version', 'stage', 'metrics', 'created_at'], 'models')
             + table_html(x['services'], ['name', 'status', 'url', 'last_seen_at'], 'services'))
@@ -106,7 +107,8 @@ class Dashboard:
     "The control panel: tabs of widgets over `ops.overview.panel`, refreshed on an interval"
     def __init__(self, refresh_s: float = 10,  # seconds between refreshes once started
                  engine=None):  # a store engine; default: the configured store
-        self.refresh_s, self.engine, self.data, self._task = refresh_s, engine, None, None
+        self.refresh_s, self.engine, self.data, self._task, self.scan_note = refresh_s, engine, None, None, ''
+
         self.status = W.HTML()
         self.run = W.Dropdown(description='run', options=[('', None)], layout=W.Layout(width='420px'))
         self.project = W.Dropdown(description='project', options=[('', None)], layout=W.Layout(width='320px'))
@@ -116,13 +118,13 @@ class Dashboard:
         self.html = {name: W.HTML() for name in TABS}
         self.charts = {'Runs': W.Output(), 'Machines & cost': W.Output(), 'Services': W.Output()}
         refresh, stop = W.Button(description='Refresh'), W.Button(description='Stop')
-        refresh.on_click(lambda _: self.refresh()); stop.on_click(lambda _: self.close())
+        refresh.on_click(lambda _: self.refresh(scan=True)); stop.on_click(lambda _: self.close())
         for w in (self.run, self.project, self.sort, *self.log_filters.values()): w.observe(lambda _: self.refresh(), names='value')
         extra = {'Projects': [W.HBox([self.sort, self.project])], 'Runs': [self.run], 'Logs': [W.HBox(list(self.log_filters.values()))]}
         self.tabs = W.Tab(children=[W.VBox(extra.get(n, []) + [self.html[n]] + ([self.charts[n]] if n in self.charts else [])) for n in TABS])
         for i, n in enumerate(TABS): self.tabs.set_title(i, n)
         self.widget = W.VBox([W.HTML(TABLE_STYLE), W.HBox([W.HTML('<b>aiinfra control panel</b>&nbsp;&nbsp;'), self.status, refresh, stop]), self.tabs])
-        self.refresh()
+        self.refresh(scan=True)
 
     def __repr__(self): return f"Dashboard(refresh_s={self.refresh_s}, running={self._task is not None and not self._task.done()})"
 
@@ -135,14 +137,24 @@ def _query(self: Dashboard) -> dict:
     return d
 
 @patch
-def refresh(self: Dashboard, data: dict | None = None):
+def _scan(self: Dashboard) -> str:
+    "Scan the portfolio's repositories (only those that changed are read again); what to say about it in the status line"
+    t0 = time.perf_counter()
+    try: found = scan_projects(engine=self.engine)
+    except Exception as e: return f"portfolio not scanned: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
+    return f"{len(found)} repositor{'y' if len(found) == 1 else 'ies'} scanned in {duration(time.perf_counter() - t0)} ({sum(r['read'] for r in found)} read again)"
+
+@patch
+def refresh(self: Dashboard, data: dict | None = None,
+            scan: bool = False):  # scan the portfolio first (on opening, and on the Refresh button)
     "Ask the store again (or show `data`) and redraw every tab"
+    if scan and data is None: self.scan_note = self._scan()
     try: d = data or self._query()
     except Exception as e:  # the store is down or unreadable: say so in the panel, keep the last data on screen
         self.status.value = f'{_store_problem(e)} (showing the last data)'
         return
     self.data = d
-    self.status.value = f"refreshed {html.escape(cell_text('time', d['at']))}"
+    self.status.value = f"refreshed {html.escape(cell_text('time', d['at']))}" + (f"; {html.escape(self.scan_note)}" if self.scan_note else '')
     for name in TABS: self.html[name].value = tab_html(name, d)
     runs = [(f"{r['project']} / {r['name'] or r['kind']} / {r['id'][:8]}", r['id']) for r in d['runs']]
     for pick, choices in ((self.run, runs), (self.project, [(p['project'], p['project']) for p in sorted(d['projects'], key=lambda p: p['project'])])):
