@@ -752,6 +752,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'aiinfra_nb/train/model.py'),
                                         'aiinfra_nb.train.model.model_class': ( 'api/train.model.html#model_class',
                                                                                 'aiinfra_nb/train/model.py')},
+            'aiinfra_nb.train.numerics': { 'aiinfra_nb.train.numerics.reproducible_numerics': ( 'api/train.numerics.html#reproducible_numerics',
+                                                                                                'aiinfra_nb/train/numerics.py')},
             'aiinfra_nb.train.registry': { 'aiinfra_nb.train.registry.Registry': ( 'api/train.registry.html#registry',
                                                                                    'aiinfra_nb/train/registry.py'),
                                            'aiinfra_nb.train.registry.Registry.__init__': ( 'api/train.registry.html#registry.__init__',

@@ -147,6 +147,11 @@ checkpoints = data/checkpoints
 # run after an on-demand training ends, however it ends: how a cloud VM turns itself off
 # (e.g. "sudo shutdown -h +1"); empty: nothing
 shutdown_command =
+# the same training gives the same bits on every x86-64 machine (torch's CPU kernels pinned, deterministic algorithms;
+# about 1.5x the time of the machine's fastest kernels on CPU; see nbs/api/20a_train.numerics.ipynb); false: the fastest
+reproducible = true
+# intra-op threads of a reproducible training: a constant, since a sum split over more threads rounds differently
+threads = 2
 """
 
 # a type, optionally with its range: 'int 1..65535', 'float 0..' (numbers are always finite)
@@ -166,7 +171,7 @@ SETTINGS_SCHEMA = {
     'portfolio': {'root': 'path'},
     'scaffold': {'template': 'str'},
     'data': {'dir': 'folder'},
-    'train': {'checkpoints': 'path', 'shutdown_command': 'str'},
+    'train': {'checkpoints': 'path', 'shutdown_command': 'str', 'reproducible': 'bool', 'threads': 'int 1..1024'},
 }
 
 # environment variables that are not AIINFRA_<SECTION>_<KEY> but name a setting

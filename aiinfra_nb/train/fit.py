@@ -20,6 +20,7 @@ from ..ops.record import Run, log_event, recording
 from .datamodule import TabularDataModule
 from .logger import StoreLogger
 from .model import TrainingError, model_class
+from .numerics import reproducible_numerics
 from .registry import Registry, check_model_name
 from .system import NonFiniteLossError, TabularSystem
 
@@ -157,13 +158,15 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
     check_model_name(name)
     model_class(model)
     training = training_arguments(**training)
-    seed_everything(seed, workers=True, verbose=False)
     s = load_settings()
+    numerics = reproducible_numerics(s)  # before any torch operation of the training: the same bits on another machine
+    if numerics['why'] and s.train.reproducible: log.warning(numerics['why'])
+    seed_everything(seed, workers=True, verbose=False)
     ckpts = Checkpoints(Path(checkpoints_dir or s.train.checkpoints)/name)
     params = dict(model=model, task=dm.task, hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, seed=seed, batch_size=dm.batch_size,
                   **{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in training.items()})
     rank0, local0 = rank_zero_only.rank == 0, int(os.environ.get('LOCAL_RANK', 0)) == 0
-    run = Run.start('train', name=name, project=project, params=params, data_version=data_version) if rank0 else None
+    run = Run.start('train', name=name, project=project, params=params, data_version=data_version, numerics=numerics) if rank0 else None
     try:
         with recording(run) if run else contextlib.nullcontext(), \
              MachineSession(project=run.project if run else project, run_id=run.id if run else None) if local0 else contextlib.nullcontext() as session:
@@ -301,8 +304,9 @@ log = logging.getLogger('aiinfra.train')
 def _register(model, dm, name, registry, validation_catalog, metrics, run, data_version) -> int:
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     validation = None
-    if validation_catalog is not None:
-        ds = f'validation/{name}/{run.id}'
+    if validation_catalog is not None:  # named by what decides its rows (the data, the split), not by the run: the same training, the same files
+        split = fingerprint(data_version=data_version, split=dm.split, time_column=dm.time_column, val_fraction=dm.val_fraction, seed=dm.seed)
+        ds = f"validation/{name}/{split if data_version else run.id}"
         vmeta = validation_catalog.save(dm.val_frame, ds)
         validation = dict(dataset=ds, sha256=vmeta['sha256'], rows=vmeta['rows'])
     features = dict(numeric=list(dm.preprocessor.numeric), categorical=list(dm.preprocessor.categorical), target=dm.target,

@@ -19,7 +19,8 @@ from ..ops.store import StoreError, get_engine, models, query, writing
 from .model import TrainingError, model_class
 
 # %% auto #0
-__all__ = ['FORMAT', 'STAGES', 'WEIGHTS', 'META', 'INITIALISERS', 'RegistryError', 'check_model_name', 'Registry', 'shapes_only']
+__all__ = ['FORMAT', 'STAGES', 'WEIGHTS', 'META', 'LINEAGE', 'INITIALISERS', 'RegistryError', 'check_model_name', 'Registry',
+           'shapes_only']
 
 # %% ../../nbs/api/24_train.registry.ipynb #70fdfdd0
 class RegistryError(AiinfraError):
@@ -28,6 +29,7 @@ class RegistryError(AiinfraError):
 FORMAT = 'aiinfra-model/1'
 STAGES = ('staging', 'production', 'archived')
 WEIGHTS, META = 'model.safetensors', 'model.json'
+LINEAGE = ('run_id', 'git_rev', 'created_at')  # who made a version and when: the store's row, not its files
 _NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')
 
 def check_model_name(name: str) -> str:
@@ -98,7 +100,7 @@ def save(self: Registry, model: torch.nn.Module,  # a declared model class (`tra
                         project=self.project, name=name, version=meta['version'], stage=stage, path=str(final), run_id=run_id, created_at=meta['created_at'],
                         data_version=data_version, git_rev=meta['git_rev'], metrics=metrics or {},
                         meta={'architecture': meta['architecture'], 'features': meta['features'], 'sha256': sha}))
-                    (tmp/META).write_text(json.dumps(meta, indent=1, default=str) + '\n')
+                    (tmp/META).write_text(json.dumps({k: v for k, v in meta.items() if k not in LINEAGE}, indent=1, default=str) + '\n')
                     os.chmod(tmp, 0o755)
                     os.replace(tmp, final)  # if the commit fails now, `_settle` finds out whether it went through
                 return meta
@@ -139,7 +141,7 @@ def _adopt(self: Registry, conn, name: str):
             raise RegistryError(f"{d} is in the registry's folder but is not version {v} of {name!r} (no readable {META} describing it) "
                                 f"and this store has no row for it: move the folder out of {self.root}")
         conn.execute(models.insert().values(project=self.project, name=name, version=v, stage=None, path=str(d), run_id=meta.get('run_id'),
-                                            created_at=meta.get('created_at') or time.time(), data_version=meta.get('data_version'),
+                                            created_at=meta.get('created_at') or (d/META).stat().st_mtime, data_version=meta.get('data_version'),
                                             git_rev=meta.get('git_rev'), metrics=meta.get('metrics') or {},
                                             meta={'architecture': meta.get('architecture'), 'features': meta.get('features'),
                                                   'sha256': meta.get('sha256'), 'adopted': True}))
@@ -209,7 +211,9 @@ def load(self: Registry, name: str, version: int | None = None,  # default: the 
     if not isinstance(meta, dict) or meta.get('format') != FORMAT: raise RegistryError(f"{d/META}: not an {FORMAT} model description")
     try: cls = model_class(str((meta.get('architecture') or {}).get('class')))
     except TrainingError as e: raise RegistryError(f"{d/META}: {e}") from None
-    recorded = query(sa.select(models.c.meta).where(self._of(name) & (models.c.version == version)), self.engine)[0]['meta'] or {}
+    row = query(sa.select(models.c.meta, *[models.c[k] for k in LINEAGE]).where(self._of(name) & (models.c.version == version)), self.engine)[0]
+    recorded = row['meta'] or {}
+    meta |= {k: row[k] for k in LINEAGE}  # who made it and when, from the store
     if recorded.get('sha256') and recorded['sha256'] != meta.get('sha256'):
         raise RegistryError(f"{d}: its files are not the ones registered (the store recorded another SHA-256); refusing to load it")
     try:
