@@ -13,14 +13,17 @@ CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c .ci/constrain
 # pip's noise about this machine's local mirrors is not news
 PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
 
-.PHONY: help install services sync-check test test-nbs test-py demo bench clean
+.PHONY: help install services browser containers sync-check test test-fast test-nbs test-py tutorials demo bench clean
 
 help:
-	@echo "make demo   set up, run the pipeline (dvc repro: ingest, etl, train, evaluate) on the full 2013 data, push it to the DVC remote,"
-	@echo "            run the tutorials, print the datasets, row counts, the training's machine session and cost, the registry;"
-	@echo "            then serve the production model, create a key, predict over V1 and V2, and print the audit of those calls and 'aiinfra status'"
-	@echo "make test   set up, then: nbdev sync, markdown, dvc.lock, stages and template checks, notebook tests, pytest (store on SQLite and PostgreSQL)"
-	@echo "make bench  the benchmarks in benchmarks/ (ratios measured side by side)"
+	@echo "make demo       set up, run the pipeline (dvc repro: ingest, etl, train, evaluate) on the full 2013 data, push it to the DVC remote,"
+	@echo "                run every tutorial through the papermill engine, print the datasets, row counts, the training's machine session"
+	@echo "                and cost, the registry; then serve the production model, create a key, predict over V1 and V2, and print the"
+	@echo "                audit of those calls and 'aiinfra status'"
+	@echo "make test       set up, then: nbdev sync, markdown, dvc.lock, stages and template checks, the library notebooks' tests, pytest"
+	@echo "                (store on SQLite and PostgreSQL, real servers, browser, images) and the tutorials under nbval, side by side"
+	@echo "make test-fast  the inner loop: the checks, the library notebooks' tests and pytest without the browser, image and load tests"
+	@echo "make bench      the benchmarks in benchmarks/ (ratios measured side by side)"
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -33,9 +36,11 @@ $(VENV)/.installed: pyproject.toml .ci/constraints-cpu.txt | $(BIN)/python
 
 install: $(VENV)/.installed
 
-services:
+services:  # the PostgreSQL server of the store tests
 	@bash .ci/services.sh
+browser:  # Chromium for the browser tests
 	@bash .ci/browser.sh
+containers:  # buildah, skopeo, docker-registry, debootstrap for the image tests and tutorial
 	@bash .ci/containers.sh
 
 sync-check: install
@@ -45,25 +50,40 @@ sync-check: install
 	aiinfra stages check
 	python .ci/render_reference.py --check
 
-test-nbs: install services
-	AIINFRA_HOME=$$(mktemp -d) nbdev-test nbs/api
-	AIINFRA_HOME=$$(mktemp -d) pytest -q --nbval-lax --nbval-current-env nbs/tutorials
+# Independent tests run side by side (pytest-xdist): most of them wait on other processes (servers, kernels, dvc, buildah,
+# Chromium), so more processes than cores; tests/conftest.py keeps a notebook's cells, and the image tests, in one process.
+TEST_WORKERS ?= 3
+PYTEST := pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
-test-py: install services
-	pytest tests
+test-nbs: install
+	AIINFRA_HOME=$$(mktemp -d) nbdev-test nbs/api
+
+test-py: install services browser containers
+	$(PYTEST) --nbval-lax --nbval-current-env tests nbs/tutorials
 
 test: sync-check test-nbs test-py
+
+test-fast: sync-check test-nbs services
+	$(PYTEST) -m "not (browser or images or load)" tests
 
 # where `make demo` pushes DVC-tracked data when the repo names no remote (teams point it at S3/SSH: README)
 DVC_REMOTE ?= $(HOME)/.aiinfra/dvc-remote
 PAPERMILL := papermill -k python3 --engine aiinfra --log-level WARNING --no-progress-bar
 
+# Every tutorial through the papermill engine, as runs in the store (make test runs them under nbval too); the images
+# tutorial needs buildah (make test installs it when root), serving is the demo's last
+TUTORIALS := quickstart analytics new_project control_panel images
+
+tutorials: install
+	@for t in $(TUTORIALS); do \
+	  if [ $$t = images ] && ! command -v buildah >/dev/null; then echo "tutorial images: skipped, no buildah ('make containers' installs it when root)"; continue; fi; \
+	  echo "tutorial $$t"; $(PAPERMILL) nbs/tutorials/$$t.ipynb data/runs/$$t.ipynb; done
+
 demo: install
 	@dvc remote list | grep -q . || { echo "no DVC remote: adding a local one at $(DVC_REMOTE)"; dvc remote add --local -d local $(DVC_REMOTE); }
 	dvc repro
 	dvc push
-	$(PAPERMILL) nbs/tutorials/quickstart.ipynb data/runs/quickstart.ipynb
-	$(PAPERMILL) nbs/tutorials/analytics.ipynb data/runs/analytics.ipynb -p data_dir data
+	$(MAKE) --no-print-directory tutorials
 	aiinfra datasets
 	aiinfra sql "select r.name as run, r.status, m.key as dataset_rows, m.value as n from runs r join metrics m on m.run_id = r.id where m.key like 'rows/%' order by r.started_at desc, m.key limit 12"
 	aiinfra sql "select r.name as run, r.status, s.machine, s.kind, s.started_at, s.ended_at, s.cost from runs r join machine_sessions s on s.run_id = r.id order by r.started_at desc limit 3"

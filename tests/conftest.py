@@ -1,5 +1,7 @@
-"""Shared fixtures: a fresh store on each backend, on a real SQLite file and a real PostgreSQL server."""
-import os, subprocess, sys, uuid
+"""Shared fixtures: a fresh store on each backend, on a real SQLite file and a real PostgreSQL server; how the run is spread
+over processes (pytest-xdist): independent tests side by side, a notebook's cells in order in one process, and the tests
+that share buildah's image storage one after another."""
+import os, subprocess, sys, tempfile, uuid
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,29 @@ def run_py(code: str, env: dict | None = None, timeout: float = 120, **kw) -> su
     "Run `code` in a fresh Python process of this environment"
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, **kw)
+
+
+# Tests that must not run side by side, by group: one group runs in one process, in order
+SERIAL = {'images.ipynb': 'images'}  # the images tutorial builds in the same container storage as tests/test_images.py
+
+
+def pytest_configure(config):
+    # each process of the run its own AIINFRA_HOME (the tutorials' default store); each test sets its own anyway (above)
+    os.environ['AIINFRA_HOME'] = tempfile.mkdtemp(prefix='aiinfra-test-home-')
+
+
+# The longest first, so that no process is left with a long test while the others have finished (the rest keeps its order)
+LONGEST_FIRST = ('test_browser.py', 'test_scaffold.py', 'test_images.py', 'images.ipynb', 'control_panel.ipynb', 'test_pipeline.py',
+                 'new_project.ipynb', 'test_train.py', 'test_serve.py')
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # before xdist's own hook reads the groups
+        if item.path.suffix == '.ipynb':  # nbval: a notebook's cells are one story, told in order by one kernel
+            item.add_marker(pytest.mark.xdist_group(SERIAL.get(item.path.name, item.path.name)))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests, a notebook's cells stay in order
 
 
 def pytest_terminal_summary(terminalreporter):

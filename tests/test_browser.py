@@ -17,7 +17,7 @@ TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
          '--disable-sync', '--no-first-run']
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='no chromium: `make test` installs it (apt) when root')
+pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='no chromium: `make test` installs it (apt) when root'), pytest.mark.browser]
 
 
 def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120):
@@ -45,11 +45,24 @@ def browser_page(url: str, width: int = 1400, height: int = 900):
         finally: browser.close()
 
 
+def kernel_ready(page, seconds: float = 180):
+    "Until the notebook's kernel is idle; on a loaded machine JupyterLab may ask which kernel first, and a person picks python3"
+    for _ in range(int(seconds)):
+        ask = page.locator('.jp-Dialog:has-text("Select Kernel")')
+        if ask.count():
+            ask.locator('select').select_option(label='python3')
+            ask.locator('.jp-mod-accept').click()
+        if page.get_by_text('python3 | Idle').count(): return
+        page.wait_for_timeout(1000)
+    raise TimeoutError('the notebook kernel never became idle')
+
+
 def run_all_cells(page, tries: int = 4):
-    "Run > Run All Cells until a cell is seen running (a click while JupyterLab still connects the kernel is lost)"
+    "Run > Run All Cells once the kernel is idle, until a cell is seen running (a click while JupyterLab still connects the kernel is lost)"
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     started = page.locator('.jp-InputPrompt:has-text("[*]"), .jp-InputPrompt:has-text("[1]")').first
     for attempt in range(tries):
+        kernel_ready(page)
         page.get_by_text('Run', exact=True).first.click()
         page.get_by_text('Run All Cells', exact=True).first.click()
         try: return started.wait_for(state='attached', timeout=45_000)

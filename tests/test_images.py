@@ -14,8 +14,9 @@ from aiinfra_nb.ops.store import get_engine, models, query, runs
 from test_scaffold import BIN, aiinfra, in_project
 from test_serve import free_port
 
-pytestmark = pytest.mark.skipif(not all(map(shutil.which, ('buildah', 'skopeo', 'docker-registry', 'debootstrap'))),
-                                reason="buildah, skopeo, docker-registry or debootstrap missing: `make test` installs them when root")
+pytestmark = [pytest.mark.skipif(not all(map(shutil.which, ('buildah', 'skopeo', 'docker-registry', 'debootstrap'))),
+                                 reason="buildah, skopeo, docker-registry or debootstrap missing: `make test` installs them when root"),
+              pytest.mark.images, pytest.mark.xdist_group('images')]  # one container storage: these and the images tutorial run one after another
 NAME = 'peng'
 
 

@@ -1,5 +1,5 @@
 """The reference pipeline under real DVC, in a throwaway copy of the repository."""
-import json, os, subprocess, sys, textwrap
+import json, os, shutil, subprocess, sys, textwrap
 from pathlib import Path
 
 import polars as pl
@@ -14,24 +14,43 @@ from conftest import ROOT, copy_repo
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def repo(tmp_path):
+pytestmark = pytest.mark.xdist_group('pipeline')  # one process reproduces the pipeline once; its tests start from copies
+
+
+def make_repo(dst: Path, scratch: Path) -> Path:
     "A git repository holding a copy of the project, with the pipeline cut to a two-day sample"
-    r = copy_repo(tmp_path/'repo')
+    r = copy_repo(dst)
     (r/'dvc.lock').unlink(missing_ok=True)
     params = (r/'params.yaml').read_text().replace('sample_days: 0', 'sample_days: 2')
     (r/'params.yaml').write_text(params)
-    os.environ.update(PATH=f"{BIN}:{os.environ['PATH']}", DVC_NO_ANALYTICS='1', DVC_SITE_CACHE_DIR=str(tmp_path/'dvc-site'),
+    os.environ.update(PATH=f"{BIN}:{os.environ['PATH']}", DVC_NO_ANALYTICS='1', DVC_SITE_CACHE_DIR=str(scratch/'dvc-site'),
                       GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t', GIT_COMMITTER_NAME='t', GIT_COMMITTER_EMAIL='t@t')
     git(r, 'init', '-q'); git(r, 'add', '-A'); git(r, 'commit', '-qm', 'copy')
     return r
 
 
+@pytest.fixture(scope='session')
+def reproduced(tmp_path_factory):
+    "The project's pipeline run once by `dvc repro`, with the store that recorded it: the tests below start from copies of both"
+    base = tmp_path_factory.mktemp('reproduced')
+    r = make_repo(base/'repo', base)
+    dvc(r, 'repro', env={'AIINFRA_HOME': str(base/'aiinfra-home')})
+    return r, base/'aiinfra-home'
+
+
+@pytest.fixture
+def repo_reproduced(reproduced, tmp_path, aiinfra_home):
+    "A copy of the reproduced repository (its DVC cache, lock and outputs), and its store as this test's store"
+    r, home = reproduced
+    shutil.copytree(home, aiinfra_home)
+    return shutil.copytree(r, tmp_path/'repo', symlinks=True)
+
+
 def git(repo, *args): return subprocess.run(['git', *args], cwd=repo, check=True, capture_output=True, text=True)
 
 
-def dvc(repo, *args) -> str:
-    p = subprocess.run([str(BIN/'dvc'), *args], cwd=repo, capture_output=True, text=True, timeout=600)
+def dvc(repo, *args, env: dict | None = None) -> str:
+    p = subprocess.run([str(BIN/'dvc'), *args], cwd=repo, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout + p.stderr
 
@@ -45,8 +64,8 @@ def stage_runs() -> list[tuple]:
             query(sa.select(runs.c.name, runs.c.status, runs.c.params).where(runs.c.name.in_(STAGES)).order_by(runs.c.started_at))]
 
 
-def test_repro_records_runs_and_reruns_only_what_changed(repo):
-    dvc(repo, 'repro')
+def test_repro_records_runs_and_reruns_only_what_changed(repo_reproduced):
+    repo = repo_reproduced  # `dvc repro` ran once: its four stages are recorded
     assert stage_runs() == [('ingest', 'finished', None), ('etl', 'finished', 15), ('train', 'finished', None), ('evaluate', 'finished', None)]
     rows = {m['key']: m['value'] for m in query("SELECT key, value FROM metrics WHERE key LIKE 'rows/%'")}
     cat = io.Catalog(repo/'data')
@@ -72,8 +91,8 @@ def test_repro_records_runs_and_reruns_only_what_changed(repo):
         cat.load('processed/features', rev='nope')
 
 
-def test_train_stage_registers_evaluates_and_promotes(repo):
-    dvc(repo, 'repro')
+def test_train_stage_registers_evaluates_and_promotes(repo_reproduced):
+    repo = repo_reproduced
     models = query(sa.select(sa.text('name, version, stage, metrics')).select_from(sa.table('models')))
     assert [(m['name'], m['version'], m['stage']) for m in models] == [('flights-delay', 1, 'production')]
     metrics = json.loads((repo/'data/eval/metrics.json').read_text())
@@ -100,9 +119,9 @@ def lock_entry(repo, stage) -> dict:
     return yaml.safe_load((repo/'dvc.lock').read_text())['stages'][stage]
 
 
-def test_rerun_on_identical_inputs_keeps_outputs_so_downstream_is_skipped(repo):
+def test_rerun_on_identical_inputs_keeps_outputs_so_downstream_is_skipped(repo_reproduced):
     "Forcing the ingest stage to rerun on the same inputs gives the same bytes: DVC skips etl and everything after it"
-    dvc(repo, 'repro')
+    repo = repo_reproduced
     before = {s: lock_entry(repo, s) for s in STAGES}
     out = dvc(repo, 'repro', '-f', '-s', 'ingest')
     assert "Running stage 'ingest'" in out
@@ -112,9 +131,9 @@ def test_rerun_on_identical_inputs_keeps_outputs_so_downstream_is_skipped(repo):
     assert {s: lock_entry(repo, s) for s in STAGES} == before
 
 
-def test_readme_fit_after_the_pipeline_trains_and_never_registers_an_untrained_version(repo):
+def test_readme_fit_after_the_pipeline_trains_and_never_registers_an_untrained_version(repo_reproduced):
     "After the pipeline, the README's fit(...) trains anew (the pipeline's checkpoint is a finished run's); resuming a done run registers nothing"
-    dvc(repo, 'repro')
+    repo = repo_reproduced
     snippet = textwrap.dedent("""
         from aiinfra_nb.train.datamodule import TabularDataModule
         from aiinfra_nb.train.fit import fit

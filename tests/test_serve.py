@@ -225,6 +225,7 @@ def loaded(tmp_path, sqlite_url):
     if svc.proc.poll() is None: svc.stop()
 
 
+@pytest.mark.load
 def test_load_mixed_requests_no_5xx_one_audit_row_each_and_a_promotion_midway(loaded):
     "10,000 requests at 32 connections, valid and invalid (401, 403, 404, 413, 422, 429): no 5xx, one audit row per request"
     v2 = [None]
@@ -246,6 +247,7 @@ def test_load_mixed_requests_no_5xx_one_audit_row_each_and_a_promotion_midway(lo
     assert {r['model_version'] for r in audited if r['status_code'] == 200 and r['model_version']} == {1, v2[0]}
 
 
+@pytest.mark.load
 def test_sigterm_during_load_loses_no_accepted_request_and_no_audit_row(loaded):
     answers = asyncio.run(_load(loaded.base, loaded.keys, 3_000, 32, on_half=lambda: loaded.proc.send_signal(signal.SIGTERM)))
     loaded.proc.communicate(timeout=60)
@@ -255,6 +257,7 @@ def test_sigterm_during_load_loses_no_accepted_request_and_no_audit_row(loaded):
     assert query("SELECT status FROM services WHERE name = 'test-api'", get_engine(loaded.url)) == [{'status': 'down'}]
 
 
+@pytest.mark.load
 def test_fuzzed_from_its_own_openapi_schema(service):
     "schemathesis generates requests from the service's OpenAPI schema: no 5xx, no traceback in any body"
     p = subprocess.run([str(BIN/'schemathesis'), 'run', f'{service.base}/openapi.json', '--checks', 'not_a_server_error',
@@ -288,6 +291,7 @@ def test_secrets_never_reach_the_audit_or_the_logs(loaded):
         assert not [k for k in loaded.keys.values() if k in text], table
 
 
+@pytest.mark.load
 def test_saturation_is_a_503_not_a_queue(tmp_path, sqlite_url):
     "More requests in flight than [service] max_concurrency: the excess get 503 with Retry-After, never a 500"
     svc = Service(tmp_path, sqlite_url, rate_limit='100000/second', max_concurrency=1)

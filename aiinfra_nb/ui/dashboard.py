@@ -107,7 +107,7 @@ class Dashboard:
     "The control panel: tabs of widgets over `ops.overview.panel`, refreshed on an interval"
     def __init__(self, refresh_s: float = 10,  # seconds between refreshes once started
                  engine=None):  # a store engine; default: the configured store
-        self.refresh_s, self.engine, self.data, self._task, self.scan_note = refresh_s, engine, None, None, ''
+        self.refresh_s, self.engine, self.data, self._task, self.scan_note, self._drawn = refresh_s, engine, None, None, '', {}
 
         self.status = W.HTML()
         self.run = W.Dropdown(description='run', options=[('', None)], layout=W.Layout(width='420px'))
@@ -164,8 +164,12 @@ def refresh(self: Dashboard, data: dict | None = None,
 
 @patch
 def _draw(self: Dashboard, d: dict):
+    "Redraw the charts whose data changed (a figure is large: an unchanged one is not sent to the page again)"
     charts = {'Runs': curves_chart(d['curves'], d.get('run_id')), 'Machines & cost': cost_chart(d['cost_by_day']), 'Services': latency_chart(d['traffic'])}
     for name, out in self.charts.items():
+        drawn = charts[name].to_json()
+        if self._drawn.get(name) == drawn: continue
+        self._drawn[name] = drawn
         out.clear_output(wait=True)
         with out: display(charts[name])
 
