@@ -79,7 +79,7 @@ def promote_if_better(registry: Registry, name: str, version: int, metrics: dict
     prod = next((r for r in registry.list(name) if r['stage'] == 'production'), None)
     best = (prod['metrics'] or {}).get(f'eval_{key}') if prod else None
     gain = (metrics[key] - best if better == 'higher' else best - metrics[key]) if best is not None else None
-    promote = prod is None or best is None or gain > min_gain
-    registry.promote(name, version, 'production' if promote else 'staging')
+    promote = prod is None or best is None or gain > min_gain or prod['version'] == version  # scored again: it stays
+    if not (prod and prod['version'] == version): registry.promote(name, version, 'production' if promote else 'staging')
     return dict(promoted=promote, metric=key, candidate=version, candidate_score=metrics[key],
                 production=prod['version'] if prod else None, production_score=best)
