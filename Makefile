@@ -13,7 +13,7 @@ CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c .ci/constrain
 # pip's noise about this machine's local mirrors is not news
 PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
 
-.PHONY: help install services browser containers sync-check test test-fast test-nbs test-py tutorials demo bench clean
+.PHONY: help install services browser containers sync-check test test-fast test-nbs test-py tutorials demo lock bench clean
 
 help:
 	@echo "make demo       set up, run the pipeline (dvc repro: ingest, etl, train, evaluate) on the full 2013 data, push it to the DVC remote,"
@@ -95,6 +95,12 @@ demo: install
 	aiinfra status
 	@echo "the control panel: 'aiinfra dashboard' (a page on 127.0.0.1, token printed), or '%load_ext aiinfra_nb' then '%aiinfra dashboard' in JupyterLab;"
 	@echo "a demo company to look at: 'aiinfra demo fleet --projects 50 --dir /tmp/fleet' (nbs/tutorials/control_panel.ipynb walks through it)"
+
+# dvc.lock as a fresh clone's `dvc repro` writes it: the registry keeps every version (data/models persists), so a lock
+# written over older versions names them too and a clean clone would not reproduce it
+lock: install
+	rm -rf data/models data/validation data/checkpoints
+	AIINFRA_HOME=$$(mktemp -d) dvc repro
 
 bench: install
 	python benchmarks/store_ingest.py

@@ -3,7 +3,7 @@
 `dvc status` compares every stage's dependencies with dvc.lock. On a fresh clone the DVC outputs are not there
 (they live in the DVC cache and remotes), so "not in cache" outputs and deleted dependencies that are another
 stage's outputs are expected; anything else (a changed or missing source file, a changed parameter or command)
-means dvc.lock is stale: run `dvc repro` and commit the lock it writes."""
+means dvc.lock is stale: run `make lock` (dvc repro from an empty registry) and commit the lock it writes."""
 import json, os, subprocess, sys
 from pathlib import Path
 import yaml
@@ -39,7 +39,7 @@ def main() -> int:
     problems = stale(json.loads(p.stdout or '{}'), outputs)
     for line in problems: print(f"  {line}", file=sys.stderr)
     if problems:
-        print("lock check FAILED: dvc.lock does not match the committed code and parameters: run `dvc repro` and commit dvc.lock", file=sys.stderr)
+        print("lock check FAILED: dvc.lock does not match the committed code and parameters: run `make lock` and commit dvc.lock", file=sys.stderr)
         return 1
     print("lock check: dvc.lock matches the code, notebooks and parameters")
     return 0
