@@ -77,7 +77,8 @@ idle_cpu_pct = 5
 idle_gpu_pct = 5
 idle_after_min = 30
 # how an admin stops a machine (`aiinfra machines stop NAME`), {machine} standing for its name, e.g.
-# "gcloud compute instances stop {machine}" or "ssh {machine} sudo shutdown -h now"; empty: not configured
+# "gcloud compute instances stop {machine}" or "ssh {machine} sudo shutdown -h now"; run as words, never by a shell
+# (for one: sh -c 'ssh "$1" sudo shutdown -h now' stop {machine}); empty: not configured
 stop_command =
 stop_timeout_s = 120
 
@@ -112,6 +113,8 @@ audit_payload = hash
 audit_payload_max = 4096
 # how long a looked-up API key is trusted before it is looked up again (revocation reaches every worker within this)
 key_cache_s = 1.0
+# seconds a request's body may take to arrive once its headers have (slower: 408, and its slot is given back)
+body_timeout_s = 10
 # a pinned registry folder (models + registry.db, as an image carries) served instead of the project's registry; empty: the project's
 registry =
 
@@ -165,7 +168,7 @@ SETTINGS_SCHEMA = {
     'prices': '*float 0..',  # open section: any key, each a price
     'service': {'host': 'str', 'port': 'int 1..65535', 'workers': 'int 1..256', 'name': 'str', 'reload_s': 'float 0.1..3600',
                 'rate_limit': 'str', 'limits_url': 'str', 'max_body_bytes': 'int 1..', 'max_rows': 'int 1..',
-                'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60', 'registry': 'path'},
+                'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60', 'body_timeout_s': 'float 0.1..3600', 'registry': 'path'},
     'images': {'registry': 'str', 'base_suite': 'str', 'base_mirror': 'str', 'storage_driver': 'str', 'isolation': 'str',
                'push_timeout_s': 'float 1..86400'},
     'portfolio': {'root': 'path'},

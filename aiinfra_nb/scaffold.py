@@ -15,8 +15,8 @@ from .ops.stages import sync_stages
 from .ops.store import get_engine, projects, query, store_url, writing
 
 # %% auto #0
-__all__ = ['PARAMS_HEADER', 'ScaffoldError', 'template_source', 'check_project_name', 'NewProject', 'new_project',
-           'training_budget', 'upgrade_project']
+__all__ = ['PARAMS_HEADER', 'ScaffoldError', 'template_source', 'check_project_name', 'data_file_name', 'NewProject',
+           'new_project', 'training_budget', 'upgrade_project']
 
 # %% ../nbs/api/45_scaffold.ipynb #b4efd4c3
 class ScaffoldError(AiinfraError):
@@ -48,8 +48,26 @@ def _check_unregistered(name: str, engine):
     rows = query(sa.select(projects.c.repo).where(projects.c.name == name), engine)
     if rows: raise ScaffoldError(f"a project named {name!r} exists already in the store{' (' + rows[0]['repo'] + ')' if rows[0]['repo'] else ''}: choose another name")
 
+_SHELL_UNSAFE = set('"\\$`')  # what a double-quoted shell word does not keep literal
+
 def _check_literal(what: str, value: str):
-    if any(ch in value for ch in '"\\\n'): raise ScaffoldError(f"{what} {value!r}: a quote, backslash or newline cannot go into a notebook parameter; rename the column")
+    "A value that becomes a pipeline parameter: DVC substitutes it into a double-quoted shell word of the stage's command"
+    if any(ch in _SHELL_UNSAFE or not ch.isprintable() for ch in value):
+        raise ScaffoldError(f"{what} {value!r}: a quote, backslash, '$', backquote or control character cannot go into a pipeline parameter; rename the column")
+
+_WORD = re.compile(r'^[A-Za-z0-9._~:/@+=,%!<>\[\]-]+$')  # a path, URL or requirement, kept literal in a Makefile and a double-quoted shell word
+
+def _check_word(what: str, value: str):
+    if value and not _WORD.match(value): raise ScaffoldError(f"{what} {value!r}: expected a path, URL or requirement (no spaces, quotes, '$', '#' or ';')")
+
+def _check_ini(what: str, value: str):
+    if any(not ch.isprintable() for ch in value) or ' #' in value or ' ;' in value:
+        raise ScaffoldError(f"{what} {value!r}: a control character, ' #' or ' ;' cannot go into settings.ini")
+
+def data_file_name(path: Path) -> str:
+    "The name the data file is copied under: letters, digits, '.', '-' and '_' (anything else becomes '_')"
+    name = re.sub(r'[^A-Za-z0-9._-]', '_', path.name).lstrip('.-') or 'data'
+    return name[-120:]
 
 # %% ../nbs/api/45_scaffold.ipynb #edeb97dd
 @dataclass
@@ -115,6 +133,30 @@ def new_project(name: str,  # the project's name in the store (and its folder's,
             for p in dest.iterdir(): shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         raise
 
+# %% ../nbs/api/45_scaffold.ipynb #e0133c2b
+def _parameters(notebook: Path) -> dict:
+    "The literal values of a notebook's `parameters` cell"
+    import ast, json
+    cell = next(c for c in json.loads(notebook.read_text())['cells'] if 'parameters' in c.get('metadata', {}).get('tags', []))
+    return {t.id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body if isinstance(n, ast.Assign) for t in n.targets}
+
+def _check_rendered(dest: Path, answers: dict):
+    "Parse what the template wrote and check each value came out as given: nothing pasted into a file changed its shape"
+    import configparser
+    nbs = dest/'nbs'/'pipelines'
+    want = {'ingest': dict(source=f"data/source/{answers['data_file']}", contract=f"contracts/{answers['project_name']}.json"),
+            'train': {k: answers[k] for k in ('model_name', 'target', 'task', 'split', 'time_column', 'batch_size', 'max_epochs')},
+            'evaluate': dict(model_name=answers['model_name'])}
+    for stage, values in want.items():
+        try: got = _parameters(nbs/f'{stage}.ipynb')
+        except (ValueError, SyntaxError, StopIteration, KeyError) as e: raise ScaffoldError(f"the template wrote a {stage} notebook that does not parse ({e})") from None
+        if bad := [k for k, v in values.items() if got.get(k) != v]: raise ScaffoldError(f"the {stage} notebook's parameters {', '.join(bad)} are not what was given")
+    ini = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=('#', ';'))
+    ini.read(dest/'settings.ini')
+    if (ini.get('project', 'name', fallback=None), ini.get('store', 'url', fallback=None)) != (answers['project_name'], answers['store_url']):
+        raise ScaffoldError("the template wrote a settings.ini whose [project] name or [store] url is not what was given")
+    if f"TOOLKIT ?= {answers['toolkit']}\n" not in (dest/'Makefile').read_text(): raise ScaffoldError("the template wrote a Makefile whose TOOLKIT is not what was given")
+
 # %% ../nbs/api/45_scaffold.ipynb #3417d45d
 PARAMS_HEADER = ("# Parameters of the pipeline (dvc.yaml), a section per stage; `aiinfra stages sync` adds what a notebook gains.\n"
                  "# `dvc exp run -S train.lr=0.003` tries another value.\n")
@@ -139,22 +181,25 @@ def _track_data(dest: Path, path: str):
 
 def _make(name, data, dest, inference, src, vcs_ref, owner, description, toolkit, answers) -> NewProject:
     import copier, yaml, warnings
-    answers = dict(project_name=name, description=description, owner=owner, model_name=name, data_file=data.name,
+    file = data_file_name(data)
+    answers = dict(project_name=name, description=description, owner=owner, model_name=name, data_file=file,
                    target=inference.target, task=inference.task, split='time' if inference.time_column else 'random',
                    time_column=inference.time_column, store_url=store_url(), toolkit=toolkit or src, toolkit_python=sys.executable,
                    **training_budget(inference.rows - inference.null_target_rows)) | answers
+    _check_word('--toolkit', answers['toolkit']); _check_word('the Python', answers['toolkit_python']); _check_ini('the store URL', answers['store_url'])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # copier's DirtyLocalWarning: a template with uncommitted changes is what was asked for
         copier.run_copy(src, dest, data=answers, vcs_ref=vcs_ref, defaults=True, quiet=True, unsafe=False)
-    steps = [f"rendered the template {src}"]
+    _check_rendered(dest, answers)
+    steps = [f"rendered the template {src}"] + ([f"the data file {data.name!r} is data/source/{file}"] if file != data.name else [])
     (dest/'data'/'source').mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data, dest/'data'/'source'/data.name)
+    shutil.copyfile(data, dest/'data'/'source'/file)
     inference.contract.save(dest/'contracts'/f'{name}.json')
     steps += sync_stages(dest)
     (dest/'params.yaml').write_text(PARAMS_HEADER + (dest/'params.yaml').read_text())
     identity = _git_identity(owner)
     _run(['git', 'init', '-q', '-b', 'main'], dest, 'git init')
-    _track_data(dest, f'data/source/{data.name}')
+    _track_data(dest, f'data/source/{file}')
     _run(['git', 'add', '-A'], dest, 'git add')
     _run(['git', 'commit', '-q', '-m', f'new project {name} (aiinfra new)'], dest, 'git commit', identity)
     commit = (yaml.safe_load((dest/'.copier-answers.yml').read_text()) or {}).get('_commit')

@@ -67,7 +67,7 @@ with writing(get_engine({store_url!r})) as c:
                                                last_heartbeat_at=time.time(), price_per_hour=4.5))
 """
     assert subprocess.run([sys.executable, '-c', code]).returncode == 0
-    env = dict(AIINFRA_DB_URL=store_url, AIINFRA_MACHINES_STOP_COMMAND=f"echo {{machine}} >> {tmp_path/'stopped'}")
+    env = dict(AIINFRA_DB_URL=store_url, AIINFRA_MACHINES_STOP_COMMAND=f"sh -c 'echo \"$1\" >> {tmp_path/'stopped'}' stop {{machine}}")
     admin = json.loads(aiinfra('keys', 'create', '--name', 'ops', '--role', 'admin', '--json', **env).stdout)['secret']
     viewer = json.loads(aiinfra('keys', 'create', '--name', 'bi', '--role', 'read', '--json', **env).stdout)['secret']
     one_line_error(aiinfra('machines', 'stop', 'gpu-node-7', **env), 'no API key')

@@ -175,3 +175,31 @@ def test_upgrade_from_the_previous_template_keeps_a_local_edit(tmp_path, sqlite_
     in_project([str(BIN/'aiinfra'), 'stages', 'check'], proj)
     in_project(['dvc', 'repro'], proj)
     assert json.loads((proj/'data/eval/metrics.json').read_text())['rows'] > 0
+
+
+def test_a_hostile_file_name_or_column_cannot_inject_code(tmp_path, sqlite_url, monkeypatch):
+    """A 243-byte file name that closes the notebook's string and cell and opens a code cell is copied under a plain name, and the
+    pipeline runs nothing of it; a column name that would run a command in the stage's shell command is refused"""
+    monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
+    evil = 'x"]},{"cell_type":"code","execution_count":null,"metadata":{},"outputs":[],"source":["__import__(\\"os\\").system(\\"touch PWN\\")"]},{"cell_type":"markdown","metadata":{},"source":["y.csv'
+    assert '/' not in evil and len(evil.encode()) < 255
+    (tmp_path/'in').mkdir()
+    shutil.copyfile(package_file('palmerpenguins', 'data/penguins.csv'), tmp_path/'in'/evil)
+    aiinfra('new', 'hostile', '--data', tmp_path/'in'/evil, '--target', 'species', '--dir', tmp_path/'hostile')
+    proj = tmp_path/'hostile'
+    ingest = json.loads((proj/'nbs/pipelines/ingest.ipynb').read_text())
+    import re
+    template_ids = re.findall(r'"id": "(\w+)"', (ROOT/'template/nbs/pipelines/ingest.ipynb.jinja').read_text())
+    assert [c['id'] for c in ingest['cells']] == template_ids  # the template's cells, and no other
+    assert not any(''.join(c['source']).lstrip().startswith('__import__') for c in ingest['cells'])
+    assert [p.name for p in (proj/'data/source').iterdir() if not p.name.endswith('.dvc') and p.name != '.gitignore'] == [
+        ''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in evil).lstrip('.-')[-120:]]
+    in_project([str(BIN/'aiinfra'), 'stages', 'check'], proj)
+    in_project(['dvc', 'repro', 'ingest'], proj)
+    assert not (proj/'PWN').exists() and not list(proj.rglob('PWN'))
+
+    frame = pl.read_csv(package_file('palmerpenguins', 'data/penguins.csv')).rename({'species': '$(touch PWN)'})
+    frame.write_csv(tmp_path/'cols.csv')
+    r = aiinfra('new', 'columns', '--data', tmp_path/'cols.csv', '--target', '$(touch PWN)', '--dir', tmp_path/'columns', check=False)
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'cannot go into a pipeline parameter' in r.stderr, r.stderr
+    assert not (tmp_path/'columns').exists() and not list(tmp_path.rglob('PWN'))

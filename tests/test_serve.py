@@ -160,7 +160,7 @@ def test_v2_bodies_follow_the_open_inference_protocol(service):
         jsonschema.validate(r, SPEC['infer'])
         assert (r['id'], r['model_version'], r['outputs'][0]['shape'], len(r['outputs'][0]['data'])) == ('q1', '1', [2], 2)
         for bad, says in [({**V2, 'inputs': V2['inputs'][:1]}, "missing inputs: carrier"),
-                          ({**V2, 'inputs': [{**V2['inputs'][0], 'datatype': 'BYTES'}, V2['inputs'][1]]}, "input 'distance': datatype BYTES"),
+                          ({**V2, 'inputs': [{**V2['inputs'][0], 'datatype': 'BYTES'}, V2['inputs'][1]]}, "input 'distance': BYTES holds text"),
                           ({**V2, 'inputs': [{**V2['inputs'][0], 'shape': [3]}, V2['inputs'][1]]}, "input 'distance': shape [3]")]:
             r = c.post('/v2/models/delay/infer', json=bad)
             assert r.status_code == 422 and says in r.json()['error']

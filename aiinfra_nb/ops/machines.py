@@ -10,13 +10,13 @@ import psutil
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import load_settings
+from ..core import AiinfraError, load_settings
 from .record import log_event, new_id
 from .store import get_engine, insert_ignore, machine_sessions, machines, query, writing
 
 # %% auto #0
-__all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'register_machine',
-           'MachineSession', 'session_cost', 'today_start']
+__all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'MachineError',
+           'check_machine_name', 'register_machine', 'MachineSession', 'session_cost', 'today_start']
 
 # %% ../../nbs/api/03_ops.machines.ipynb #35288994
 def _nvml():
@@ -74,9 +74,21 @@ def next_idle_since(idle_since: float | None, sample: dict, now: float, settings
     return (idle_since or now) if quiet else None
 
 # %% ../../nbs/api/03_ops.machines.ipynb #bd7cb88b
+_MACHINE_NAME = re.compile(r'^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$')
+
+class MachineError(AiinfraError):
+    "A machine name that is not a host name"
+
+def check_machine_name(name: str) -> str:
+    "`name` if it is a host name (labels of letters, digits, '-' and '_', not starting or ending with '-', joined by dots)"
+    if not isinstance(name, str) or not _MACHINE_NAME.match(name):
+        raise MachineError(f"machine name {str(name)[:80]!r} is not a host name (letters, digits, '-', '_' and dots; no leading '-')")
+    return name
+
 def register_machine(info: dict | None = None, engine: Engine | None = None) -> dict:
     "Add or refresh this machine in `machines`"
     info, now = info or machine_info(), time.time()
+    check_machine_name(info['name'])
     with writing(engine) as conn:
         insert_ignore(conn, machines, **info, registered_at=now, last_seen_at=now)
         conn.execute(machines.update().where(machines.c.name == info['name']).values(**info, last_seen_at=now))

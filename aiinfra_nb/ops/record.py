@@ -24,7 +24,7 @@ FAST_COLUMNS = {
     'metrics': ('run_id', 'key', 'step', 'value', 'time'),
     'events': ('time', 'project', 'service', 'level', 'logger', 'message', 'run_id', 'request_id', 'host', 'pid', 'extra'),
     'audit': ('time', 'service', 'request_id', 'key_id', 'key_name', 'role', 'method', 'path', 'route', 'model', 'model_version',
-              'status_code', 'latency_ms', 'client', 'error', 'rows', 'request_bytes', 'payload', 'project'),
+              'status_code', 'latency_ms', 'client', 'error', 'rows', 'request_bytes', 'payload', 'project', 'form'),
 }
 
 def _insert_sql(engine: Engine, table: str) -> str:

@@ -100,6 +100,7 @@ audit = sa.Table('audit', metadata,
     _col('status_code', _Int), _col('latency_ms', _Float), _col('client', _Str), _col('error', _Text),
     _col('route', _Text), _col('rows', _Int), _col('request_bytes', _Int), _col('payload', _Text),  # v5: what was asked
     _col('project', _Str),  # the project whose service answered; v6
+    _col('form', sa.String(32)),  # how the body came: json or binary (V2's binary tensor data), +gzip/+deflate; v9
     sa.Index('ix_audit_time', 'time'), sa.Index('ix_audit_key_time', 'key_id', 'time'))
 
 project_scans = sa.Table('project_scans', metadata,  # the last scan of each repository of the portfolio (ops.projects); v7
@@ -245,8 +246,12 @@ def _v8_bi_views(op):
     "v8: the bi_* views, for BI tools (times as timestamps)"
     _create_views(op.get_bind())
 
+def _v9_audit_form(op):
+    "v9: an audited call says how its body came (json, binary tensor data, compressed)"
+    op.add_column('audit', sa.Column('form', sa.String(32)))
+
 MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects,
-                                   7: _v7_project_scans, 8: _v8_bi_views}  # version -> step(op: alembic Operations) from version-1
+                                   7: _v7_project_scans, 8: _v8_bi_views, 9: _v9_audit_form}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex, subprocess, time
 import sqlalchemy as sa
 from ..core import AiinfraError, load_settings
-from ..ops.machines import session_cost
+from ..ops.machines import MachineError, check_machine_name, session_cost
 from ..ops.record import log_event, new_id
 from ..ops.store import audit, get_engine, machine_sessions, machines, query, writing
 from .auth import KeyRing
@@ -48,8 +48,13 @@ def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
     if not open_: refuse(f"machine {name!r} has no open session: it is off already", 409)
     if not m.stop_command: refuse("no [machines] stop_command in settings.ini: say how a machine is stopped, e.g. "
                                   "stop_command = gcloud compute instances stop {machine}", 501)
-    command = m.stop_command.replace('{machine}', shlex.quote(name))
-    try: done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=m.stop_timeout_s)
+    try: check_machine_name(name)
+    except MachineError as e: refuse(str(e), 400)
+    try: argv = [w.replace('{machine}', name) for w in shlex.split(m.stop_command)]
+    except ValueError as e: refuse(f"[machines] stop_command does not split into words ({e}): {m.stop_command}", 501)
+    command = shlex.join(argv)
+    try: done = subprocess.run(argv, capture_output=True, text=True, timeout=m.stop_timeout_s)  # an argument vector: no shell
+    except FileNotFoundError: refuse(f"the stop command's program {argv[0]!r} is not on this machine: {command}", 502)
     except subprocess.TimeoutExpired: refuse(f"the stop command ran past {m.stop_timeout_s:g} s ([machines] stop_timeout_s): {command}", 502)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()

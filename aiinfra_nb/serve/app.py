@@ -12,8 +12,7 @@ import polars as pl
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 import prometheus_client as prom
 from ..core import AiinfraError, FeatureError, load_settings
@@ -21,14 +20,15 @@ from ..ops.record import flush, log_event
 from ..ops.store import services, writing, insert_ignore
 from .audit import AuditMiddleware
 from .auth import Key, KeyRing, RateLimits
+from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_v1, read_v2
 from ..train.model import Preprocessor
 from ..train.registry import Registry
 
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
-__all__ = ['REQUESTS', 'LATENCY', 'NUMERIC_TYPES', 'Served', 'LiveModels', 'predict', 'ServiceError', 'error', 'needs', 'Guard',
-           'V2Tensor', 'V2Request', 'V1Request', 'frame_from_v2', 'v2_metadata', 'create_app', 'serve']
+__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Served', 'LiveModels', 'predict', 'error', 'needs', 'Guard', 'body_of',
+           'v2_metadata', 'create_app', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #0f4766e8
 @dataclass(frozen=True)
@@ -89,11 +89,6 @@ def predict(served: Served, frame: pl.DataFrame) -> list:
     return out.tolist()
 
 # %% ../../nbs/api/32_serve.app.ipynb #2a9cbbc0
-class ServiceError(Exception):
-    "An error answer: status, message, headers"
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        self.status, self.message, self.headers = status, message, headers
-
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({'error': message}, status_code=status, headers=headers)
 
@@ -132,6 +127,7 @@ class Guard:
             length = dict(scope.get('headers') or []).get(b'content-length')
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 return await _refuse_body(receive, send_, int(length) if length.isdigit() else None, self.max_body)
+            if scope['path'].startswith('/v2/health/'): return await self.app(scope, receive, send_)  # never held up by the load
             if self.in_flight >= self.max_concurrency:
                 return await _answer(send_, 503, f"busy: {self.in_flight} requests in flight", {'Retry-After': '1'})
             self.in_flight += 1
@@ -159,46 +155,23 @@ async def _refuse_body(receive, send, length: int | None, max_body: int):
     await _answer(send, 413, f"request body over {max_body:,} bytes", {'Connection': 'close'})
 
 # %% ../../nbs/api/32_serve.app.ipynb #a38005e1
-class V2Tensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list
-    parameters: dict | None = None
+V2_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {  # the docs' (and the fuzzer's) view of the body
+    'type': 'object', 'required': ['inputs'],
+    'properties': {'id': {'type': 'string'}, 'parameters': {'type': 'object'}, 'outputs': {'type': 'array', 'items': {'type': 'object'}},
+                   'inputs': {'type': 'array', 'items': {'type': 'object', 'required': ['name', 'datatype', 'shape'],
+                              'properties': {'name': {'type': 'string'}, 'datatype': {'type': 'string'}, 'shape': {'type': 'array', 'items': {'type': 'integer'}},
+                                             'data': {'type': 'array'}, 'parameters': {'type': 'object'}}}}}}}}}}
+V1_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {
+    'type': 'object', 'required': ['instances'], 'properties': {'instances': {'type': 'array', 'items': {'type': 'object'}}}}}}}}
 
-class V2Request(BaseModel):
-    id: str | None = None
-    inputs: list[V2Tensor]
-    outputs: list[dict] | None = None
-    parameters: dict | None = None
-
-class V1Request(BaseModel):
-    instances: list[dict]
-
-NUMERIC_TYPES = {'BOOL', 'INT8', 'INT16', 'INT32', 'INT64', 'UINT8', 'UINT16', 'UINT32', 'UINT64', 'FP16', 'FP32', 'FP64'}
-
-def _flat(data: list) -> list:
-    return [v for x in data for v in (_flat(x) if isinstance(x, list) else [x])]
-
-def frame_from_v2(served: Served, inputs: list[V2Tensor], max_rows: int) -> pl.DataFrame:
-    "The frame of feature columns that V2 `inputs` describe, checked against the model's features"
-    f = served.features
-    numeric, categorical = f.get('numeric', []), f.get('categorical', [])
-    given = {t.name: t for t in inputs}
-    if missing := [c for c in [*numeric, *categorical] if c not in given]: raise FeatureError(f"missing inputs: {', '.join(missing)}")
-    cols, rows = {}, None
-    for c in [*numeric, *categorical]:
-        t = given[c]
-        data = _flat(t.data)
-        if math.prod(t.shape) != len(data) or len(t.shape) not in (1, 2) or (len(t.shape) == 2 and t.shape[1] != 1):
-            raise FeatureError(f"input {c!r}: shape {t.shape} does not hold {len(data)} values (expected [rows] or [rows, 1])")
-        if c in numeric and t.datatype not in NUMERIC_TYPES: raise FeatureError(f"input {c!r}: datatype {t.datatype}, expected a number type (FP32, INT64, ...)")
-        if c in categorical and t.datatype != 'BYTES': raise FeatureError(f"input {c!r}: datatype {t.datatype}, expected BYTES (text)")
-        if rows is not None and len(data) != rows: raise FeatureError(f"input {c!r} has {len(data)} rows, the others {rows}")
-        rows, cols[c] = len(data), data
-    if rows > max_rows: raise ServiceError(413, f"{rows:,} rows: at most {max_rows:,} per request")
-    try: return pl.DataFrame({c: pl.Series(c, v, dtype=pl.Float64 if c in numeric else pl.String, strict=False) for c, v in cols.items()})
-    except (TypeError, ValueError, pl.exceptions.PolarsError) as e: raise FeatureError(f"inputs do not form a table: {e}") from None
+async def body_of(request: Request) -> bytes:
+    "The request body, read within `[service] body_timeout_s` (408) and inflated under the body limit"
+    wait = request.app.state.body_timeout_s
+    try: raw = await asyncio.wait_for(request.body(), wait)
+    except asyncio.TimeoutError: raise ServiceError(408, f"the request body did not arrive within {wait:g} s", {'Connection': 'close'}) from None
+    encoding = request.headers.get('content-encoding')
+    request.scope['state']['audit']['encoding'] = encoding.strip().lower() if encoding else None
+    return inflated(raw, encoding, request.app.state.max_body)
 
 def v2_metadata(served: Served, versions: list[int]) -> dict:
     "V2 model metadata: one input per feature, with its datatype and shape [-1]"
@@ -235,6 +208,7 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
                   description="Open Inference Protocol (V2) and KServe V1 over the registry's production models. "
                               "Every route but health needs an API key: Authorization: Bearer <key> (or X-API-Key).")
     app.state.keys, app.state.limits, app.state.models, app.state.max_rows = KeyRing(), RateLimits(), models, s.service.max_rows
+    app.state.max_body, app.state.body_timeout_s = s.service.max_body_bytes, s.service.body_timeout_s
     _routes(app)
     _declare_permissions(app)
     _errors(app)
@@ -299,7 +273,8 @@ def _served(request: Request, key: Key, name: str, version: str | None = None) -
     "The model a request names, if the key may use it; else the same 404 as an unknown model"
     v = None
     if version is not None:
-        if not (version.isascii() and version.isdigit()): raise ServiceError(404, f"no model {name!r} version {version!r}")  # '¹' is a digit to isdigit
+        if not (version.isascii() and version.isdigit() and len(version) <= 18):  # '¹' is a digit to isdigit; 4,301 digits do not convert
+            raise ServiceError(404, f"no model {name!r} version {version[:40]!r}")
         v = int(version)
     served = request.app.state.models.get(name, v) if key.may_use(name) else None
     if served is None: raise ServiceError(404, f"no model {name!r}" + (f" version {v}" if v is not None else ''))
@@ -310,7 +285,13 @@ def _outputs(served: Served, values: list) -> list[dict]:
     task = served.task
     shape = [len(values), len(values[0])] if task == 'multiclass' and values else [len(values)]
     return [{'name': 'prediction' if task == 'regression' else 'probability', 'datatype': 'FP32', 'shape': shape,
-             'data': _flat(values) if task == 'multiclass' else values}]
+             'data': [v for row in values for v in row] if task == 'multiclass' else values}]
+
+def _form(request: Request, form: str) -> str:
+    "How a body came, for the audit: json or binary, and its compression"
+    enc = request.scope['state']['audit'].get('encoding')
+    request.scope['state']['audit']['form'] = form = form + (f'+{enc}' if enc and enc != 'identity' else '')
+    return form
 
 def _routes(app: FastAPI):
     read, predict_, admin = needs('read'), needs('predict'), needs('admin')
@@ -324,7 +305,7 @@ def _routes(app: FastAPI):
         return JSONResponse({'ready': ok}, status_code=200 if ok else 503)
 
     @app.get('/v2', tags=['v2'])
-    async def server_metadata(key: Key = read): return {'name': 'aiinfra', 'version': __version__, 'extensions': []}
+    async def server_metadata(key: Key = read): return {'name': 'aiinfra', 'version': __version__, 'extensions': ['binary_tensor_data']}
 
     @app.get('/v2/models/{name}', tags=['v2'])
     @app.get('/v2/models/{name}/versions/{version}', tags=['v2'])
@@ -338,14 +319,17 @@ def _routes(app: FastAPI):
         _served(request, key, name, version)
         return {'name': name, 'ready': True}
 
-    @app.post('/v2/models/{name}/infer', tags=['v2'])
-    @app.post('/v2/models/{name}/versions/{version}/infer', tags=['v2'])
-    async def infer(request: Request, body: V2Request, name: str, version: str | None = None, key: Key = predict_):
+    @app.post('/v2/models/{name}/infer', tags=['v2'], openapi_extra=V2_BODY)
+    @app.post('/v2/models/{name}/versions/{version}/infer', tags=['v2'], openapi_extra=V2_BODY)
+    async def infer(request: Request, name: str, version: str | None = None, key: Key = predict_):
         served = _served(request, key, name, version)
-        frame = frame_from_v2(served, body.inputs, request.app.state.max_rows)
+        req = read_v2(await body_of(request), request.headers.get('inference-header-content-length'))
+        _form(request, req.form)
+        frame = frame_from_v2(served.features, req, request.app.state.max_rows)
         request.scope['state']['audit']['rows'] = frame.height
-        values = predict(served, frame)
-        return {'model_name': name, 'model_version': str(served.version), 'id': body.id, 'outputs': _outputs(served, values)}
+        answer = {'model_name': name, 'model_version': str(served.version), 'id': req.id}
+        body, headers = encode_v2(answer, _outputs(served, predict(served, frame)), req)
+        return Response(body, headers=headers)
 
     @app.get('/v1/models', tags=['v1'])
     async def v1_models(request: Request, key: Key = read):
@@ -356,21 +340,12 @@ def _routes(app: FastAPI):
         served = _served(request, key, name)
         return {'name': name, 'ready': True, 'version': str(served.version)}
 
-    @app.post('/v1/models/{name}:predict', tags=['v1'])
-    async def v1_predict(request: Request, body: V1Request, name: str, key: Key = predict_):
+    @app.post('/v1/models/{name}:predict', tags=['v1'], openapi_extra=V1_BODY)
+    async def v1_predict(request: Request, name: str, key: Key = predict_):
         served = _served(request, key, name)
-        if len(body.instances) > request.app.state.max_rows:
-            raise ServiceError(413, f"{len(body.instances):,} rows: at most {request.app.state.max_rows:,} per request")
-        f = served.features
-        wanted = [*f.get('numeric', []), *f.get('categorical', [])]
-        missing = sorted({c for row in body.instances for c in wanted if c not in row})
-        if missing: raise FeatureError(f"missing features: {', '.join(missing)}")
-        for c in f.get('numeric', []):
-            bad = [row[c] for row in body.instances if row[c] is not None and not isinstance(row[c], (int, float))]
-            if bad: raise FeatureError(f"feature {c!r} must be a number, got {str(bad[0])[:60]!r}")
-        try: frame = pl.DataFrame([{c: row[c] for c in wanted} for row in body.instances],
-                                  schema={c: pl.Float64 if c in f.get('numeric', []) else pl.String for c in wanted}, strict=False)
-        except (TypeError, ValueError, pl.exceptions.PolarsError) as e: raise FeatureError(f"instances do not form a table: {str(e)[:200]}") from None
+        instances = read_v1(await body_of(request), request.app.state.max_rows)
+        _form(request, 'json')
+        frame = frame_from_v1(served.features, instances)
         request.scope['state']['audit']['rows'] = frame.height
         return {'predictions': predict(served, frame), 'model_name': name, 'model_version': str(served.version)}
 

@@ -63,7 +63,7 @@ class AuditMiddleware:
             row = (time.time(), self.service, info['request_id'], info.get('key_id'), info.get('key_name'), info.get('role'),
                    scope['method'], scope['path'][:2000], getattr(route, 'path', None), info.get('model'), info.get('model_version'),
                    seen['status'], round(latency_ms, 3), client[0] if client else None, info.get('error'), info.get('rows'),
-                   seen['bytes'], _payload(body, self.mode, self.cap), self.project)
+                   seen['bytes'], _payload(body, self.mode, self.cap), self.project, info.get('form'))
             if self._writer is None: self._writer = writer(self.engine)  # resolved once: the store of a running service does not move
             self._writer.put('audit', [row])
         except Exception as e: print(f"aiinfra: audit record lost: {e}")
@@ -84,7 +84,7 @@ def list_audit(key: str | None = None,  # a key's id or name
     check_limit(limit)
     a = audit.c
     q = sa.select(a.time, a.project, a.request_id, a.key_name, a.role, a.method, a.path, a.model, a.model_version, a.status_code,
-                  a.latency_ms, a.rows, a.request_bytes, a.error, a.payload).order_by(a.time.desc(), a.id.desc()).limit(limit)
+                  a.latency_ms, a.rows, a.request_bytes, a.form, a.error, a.payload).order_by(a.time.desc(), a.id.desc()).limit(limit)
     if key: q = q.where((a.key_id == key) | (a.key_name == key))
     if model: q = q.where(a.model == model)
     if status: q = q.where(a.status_code == status)
