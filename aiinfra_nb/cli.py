@@ -10,6 +10,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from .core import AiinfraError, money, text_table
 from .ops.overview import machines_now
 from .ops.record import list_events, list_runs
@@ -50,7 +51,7 @@ def status(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     out = dict(store=summary, **overview(), latest_runs=list_runs(limit=5))
     if as_json: return print(json.dumps(out, default=str, indent=1))
     c = Console(width=max(Console().width, 120), highlight=False)
-    c.print(f"[bold]store[/]      {summary['backend']}  {summary['url']}  (schema v{summary['schema_version']})")
+    c.print(f"[bold]store[/]      {summary['backend']}  {escape(summary['url'])}  (schema v{summary['schema_version']})")
     c.print(f"[bold]projects[/]   {out['projects']:,}   [bold]runs today[/] {out['runs_today']:,} "
             f"({'[red]' if out['failed_today'] else ''}{out['failed_today']:,} failed{'[/]' if out['failed_today'] else ''}, {out['running']:,} running)")
     idle = f"  [yellow]{out['machines_idle']} idle[/]" if out['machines_idle'] else ''

@@ -115,6 +115,8 @@ audit_payload_max = 4096
 key_cache_s = 1.0
 # seconds a request's body may take to arrive once its headers have (slower: 408, and its slot is given back)
 body_timeout_s = 10
+# the interactive API docs (/docs, /redoc) load Swagger UI from a CDN: off unless asked; /openapi.json is always served
+docs = false
 # a pinned registry folder (models + registry.db, as an image carries) served instead of the project's registry; empty: the project's
 registry =
 
@@ -168,7 +170,7 @@ SETTINGS_SCHEMA = {
     'prices': '*float 0..',  # open section: any key, each a price
     'service': {'host': 'str', 'port': 'int 1..65535', 'workers': 'int 1..256', 'name': 'str', 'reload_s': 'float 0.1..3600',
                 'rate_limit': 'str', 'limits_url': 'str', 'max_body_bytes': 'int 1..', 'max_rows': 'int 1..',
-                'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60', 'body_timeout_s': 'float 0.1..3600', 'registry': 'path'},
+                'max_concurrency': 'int 1..100000', 'audit_payload': 'str', 'audit_payload_max': 'int 0..', 'key_cache_s': 'float 0..60', 'body_timeout_s': 'float 0.1..3600', 'docs': 'bool', 'registry': 'path'},
     'images': {'registry': 'str', 'base_suite': 'str', 'base_mirror': 'str', 'storage_driver': 'str', 'isolation': 'str',
                'push_timeout_s': 'float 1..86400'},
     'portfolio': {'root': 'path'},
@@ -278,9 +280,16 @@ _SECRET_KEY = re.compile(r'pass(word)?|passwd|pwd|secret|token|api[_-]?key|crede
 _URL_USERINFO = re.compile(r'(://[^:/@\s]+:)[^@/\s]+@')
 _URL_QUERY = re.compile(r'([?&;](?:[a-z_]*pass(?:word)?|pwd|secret|token|api[_-]?key|sslpassword)=)[^&;#\s]+', re.I)
 
+_BEARER = re.compile(r'(\bbearer\s+)[^\s,;"\']+', re.I)
+_API_KEY = re.compile(r'\b(aik_)[A-Za-z0-9_-]{6,}')  # the service's own keys, wherever they appear
+_ASSIGNED = re.compile(r'(\b(?:[a-z_]*pass(?:word)?|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*)(?![\s*])[^\s,;&"\']+', re.I)
+
 def mask_secrets(value):
     "`value` (a string, or dicts and lists of them) with passwords, tokens and keys replaced by ***"
-    if isinstance(value, str): return _URL_QUERY.sub(r'\1***', _URL_USERINFO.sub(r'\1***@', value))
+    if isinstance(value, str):
+        if not any(c in value for c in ':=_') and 'earer' not in value: return value  # nothing to mask: the common case, fast
+        value = _URL_QUERY.sub(r'\1***', _URL_USERINFO.sub(r'\1***@', value))
+        return _ASSIGNED.sub(r'\1***', _API_KEY.sub(r'\1***', _BEARER.sub(r'\1***', value)))
     if isinstance(value, dict): return {k: '***' if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, '') else mask_secrets(v)
                                         for k, v in value.items()}
     if isinstance(value, (list, tuple)): return type(value)(mask_secrets(v) for v in value)

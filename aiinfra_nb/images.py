@@ -5,7 +5,7 @@
 # %% ../nbs/api/47_images.ipynb #ea41e8c5
 from __future__ import annotations
 import contextlib, hashlib, importlib.metadata as md, importlib.util, json, os, re, shutil, signal, sqlite3
-import subprocess, sys, tempfile, time, urllib.error, urllib.request
+import socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 import sqlalchemy as sa
@@ -364,7 +364,7 @@ def build_image(project: str | Path = '.',  # the project's folder
                ) -> dict:  # the build: image, id, layers (name, digest, mb, reused), seconds (and per phase), run id
     "Build the OCI image of a project's service, reusing every layer whose input did not change"
     service = project_service(project)
-    ref = f"localhost/{service.repository}:{check_tag(tag) if tag else service.default_tag()}"
+    ref = f"localhost/{service.repository}:{check_tag(tag) if tag is not None else service.default_tag()}"  # '' is a bad tag, not "the default"
     labels = image_labels(service)
     with contextlib.chdir(service.root):
         base, base_built = ensure_base()
@@ -435,6 +435,9 @@ def start_registry(port: int = 5000,  # where it listens, on 127.0.0.1
         if _alive(known['pid']): return known
     if not shutil.which('docker-registry'): raise ImageError(f"docker-registry is not installed here: {INSTALL_HINT}")
     home, address = state.parent, f"127.0.0.1:{port}"
+    with socket.socket() as probe:  # something else answering there would pass for our registry
+        try: probe.bind(('127.0.0.1', port))
+        except OSError: raise ImageError(f"port {port} of 127.0.0.1 is taken by another program: choose another (--port)") from None
     home.mkdir(parents=True, exist_ok=True)
     folder = Path(folder or home/'data').resolve()
     folder.mkdir(parents=True, exist_ok=True)

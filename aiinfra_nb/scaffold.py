@@ -187,9 +187,13 @@ def _make(name, data, dest, inference, src, vcs_ref, owner, description, toolkit
                    time_column=inference.time_column, store_url=store_url(), toolkit=toolkit or src, toolkit_python=sys.executable,
                    **training_budget(inference.rows - inference.null_target_rows)) | answers
     _check_word('--toolkit', answers['toolkit']); _check_word('the Python', answers['toolkit_python']); _check_ini('the store URL', answers['store_url'])
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # copier's DirtyLocalWarning: a template with uncommitted changes is what was asked for
-        copier.run_copy(src, dest, data=answers, vcs_ref=vcs_ref, defaults=True, quiet=True, unsafe=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # copier's DirtyLocalWarning: a template with uncommitted changes is what was asked for
+            copier.run_copy(src, dest, data=answers, vcs_ref=vcs_ref, defaults=True, quiet=True, unsafe=False)
+    except Exception as e:  # a template path or URL that is not one, a ref it lacks: one line, not copier's traceback
+        raise ScaffoldError(f"the template {src!r} could not be rendered ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+                            "--template takes a clone or the git URL of aiinfra_nb") from None
     _check_rendered(dest, answers)
     steps = [f"rendered the template {src}"] + ([f"the data file {data.name!r} is data/source/{file}"] if file != data.name else [])
     (dest/'data'/'source').mkdir(parents=True, exist_ok=True)

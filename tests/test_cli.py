@@ -124,3 +124,28 @@ def test_audit_and_services_fit_a_120_column_terminal(sqlite_url):
     assert audit_lines[1].startswith(time.strftime('%H:%M:%S', time.localtime(now))) and '422' in audit_lines[1]
     full = json.loads(aiinfra('audit', '--json', AIINFRA_DB_URL=sqlite_url, COLUMNS='120').stdout)
     assert full[0]['path'] == calls[0]['path'] and full[0]['error'] == calls[0]['error'] and full[0]['request_id'] == 'req-0'
+
+
+def test_stored_text_is_shown_as_text_never_markup_or_terminal_commands(sqlite_url):
+    "What callers sent (a path, a request id, a key's name) is stored as is, and every table prints it as plain text"
+    import time
+    from aiinfra_nb.ops.record import flush, log_event
+    from aiinfra_nb.ops.store import audit, get_engine
+    from aiinfra_nb.serve.auth import create_key
+    eng = get_engine(sqlite_url)
+    with eng.begin() as c:
+        c.execute(audit.insert().values(time=time.time(), method='GET', path='/v2/models/[/i]x\x1b[2J\x1b]8;;http://evil/\x07link', status_code=404,
+                                        error='no model [blink]x[/blink]'))
+    create_key('[/x]', 'read', engine=eng)
+    code = f"""
+from aiinfra_nb.ops.record import log_event, flush
+log_event('[bold]x\\x1b[31mred', request_id='[/b]x'); flush()
+"""
+    assert subprocess.run([sys.executable, '-c', code], env={**os.environ, 'AIINFRA_DB_URL': sqlite_url}).returncode == 0
+    for cmd in (['audit'], ['audit', '--status', '404'], ['logs'], ['keys', 'list']):
+        p = aiinfra(*cmd, AIINFRA_DB_URL=sqlite_url, COLUMNS='200')
+        assert p.returncode == 0, (cmd, p.stderr)
+        assert '\x1b' not in p.stdout and '\x07' not in p.stdout, cmd
+    assert '[/i]x' in aiinfra('audit', AIINFRA_DB_URL=sqlite_url, COLUMNS='200').stdout
+    assert '[/x]' in aiinfra('keys', 'list', AIINFRA_DB_URL=sqlite_url, COLUMNS='200').stdout
+    assert '[/b]x' in aiinfra('logs', AIINFRA_DB_URL=sqlite_url, COLUMNS='200').stdout

@@ -84,6 +84,12 @@ def test_build_push_run_and_rebuild_only_what_changed(project, pg_url, tmp_path)
     lock = (Path(os.environ['AIINFRA_HOME'])/'images/context'/NAME/'requirements.lock').read_text().lower()
     assert 'torch==' in lock and not any(f'\n{d}==' in lock for d in ('jupyterlab', 'dvc', 'pytorch-lightning', 'papermill'))
 
+    r = in_project([BIN/'aiinfra', 'image', 'build', '--tag', ''], project, check=False)  # an empty tag is a bad tag, not the default one
+    assert r.returncode == 1 and "tag ''" in r.stderr and r.stderr.count('\n') == 1, r.stderr
+    with socket.create_server(('127.0.0.1', 0)) as taken:  # another program's port: no registry is claimed there
+        r = in_project([BIN/'aiinfra', 'registry', 'start', '--port', str(taken.getsockname()[1])], project, check=False)
+        assert r.returncode == 1 and 'is taken by another program' in r.stderr, r.stderr
+
     # push to a registry on 127.0.0.1; the catalog lists it
     registry = start_registry(free_port(), tmp_path/'registry')['address']
     try:

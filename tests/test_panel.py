@@ -25,5 +25,7 @@ def test_the_page_needs_its_token_and_shows_the_panel(tmp_path, sqlite_url):
         page = httpx.get(f'{base}/?token=letmein', timeout=120)
         assert page.status_code == 200 and 'aiinfra control panel' in page.text
         assert 'application/vnd.jupyter.widget-view+json' in page.text and 'Traceback' not in page.text
+        import psutil  # the page's server gets its token from a private file, not its command line (which `ps` shows everyone)
+        assert not [c.cmdline() for c in psutil.Process(proc.pid).children(recursive=True) if 'letmein' in ' '.join(c.cmdline())]
     finally:
         proc.terminate(); proc.communicate(timeout=60)

@@ -80,6 +80,10 @@ def test_compressed_bodies_and_a_gzip_bomb(tmp_path, sqlite_url):
         t0 = time.perf_counter()
         r = httpx.post(f'{svc.base}/v1/models/delay:predict', content=bomb, headers={**auth, 'Content-Encoding': 'gzip'})
         assert r.status_code == 413 and 'once inflated' in r.json()['error'] and time.perf_counter() - t0 < 30
+        def chunks():  # no Content-Length: the limit is found as the bytes come
+            for _ in range(30): yield b' ' * 10_000
+        r = httpx.post(f'{svc.base}/v1/models/delay:predict', content=chunks(), headers=auth)
+        assert r.status_code == 413 and 'over 100,000 bytes' in r.json()['error'], r.text
         r = httpx.post(f'{svc.base}/v1/models/delay:predict', content=b'not gzip at all', headers={**auth, 'Content-Encoding': 'gzip'})
         assert r.status_code == 400 and 'not valid gzip' in r.json()['error']
         assert httpx.post(f'{svc.base}/v1/models/delay:predict', content=b'{}', headers={**auth, 'Content-Encoding': 'br'}).status_code == 415
@@ -176,3 +180,25 @@ def test_idle_connections_without_a_key_hold_nothing(tmp_path, sqlite_url):
     finally:
         for s in held: s.close()
         svc.stop()
+
+
+def test_low_findings_redirects_docs_key_guessing_and_readiness(tmp_path, sqlite_url):
+    "No redirect reflects the Host header; the docs (a CDN's Swagger UI) are off; guessing keys is rate limited; a failing store is not ready"
+    svc = Service(tmp_path, sqlite_url, rate_limit='20/minute')
+    svc.registry.promote('delay', save_model(svc.registry, 0))
+    svc.start()
+    try:
+        r = httpx.get(f'{svc.base}/v2/models/delay/', headers={'Host': 'evil.example'})
+        assert r.status_code == 404 and 'location' not in r.headers
+        assert httpx.get(f'{svc.base}/docs').status_code == 404 and httpx.get(f'{svc.base}/openapi.json').status_code == 200
+        codes = [httpx.get(f'{svc.base}/v2/models/delay', headers={'Authorization': f'Bearer aik_guess{i}'}).status_code for i in range(25)]
+        assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}, codes
+        assert httpx.get(f'{svc.base}/v2/health/ready').status_code == 200
+        db = tmp_path/'store.db'
+        for f in (db, db.with_name('store.db-wal'), db.with_name('store.db-shm')):
+            if f.exists(): f.write_bytes(b'this is not a database' * 100)
+        t0 = time.time()
+        while httpx.get(f'{svc.base}/v2/health/ready').status_code == 200:
+            assert time.time() - t0 < 20, 'a broken store left the service ready'
+            time.sleep(0.2)
+    finally: svc.stop()

@@ -106,7 +106,8 @@ def test_bad_input_creates_nothing(tmp_path, sqlite_url, monkeypatch):
              (['--data', tmp_path/'one.csv', '--target', 'y'], "has a single value ('a')"),
              (['--data', tmp_path/'empty.csv', '--target', 'y'], 'the file is empty'),
              (['--data', tmp_path/'picture.csv', '--target', 'y'], 'not a text file'),
-             (['--data', penguins, '--target', 'species', '--dir', tmp_path/'taken'], 'is not an empty folder')]
+             (['--data', penguins, '--target', 'species', '--dir', tmp_path/'taken'], 'is not an empty folder'),
+             (['--data', penguins, '--target', 'species', '--template', tmp_path/'no-such-template'], 'could not be rendered')]
     for args, says in cases:
         r = aiinfra('new', 'second', *args, *([] if '--dir' in args else ['--dir', tmp_path/'second']), check=False)
         assert r.returncode == 1 and r.stderr.count('\n') == 1 and says in r.stderr, (args, r.stderr)

@@ -200,6 +200,7 @@ class Inference:
     task: str
     rows: int
     null_target_rows: int  # dropped by the pipeline (counted in its run)
+    warnings: list[str] = field(default_factory=list)  # what looks wrong, for the person to check first
 
     def columns(self, *roles: str) -> list[str]: return [c.name for c in self.contract.columns if c.role in roles]
 
@@ -210,7 +211,7 @@ class Inference:
 
     def review(self) -> list[str]:
         "Sentences for the person who reviews the inference"
-        lines = [f"{self.rows:,} rows; target {self.target!r}: {self.task}"]
+        lines = [*(f"warning: {w}" for w in self.warnings), f"{self.rows:,} rows; target {self.target!r}: {self.task}"]
         if self.null_target_rows: lines.append(f"{self.null_target_rows:,} rows have no target: the pipeline drops them")
         for role in FEATURE_ROLES:
             if cols := self.columns(role): lines.append(f"{role}: {', '.join(cols)}")
@@ -234,4 +235,6 @@ def infer_project(name: str, df: pl.DataFrame, target: str,
     y = contract.column(target)
     if task != 'regression': y.allowed = sorted(df[target].drop_nulls().unique().to_list())
     if not contract.columns_with(*FEATURE_ROLES): raise ContractError(f"no column besides {target!r} can be a feature: {'; '.join(f'{c.name}: {c.note}' for c in contract.columns if c.name != target)}")
-    return Inference(contract, target, task, df.height, df[target].null_count())
+    warn = [f"target {target!r} has a distinct value in every row: it looks like an identifier (a row id), not something to predict"] \
+           if column_role(df[target])[0] == 'id' else []
+    return Inference(contract, target, task, df.height, df[target].null_count(), warn)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/14_data.sql.ipynb #e25a3576
 from __future__ import annotations
-import re, time
+import atexit, re, threading, time
 import polars as pl
 import sqlalchemy as sa
 import sqlglot
@@ -15,7 +15,8 @@ from .io import Catalog
 from ..ops.store import epoch_timestamp, get_engine, metadata, reading
 
 # %% auto #0
-__all__ = ['STORE_TABLES', 'TIMEOUT_S', 'SQLError', 'check_query', 'table_name', 'tables', 'store_query', 'where_it_runs', 'sql']
+__all__ = ['STORE_TABLES', 'TIMEOUT_S', 'MEMORY_MB', 'MAX_ROWS', 'SQLError', 'names_a_cte', 'check_query', 'table_name', 'tables',
+           'store_query', 'where_it_runs', 'QueryFailed', 'sql']
 
 # %% ../../nbs/api/14_data.sql.ipynb #541ae050
 class SQLError(AiinfraError):
@@ -34,6 +35,22 @@ def _parse(query: str) -> exp.Expression:
     if len(statements) != 1: raise SQLError(f"one statement at a time: the query holds {len(statements)} statements")
     return statements[0]
 
+def _with(node: exp.Expression) -> exp.With | None:
+    return node.args.get('with_') or node.args.get('with')  # sqlglot renamed it in 2025
+
+def names_a_cte(table: exp.Table) -> bool:
+    "Whether `table` names a CTE of its own scope: a WITH of a query around it (an earlier CTE of the same WITH, or itself if recursive)"
+    name, child, node = table.name.lower(), table, table.parent
+    while node is not None:
+        if isinstance(node, exp.With) and isinstance(child, exp.CTE):  # inside a CTE's definition: the CTEs before it
+            ctes = node.expressions
+            seen = ctes[:ctes.index(child) + (1 if node.args.get('recursive') else 0)]
+            if name in {c.alias_or_name.lower() for c in seen}: return True
+        elif isinstance(node, exp.Query) and (w := _with(node)) is not None and child is not w:
+            if name in {c.alias_or_name.lower() for c in w.expressions}: return True
+        child, node = node, node.parent
+    return False
+
 def check_query(query: str,  # SQL text, untrusted
                 allowed: list[str] | None = None,  # table names it may read (None: any plain table name)
                ) -> set[str]:  # the tables it reads, as spelled in the query
@@ -45,13 +62,12 @@ def check_query(query: str,  # SQL text, untrusted
         name = f.name if isinstance(f, exp.Anonymous) else type(f).__name__
         if _READER.match(name) or type(f).__name__.startswith('Read'):
             raise SQLError(f"{f.sql()[:80]!r}: reading files or URLs is not allowed here; query the registered tables")
-    ctes = {c.alias_or_name.lower() for c in st.find_all(exp.CTE)}
     known = {t.lower(): t for t in allowed} if allowed is not None else None
     used = set()
     for t in st.find_all(exp.Table):
         if not isinstance(t.this, exp.Identifier) or t.args.get('db') or t.args.get('catalog'):
             raise SQLError(f"{t.sql()[:80]!r} is not a table that may be queried here; tables: {', '.join(sorted(allowed or []))}")
-        if t.name.lower() in ctes: continue
+        if names_a_cte(t): continue
         if known is not None and t.name.lower() not in known:
             raise SQLError(f"no table {t.name!r}; tables: {', '.join(sorted(known.values()))}")
         used.add(t.name)
@@ -88,7 +104,9 @@ def _store_frame(table: str, engine: Engine) -> pl.LazyFrame:
     return df.lazy().with_columns([(pl.col(c) * 1e6).cast(pl.Int64).cast(pl.Datetime('us', 'UTC')) for c in _time_columns(t)])
 
 # %% ../../nbs/api/14_data.sql.ipynb #098a2be8
-TIMEOUT_S = 60  # the longest a store query may run
+TIMEOUT_S = 60  # the longest a query may run, in the store or in polars
+MEMORY_MB = 1024  # the most memory a query may take (the store's own allocations, or this process's growth under polars)
+MAX_ROWS = 1_000_000  # the most rows an answer may have
 
 def _with_timestamps(table: str, dialect) -> str:
     "SELECT of a store table with its epoch-second times as UTC timestamps, in the store's SQL"
@@ -101,41 +119,44 @@ def store_query(query: str, names: dict[str, str], dialect) -> str | None:
     st = _parse(query)
     if any(isinstance(f, exp.Anonymous) for f in st.find_all(exp.Func)): return None
     target = 'postgres' if dialect.name == 'postgresql' else 'sqlite'
-    own = {c.alias_or_name.lower() for c in st.find_all(exp.CTE)}
     for t in list(st.find_all(exp.Table)):  # `runs r` -> `_store_runs AS r`, `runs` -> `_store_runs AS runs`
-        if t.name in names and t.name.lower() not in own:
+        if t.name in names and not names_a_cte(t):
             alias = t.alias or t.name
             t.set('this', exp.to_identifier(f'_store_{names[t.name]}'))
             t.set('alias', exp.TableAlias(this=exp.to_identifier(alias)))
     ctes = [exp.CTE(this=sqlglot.parse_one(_with_timestamps(name, dialect), read=target), alias=exp.TableAlias(this=exp.to_identifier(f'_store_{name}')))
             for name in set(names.values())]
-    key = next(k for k in ('with_', 'with') if k in type(st).arg_types)  # sqlglot renamed it in 2025
-    mine = st.args.get(key)
+    key = next(k for k in ('with_', 'with') if k in type(st).arg_types)
+    mine = _with(st)
     st.set(key, exp.With(expressions=ctes + (mine.expressions if mine else []), recursive=mine.args.get('recursive') if mine else None))
     return st.sql(dialect=target)
 
 # %% ../../nbs/api/14_data.sql.ipynb #e6ba1930
 _TIMESTAMP = r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$'
 
-def _run_in_store(text: str, engine: Engine, timeout_s: float = TIMEOUT_S) -> pl.DataFrame:
-    "Rows of `text` from a read-only, time-limited transaction of the store, as a frame; timestamps as UTC datetimes"
+def _run_in_store(text: str, engine: Engine, timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB) -> pl.DataFrame:
+    "Rows of `text` from a read-only, time- and memory-limited transaction of the store, as a frame; timestamps as UTC datetimes"
     with engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         pg = conn.dialect.name == 'postgresql'
         if pg:
             conn.exec_driver_sql('SET TRANSACTION READ ONLY')
             conn.exec_driver_sql(f'SET LOCAL statement_timeout = {int(timeout_s * 1000)}')
+            conn.exec_driver_sql(f"SET LOCAL work_mem = '{max(4, memory_mb // 4)}MB'")
         else:
             deadline = time.monotonic() + timeout_s
             raw.execute('PRAGMA query_only = 1')
+            heap = raw.execute(f'PRAGMA hard_heap_limit = {memory_mb * 2**20}').fetchone()[0]  # SQLite's allocations past it fail
             raw.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # non-zero: interrupt the query
         try:
             cur = raw.cursor()
             cur.execute(text)
-            columns, rows = [d[0] for d in cur.description], cur.fetchall()
+            columns, rows = [d[0] for d in cur.description], cur.fetchmany(MAX_ROWS + 1)
+        except MemoryError: raise SQLError(f"query stopped: it needed more than {memory_mb:,} MB; narrow it with WHERE or LIMIT") from None
         finally:
-            if not pg: raw.set_progress_handler(None, 0); raw.execute('PRAGMA query_only = 0')
+            if not pg: raw.set_progress_handler(None, 0); raw.execute(f'PRAGMA hard_heap_limit = {heap}'); raw.execute('PRAGMA query_only = 0')
             conn.rollback()
+    if len(rows) > MAX_ROWS: raise SQLError(f"the answer has more than {MAX_ROWS:,} rows: aggregate it, or add LIMIT")
     df = pl.DataFrame(rows, schema=columns, orient='row', infer_schema_length=None)
     fix = []
     for c, dtype in df.schema.items():
@@ -157,29 +178,94 @@ def where_it_runs(query: str, catalog: Catalog | str | None = None, engine: Engi
     "'store' when `query` reads only store tables and the store can take it, else 'polars'"
     return 'store' if _route(query, catalog if isinstance(catalog, Catalog) else Catalog(catalog), engine)[2] is not None else 'polars'
 
+def _answer(query: str, sources: dict[str, tuple[str, str]]) -> bytes:
+    "In the worker: `query` over `sources` (spelled -> ('parquet', path) or ('store', url, table)), its answer as Arrow IPC bytes"
+    import io as _io
+    ctx = pl.SQLContext()
+    for spelled, (kind, *where) in sources.items():
+        ctx.register(spelled, pl.scan_parquet(where[0]) if kind == 'parquet' else _store_frame(where[1], get_engine(where[0])))
+    out = ctx.execute(query, eager=True)
+    if out.height > MAX_ROWS: raise SQLError(f"the answer has more than {MAX_ROWS:,} rows: aggregate it, or add LIMIT")
+    buf = _io.BytesIO(); out.write_ipc(buf)
+    return buf.getvalue()
+
+def _serve_queries(conn):
+    "The worker's loop: a query in, its answer (or the error's class and message) out"
+    while True:
+        try: query, sources = conn.recv()
+        except EOFError: return
+        try: conn.send(('ok', _answer(query, sources)))
+        except Exception as e: conn.send(('error', type(e).__name__, str(e)))
+
+class _Worker:
+    "A process that runs polars queries, stopped (and replaced on the next query) when one runs past its time or memory"
+    def __init__(self): self.proc, self.conn, self.lock = None, None, threading.Lock()
+
+    def _start(self):
+        import multiprocessing as mp
+        ctx = mp.get_context('spawn')  # not fork: polars' threads do not survive a fork
+        from aiinfra_nb.data.sql import _serve_queries  # by its module, which the new process imports (not a notebook's namespace)
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve_queries, args=(child,), daemon=True, name='aiinfra-sql')
+        self.proc.start()
+        child.close()
+
+    def stop(self):
+        if self.proc is not None and self.proc.is_alive(): self.proc.kill(); self.proc.join(5)
+        self.proc = None
+
+    def run(self, query: str, sources: dict, deadline: float, timeout_s: float, memory_mb: int) -> pl.DataFrame:
+        import psutil
+        with self.lock:
+            if self.proc is None or not self.proc.is_alive(): self._start()
+            me = psutil.Process(self.proc.pid)
+            start = me.memory_info().rss
+            self.conn.send((query, sources))
+            while not self.conn.poll(0.01):
+                if time.monotonic() > deadline: self.stop(); raise SQLError(f"query stopped after {timeout_s:g} s: narrow it with WHERE or LIMIT")
+                try: grown = me.memory_info().rss - start
+                except psutil.Error: grown = 0
+                if grown > memory_mb * 2**20:
+                    self.stop(); raise SQLError(f"query stopped: it needed more than {memory_mb:,} MB; narrow it with WHERE or LIMIT")
+                if not self.proc.is_alive():
+                    code = self.proc.exitcode; self.stop(); raise SQLError(f"the query's worker process ended (exit {code}) before answering")
+            reply = self.conn.recv()
+        if reply[0] == 'ok': return pl.read_ipc(reply[1])
+        if reply[1] == 'SQLError': raise SQLError(reply[2])
+        raise QueryFailed(reply[2].strip().splitlines()[0] if reply[2].strip() else reply[1])
+
+class QueryFailed(Exception):
+    "polars could not run the query (in the worker): its first line"
+
+_worker = _Worker()
+atexit.register(_worker.stop)
+
 def sql(query: str,  # one SELECT / WITH statement
         catalog: Catalog | str | None = None,  # default: the project's catalog
         engine: Engine | None = None,  # default: the configured store
-        timeout_s: float = TIMEOUT_S,  # the longest a query run in the store may take
+        timeout_s: float = TIMEOUT_S,  # the longest the query may take, wherever it runs
+        memory_mb: int = MEMORY_MB,  # the most memory it may take
        ) -> pl.DataFrame:
     "Run a read-only SQL query over the catalog's datasets and the store's tables"
+    deadline = time.monotonic() + timeout_s
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     known, used, text = _route(query, cat, engine)
     if text is not None:
         engine = engine or get_engine()
-        try: return _run_in_store(text, engine, timeout_s)
+        try: return _run_in_store(text, engine, timeout_s, memory_mb)
         except engine.dialect.loaded_dbapi.Error as e:  # the driver's own error: SQLite or psycopg
-            if 'timeout' in str(e).lower() or 'interrupt' in str(e).lower():
+            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if 'timeout' in said.lower() or 'interrupt' in said.lower():
                 raise SQLError(f"query stopped after {timeout_s:g} s: narrow it with WHERE or LIMIT") from None
+            if 'out of memory' in said.lower(): raise SQLError(f"query stopped: it needed more than {memory_mb:,} MB; narrow it with WHERE or LIMIT") from None
+            if 'no such function' not in said: raise SQLError(f"the store refused the query: {said[:200]}") from None
         except pl.exceptions.PolarsError: pass  # a column polars cannot type: the polars path below reads it as it can
-    ctx = pl.SQLContext()
-    for spelled, name in used.items():
-        what = known[name]
-        ctx.register(spelled, cat.load(what.removeprefix('dataset ')) if what.startswith('dataset') else _store_frame(name, engine or get_engine()))
-    try: return ctx.execute(query.strip().rstrip(';'), eager=True)
-    except (pl.exceptions.SQLInterfaceError, pl.exceptions.SQLSyntaxError, pl.exceptions.ColumnNotFoundError,
-            pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
-        msg = str(e).splitlines()[0]
+    store = lambda: (engine or get_engine()).url.render_as_string(hide_password=False)
+    sources = {spelled: ('parquet', str(cat.path(known[name].removeprefix('dataset ')))) if known[name].startswith('dataset') else ('store', store(), name)
+               for spelled, name in used.items()}
+    try: return _worker.run(query.strip().rstrip(';'), sources, deadline, timeout_s, memory_mb)
+    except QueryFailed as e:
+        msg = str(e)
         if 'not found' in msg and 'relation' in msg.lower() or 'no table' in msg.lower():
             msg += f"; tables: {', '.join(sorted(known))}"
         raise SQLError(f"query failed: {msg}") from None

@@ -14,7 +14,7 @@ from ..core import AiinfraError, fields_html, git_revision, load_settings, mask_
 from .store import StoreError, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
 
 # %% auto #0
-__all__ = ['FAST_COLUMNS', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush',
+__all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush',
            'RecordError', 'new_id', 'Run', 'jsonable', 'store_name', 'current_run', 'error_text', 'Terminated',
            'on_sigterm', 'recording', 'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler',
            'check_limit', 'list_runs', 'list_events', 'last_metrics']
@@ -65,10 +65,11 @@ class BatchWriter:
         return True
 
     def _drop(self, n: int, why: str):
-        "Count `n` rows lost; say so on stderr the first time and every 10,000 rows after"
+        "Count `n` rows lost; say so on stderr the first time and every 10,000 rows after (and the total when the writer closes)"
         before, self.dropped = self.dropped, self.dropped + n
         if before == 0 or before // 10_000 != self.dropped // 10_000:
             print(f"aiinfra: {self.dropped:,} rows dropped so far: {why}", file=sys.stderr)
+            self._said = self.dropped
     def flush(self, timeout: float | None = None) -> bool:
         "Wait until every row queued so far is committed; False on timeout"
         with self._cv:
@@ -81,6 +82,7 @@ class BatchWriter:
         ok = self.flush(timeout)
         with self._cv: self._closed = True; self._cv.notify_all()
         self._thread.join(timeout=5)
+        if self.dropped > getattr(self, '_said', 0): print(f"aiinfra: {self.dropped:,} rows dropped in all", file=sys.stderr)
         return ok
 
 # %% ../../nbs/api/02_ops.record.ipynb #3e9234f6
@@ -119,11 +121,14 @@ def _disk_full(e: sa.exc.OperationalError) -> bool:
     return getattr(e.orig, 'sqlite_errorname', None) == 'SQLITE_FULL' or getattr(e.orig, 'sqlstate', None) == '53100' \
            or 'disk is full' in str(e.orig) or 'No space left on device' in str(e.orig)
 
+MASKED = ('events', 'audit')  # tables whose text comes from callers and logs: secrets in it are masked as it is written
+
 @patch
 def _insert(self: BatchWriter, conn, batch: list):
     by_table = {}
     for table, rows in batch: by_table.setdefault(table, []).extend(rows)
     for table, rows in by_table.items():
+        if table in MASKED: rows = [tuple(mask_secrets(v) if isinstance(v, str) else v for v in r) for r in rows]  # here, off the caller's path
         if conn.dialect.name == 'postgresql': _copy(conn, table, rows)
         else: conn.exec_driver_sql(self._sql[table], rows)
 
@@ -270,6 +275,7 @@ def log_event(self: Run, message: str, level: str = 'INFO', logger: str = 'aiinf
 def update(self: Run, **fields):
     "Set columns of this run's row (`output`, `data_version`, ...); `extra` is merged into the run's extra"
     if 'params' in fields: fields['params'] = self.params = mask_secrets(jsonable(fields['params']))
+    fields = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in fields.items()}
     with writing(self.engine) as conn:
         where = runs.c.id == self.id
         if 'extra' in fields:
@@ -289,7 +295,7 @@ def end(self: Run, status: str = 'finished',  # one of `RUN_STATUSES`
     with writing(self.engine) as conn:
         started = conn.execute(sa.select(runs.c.started_at).where(runs.c.id == self.id)).scalar_one()
         conn.execute(runs.update().where(runs.c.id == self.id).values(
-            status=status, error=error, ended_at=now, duration_s=now - started))
+            status=status, error=mask_secrets(error), ended_at=now, duration_s=now - started))
     self.status = status
 
 # %% ../../nbs/api/02_ops.record.ipynb #362f817a
@@ -400,7 +406,7 @@ def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', servic
         s = load_settings()  # outside a run: the project and the store come from the cached settings
         project, w, run_id = project or s.project.name, writer(settings=s), run
     row = (time_ or time.time(), project, service, level, logger, str(message).replace('\x00', '\\0'), run_id,  # PostgreSQL text holds no NUL
-           request_id, _HOST, os.getpid(), json.dumps(extra, default=str) if extra else None)
+           request_id, _HOST, os.getpid(), json.dumps(mask_secrets(extra), default=str) if extra else None)
     w.put('events', [row])
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {'message', 'asctime', 'taskName'}

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/32_serve.app.ipynb #00459f4c
 from __future__ import annotations
-import asyncio, gc, math, os, socket, threading, time
+import asyncio, gc, math, os, socket, sys, threading, time
 from importlib.metadata import version as _dist_version
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -97,9 +97,14 @@ def needs(permission: str):
     async def check(request: Request) -> Key:
         auth = request.headers.get('authorization', '')
         secret = auth[7:].strip() if auth[:7].lower() == 'bearer ' else request.headers.get('x-api-key')
+        limits = request.app.state.limits
+        client = f"client:{request.client.host if request.client else '-'}"
+        if secret and (wait := await limits.spent(client)) is not None:  # this address has spent its budget on unknown keys
+            raise ServiceError(429, f"too many requests with unknown keys from this address: retry in {math.ceil(wait)} s", {'Retry-After': str(math.ceil(wait))})
         key, why = request.app.state.keys.check(secret)
         audit = request.scope.setdefault('state', {}).setdefault('audit', {})
         if key: audit.update(key_id=key.id, key_name=key.name, role=key.role)
+        if key is None and secret: await limits.hit(client)  # a guess costs its address, so guessing cannot hammer the store
         if why: raise ServiceError(401, why, {'WWW-Authenticate': 'Bearer'})
         if not key.can(permission): raise ServiceError(403, f"the {key.role} role may not {permission}")
         if (wait := await request.app.state.limits.hit(key.id)) is not None:
@@ -196,7 +201,7 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
         torch.set_num_threads(1)  # a request's batch is small: one thread per worker, rather than threads fighting over cores
         await asyncio.to_thread(models.refresh)
         _service_beat(name, 'up')
-        task = asyncio.create_task(_keep_fresh(models, name, s.service.reload_s))
+        task = asyncio.create_task(_keep_fresh(app, models, name, s.service.reload_s))
         gc.freeze()  # the objects made at startup are long-lived: keep full collections (100 ms pauses) away from them
         try: yield
         finally:
@@ -204,11 +209,12 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
             _service_beat(name, 'down')
             await asyncio.to_thread(flush, s.record.end_flush_s)
 
-    app = FastAPI(title=f"aiinfra model service: {name}", version=__version__, lifespan=lifespan,
+    docs = dict(docs_url='/docs', redoc_url='/redoc') if s.service.docs else dict(docs_url=None, redoc_url=None)  # Swagger UI comes from a CDN
+    app = FastAPI(title=f"aiinfra model service: {name}", version=__version__, lifespan=lifespan, redirect_slashes=False, **docs,
                   description="Open Inference Protocol (V2) and KServe V1 over the registry's production models. "
                               "Every route but health needs an API key: Authorization: Bearer <key> (or X-API-Key).")
     app.state.keys, app.state.limits, app.state.models, app.state.max_rows = KeyRing(), RateLimits(), models, s.service.max_rows
-    app.state.max_body, app.state.body_timeout_s = s.service.max_body_bytes, s.service.body_timeout_s
+    app.state.max_body, app.state.body_timeout_s, app.state.store_ok = s.service.max_body_bytes, s.service.body_timeout_s, True
     _routes(app)
     _declare_permissions(app)
     _errors(app)
@@ -216,13 +222,16 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
     app.add_middleware(AuditMiddleware, service=name)  # outermost: refused requests are audited too
     return app
 
-async def _keep_fresh(models: LiveModels, name: str, every: float):
+async def _keep_fresh(app: FastAPI, models: LiveModels, name: str, every: float):
     while True:
         await asyncio.sleep(every)
         try:
             await asyncio.to_thread(models.refresh)
             await asyncio.to_thread(_service_beat, name, 'up')
-        except Exception as e: print(f"aiinfra: model refresh failed: {e}")
+            app.state.store_ok = True
+        except Exception as e:
+            if app.state.store_ok: print(f"aiinfra: the store or the model refresh failed, not ready until it answers: {str(e)[:300]}", file=sys.stderr)
+            app.state.store_ok = False
 
 def _service_beat(name: str, status: str):
     "Register the service (or refresh its heartbeat) in the store's `services` table"
@@ -253,8 +262,8 @@ def _errors(app: FastAPI):
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):
         rid = request.scope.get('state', {}).get('audit', {}).get('request_id')
-        log_event(f"unexpected error on {request.method} {request.url.path}: {type(e).__name__}: {e}", level='ERROR',
-                  logger='aiinfra.serve', request_id=rid)
+        log_event(f"unexpected error on {request.method} {request.url.path[:200]}: {type(e).__name__}: {str(e)[:500]}", level='ERROR',
+                  logger='aiinfra.serve', request_id=rid)  # bounded: one request cannot fill the log
         return _noted(request, 500, f"internal error (request {rid}); it has been logged")
 
 def _declare_permissions(app: FastAPI):
@@ -301,7 +310,7 @@ def _routes(app: FastAPI):
 
     @app.get('/v2/health/ready', tags=['health'])
     async def ready(request: Request):
-        ok = bool(request.app.state.models.production)
+        ok = bool(request.app.state.models.production) and request.app.state.store_ok  # no model, or a store that fails: not ready
         return JSONResponse({'ready': ok}, status_code=200 if ok else 503)
 
     @app.get('/v2', tags=['v2'])
@@ -358,6 +367,14 @@ def _routes(app: FastAPI):
         return PlainTextResponse(prom.generate_latest(registry), media_type=prom.CONTENT_TYPE_LATEST)
 
 # %% ../../nbs/api/32_serve.app.ipynb #27edfa63
+def _short_tracebacks(record) -> bool:
+    "A logged exception's traceback cut to its last frames and 4 KB: what one request can write to the service's log is bounded"
+    import traceback
+    if record.exc_info and record.exc_info[1] is not None:
+        record.exc_text = ''.join(traceback.format_exception(*record.exc_info, limit=-6))[-4000:]
+        record.exc_info = None
+    return True
+
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None):
     "Run the model service under uvicorn until SIGTERM or Ctrl-C"
     import logging, tempfile, uvicorn
@@ -368,6 +385,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='aiinfra-prometheus-')
     handler = StoreHandler(service=s.name or load_settings().project.name)
     for name in ('uvicorn', 'uvicorn.error', 'aiinfra'): logging.getLogger(name).addHandler(handler)
+    logging.getLogger('uvicorn.error').addFilter(_short_tracebacks)
     host, port = host or s.host, port or s.port
     os.environ['AIINFRA_SERVICE_HOST'], os.environ['AIINFRA_SERVICE_PORT'] = host, str(port)  # the workers register the address they serve
     uvicorn.run('aiinfra_nb.serve.app:create_app', factory=True, host=host, port=port, workers=workers,

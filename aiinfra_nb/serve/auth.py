@@ -123,3 +123,8 @@ class RateLimits:
         "None if the request may go on, else the seconds until it may"
         if await self.limiter.hit(self.item, key_id): return None
         return max((await self.limiter.get_window_stats(self.item, key_id)).reset_time - time.time(), 0.001)
+
+    async def spent(self, key_id: str) -> float | None:
+        "None while `key_id` has budget left (nothing is counted), else the seconds until it has again"
+        if await self.limiter.test(self.item, key_id): return None
+        return max((await self.limiter.get_window_stats(self.item, key_id)).reset_time - time.time(), 0.001)

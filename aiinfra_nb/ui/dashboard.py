@@ -277,13 +277,17 @@ def panel_notebook(path: str | Path, refresh_s: float = 10) -> Path:
 
 def serve_panel(host: str = '127.0.0.1', port: int = 8866, token: str | None = None, refresh_s: float = 10) -> int:
     "Serve the control panel with Voila until interrupted; returns Voila's exit code"
-    import secrets, signal, subprocess, sys, tempfile
+    import json, os, secrets, signal, subprocess, sys, tempfile
     token = token or secrets.token_urlsafe(24)
     folder = Path(tempfile.mkdtemp(prefix='aiinfra-panel-'))
     nb = panel_notebook(folder/'aiinfra-panel.ipynb', refresh_s)
     print(f"aiinfra control panel: http://{host}:{port}/?token={token}", flush=True)
-    cmd = [sys.executable, '-m', 'voila', str(nb), f'--Voila.ip={host}', f'--port={port}', '--no-browser', f'--token={token}']
-    proc = subprocess.Popen(cmd, cwd=folder)
+    config = folder/'config'
+    config.mkdir(mode=0o700)
+    (config/'voila.json').write_text(json.dumps({'Voila': {'token': token}}))  # not on the command line, where `ps` shows it to everyone
+    (config/'voila.json').chmod(0o600)
+    cmd = [sys.executable, '-m', 'voila', str(nb), f'--Voila.ip={host}', f'--port={port}', '--no-browser']
+    proc = subprocess.Popen(cmd, cwd=folder, env={**os.environ, 'JUPYTER_CONFIG_DIR': str(config)})
     previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # stopping the command stops the page (and its kernel)
     try: return proc.wait()
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/api/42_ui.magics.ipynb #88b4c38b
 from __future__ import annotations
+import re
 import polars as pl
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -14,7 +15,7 @@ from ..data.io import Catalog
 from ..data.sql import sql
 
 # %% auto #0
-__all__ = ['ANSWERS', 'aiinfra_answer', 'AiinfraMagics']
+__all__ = ['ANSWERS', 'aiinfra_answer', 'expand_names', 'AiinfraMagics']
 
 # %% ../../nbs/api/42_ui.magics.ipynb #de1def10
 def _status(**kw) -> Rows:
@@ -31,6 +32,10 @@ def _models(**kw) -> Rows:
     from aiinfra_nb.train.registry import Registry
     return Registry().list(**kw)
 
+def _tables(**kw) -> Rows:
+    from aiinfra_nb.data.sql import tables
+    return Rows([{'table': t, 'what': w} for t, w in tables(**kw).items()], ['table', 'what'], 'tables')
+
 def _dashboard(refresh_s: str = '10'):
     from aiinfra_nb.ui.dashboard import Dashboard
     return Dashboard(refresh_s=float(refresh_s)).start()
@@ -46,7 +51,7 @@ ANSWERS = {
                                                                       'production_models', 'cost_month', 'scan_error'], 'projects'),
     'services': _call('aiinfra_nb.ops.overview', 'services_now', None, 'services'),
     'audit': _call('aiinfra_nb.serve.audit', 'list_audit', None, 'audit'),
-    'tables': _call('aiinfra_nb.data.sql', 'tables', None, 'tables'),
+    'tables': _tables,
     'dashboard': _dashboard,
 }
 
@@ -63,6 +68,12 @@ def aiinfra_answer(line: str = ''):
     except AiinfraError as e: raise UsageError(f"%aiinfra {what}: {e}") from None
 
 # %% ../../nbs/api/42_ui.magics.ipynb #980e6d54
+_NAME_REF = re.compile(r'\{([A-Za-z_][A-Za-z0-9_]*)\}')
+
+def expand_names(text: str, names: dict) -> str:
+    "`text` with each `{name}` of a variable in `names` replaced by its value; nothing is evaluated"
+    return _NAME_REF.sub(lambda m: str(names[m.group(1)]) if m.group(1) in names else m.group(0), text)
+
 @magics_class
 class AiinfraMagics(Magics):
     "`%%sql` over datasets and store tables; `%aiinfra` mirrors the CLI"
@@ -75,7 +86,7 @@ class AiinfraMagics(Magics):
     def sql(self, line: str, cell: str):
         "Run the cell's SQL query; the result is a polars DataFrame"
         args = parse_argstring(self.sql, line)
-        try: df = sql(self.shell.var_expand(cell, depth=1), Catalog(args.catalog) if args.catalog else None)
+        try: df = sql(expand_names(cell, self.shell.user_ns), Catalog(args.catalog) if args.catalog else None)
         except AiinfraError as e: raise UsageError(str(e)) from None
         if args.output: self.shell.user_ns[args.output] = df
         if not args.rows: return df
