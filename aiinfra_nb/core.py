@@ -15,7 +15,7 @@ from fastcore.basics import AttrDict
 __all__ = ['TASKS', 'ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S',
            'ELLIPSIS', 'CUT_FIRST', 'CUT_LAST', 'SHORT_HEADERS', 'TABLE_STYLE', 'AiinfraError', 'SettingsError',
            'FeatureError', 'project_root', 'read_settings', 'mask_secrets', 'load_settings', 'clear_settings_cache',
-           'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
+           'Project', 'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
            'git_revision', 'money', 'duration', 'cell_text', 'short_time', 'text_table', 'table_html', 'fields_html',
            'Rows']
 
@@ -330,6 +330,40 @@ def load_settings(root: str | Path | None = None,  # project root; default: `pro
 def clear_settings_cache():
     "Forget the settings read so far: the next `load_settings()` reads the file and the environment again"
     _settings_cache.clear()
+
+# %% ../nbs/api/00_core.ipynb #d56c240c
+class Project:
+    "One project: its root, its settings (read once, checked), its name; the layers above attach its parts"
+    def __init__(self, root: str | Path,  # the project's folder
+                 settings: AttrDict):  # its settings, as `read_settings` returns them
+        self.root, self.settings = Path(root).resolve(), settings  # read-only once made: safe to share between threads
+
+    @classmethod
+    def open(cls, root: str | Path,  # the project's folder
+             environ: dict | None = None,  # the environment layer; default: `os.environ`, `{}` for the file's settings alone
+            ) -> Project:
+        "The project in `root`, its settings read now"
+        return cls(root, read_settings(root, environ))
+
+    @classmethod
+    def here(cls) -> Project:
+        "The project of the working directory (or `AIINFRA_PROJECT_ROOT`): the faces' default, the same object while its settings hold"
+        global _here
+        s = load_settings()
+        if _here[0] is not s: _here = (s, cls(s._root, s))
+        return _here[1]
+
+    @property
+    def name(self) -> str: return self.settings.project.name
+
+    @property
+    def service(self) -> str:
+        "The name its model service registers under: `[service] name`, else the project's"
+        return self.settings.service.name or self.name
+
+    def __repr__(self): return f"Project({str(self.root)!r}, name={self.name!r})"
+
+_here: tuple = (None, None)  # (the settings `Project.here` was made from, that project)
 
 # %% ../nbs/api/00_core.ipynb #32b157d7
 def aiinfra_home(settings: AttrDict | None = None) -> Path:

@@ -12,18 +12,19 @@ import sqlalchemy as sa
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from tqdm.auto import tqdm
-from .core import AiinfraError, Rows, aiinfra_home, git_revision, load_settings
+from fastcore.basics import AttrDict
+from .core import AiinfraError, Project, Rows, aiinfra_home, git_revision
 from .ops.record import start_run
 from .ops.store import create_store_engine, ensure_schema, query, runs
 from .train.registry import Registry
 
 # %% auto #0
 __all__ = ['INSTALL_HINT', 'APP_UID', 'SERVING', 'NOT_SERVING', 'TAG', 'ENTRY_SCRIPT', 'LAYERS', 'HEALTH', 'LABEL', 'LOOPBACK',
-           'ImageError', 'tool_env', 'tool', 'image_exists', 'inspect_image', 'images_home', 'base_ref', 'ensure_base',
-           'serving_lock', 'Service', 'check_tag', 'project_service', 'model_distributions', 'write_code',
-           'write_models', 'canonical_sqlite', 'containerfile', 'build_context', 'image_labels', 'layer_steps',
-           'build_image', 'registry_url', 'registry_catalog', 'start_registry', 'stop_registry', 'last_build',
-           'push_image', 'list_images', 'run_image']
+           'ImageError', 'machine_images', 'tool_env', 'tool', 'image_exists', 'inspect_image', 'images_home',
+           'base_ref', 'ensure_base', 'serving_lock', 'Service', 'check_tag', 'project_service', 'model_distributions',
+           'write_code', 'write_models', 'canonical_sqlite', 'containerfile', 'build_context', 'image_labels',
+           'layer_steps', 'build_image', 'registry_url', 'registry_catalog', 'start_registry', 'stop_registry',
+           'last_build', 'push_image', 'list_images', 'run_image']
 
 # %% ../nbs/api/47_images.ipynb #f487585b
 class ImageError(AiinfraError):
@@ -31,9 +32,13 @@ class ImageError(AiinfraError):
 
 INSTALL_HINT = "apt-get install -y buildah skopeo docker-registry debootstrap"
 
+def machine_images() -> AttrDict:
+    "`[images]` as this process reads it: buildah's storage, isolation and base image are the machine's, whichever project is built"
+    return Project.here().settings.images
+
 def tool_env() -> dict:
     "The environment of buildah and skopeo: `[images] storage_driver` and `isolation`"
-    s, env = load_settings().images, dict(os.environ)
+    s, env = machine_images(), dict(os.environ)
     if s.storage_driver: env['STORAGE_DRIVER'] = s.storage_driver
     env['BUILDAH_ISOLATION'] = s.isolation
     return env
@@ -65,7 +70,7 @@ def images_home() -> Path:
 # %% ../nbs/api/47_images.ipynb #083be7fc
 APP_UID = 10001  # the service's user in every image: not root
 
-def base_ref() -> str: return f"localhost/aiinfra/base:{load_settings().images.base_suite}"
+def base_ref() -> str: return f"localhost/aiinfra/base:{machine_images().base_suite}"
 
 def ensure_base() -> tuple[str, bool]:
     "The base image's name, and whether it was built just now (it is built once, then reused)"
@@ -80,7 +85,7 @@ def ensure_base() -> tuple[str, bool]:
     return ref, built
 
 def _build_base(ref: str):
-    s = load_settings().images
+    s = machine_images()
     if not shutil.which('debootstrap'): raise ImageError(f"debootstrap is not installed here: {INSTALL_HINT}")
     if os.geteuid() != 0: raise ImageError(f"the base image {ref} is built once per machine by debootstrap, which needs root: run `aiinfra image build` as root once")
     work = Path(tempfile.mkdtemp(dir=images_home(), prefix='base.'))
@@ -139,14 +144,19 @@ def serving_lock(roots: tuple[str, ...] = SERVING) -> list[str]:
 @dataclass
 class Service:
     "What an image of a project's service holds"
-    root: Path  # the project's folder
-    project: str  # its name in the store
+    project: Project  # the project: its folder, settings, store
     models: list[dict]  # the production versions: name, version, data_version, run_id
     registry: Registry  # the project's registry they are read from
     git_rev: str | None  # the project's commit (with +dirty)
 
     @property
-    def repository(self) -> str: return f"aiinfra/{self.project.lower()}"
+    def root(self) -> Path: return self.project.root
+
+    @property
+    def name(self) -> str: return self.project.name
+
+    @property
+    def repository(self) -> str: return f"aiinfra/{self.name.lower()}"
 
     def default_tag(self) -> str:
         "`<model>-v<version>[-<commit>]`, e.g. flights-delay-v3-1a2b3c4d5e6f"
@@ -160,16 +170,17 @@ def check_tag(tag: str) -> str:
     if not TAG.fullmatch(tag): raise ImageError(f"tag {tag!r}: use up to 128 lowercase letters, digits, '_', '.' and '-', not starting with '.' or '-'")
     return tag
 
-def project_service(project: str | Path = '.') -> Service:
-    "The service of the project in `project`, checked: it has production models whose files are here"
-    root = Path(project).resolve()
-    if not (root/'settings.ini').is_file():
-        raise ImageError(f"{root} is not an aiinfra project (no settings.ini), so it has no service to build: "
-                         "run in a project made by `aiinfra new`, or pass --project")
-    with contextlib.chdir(root):
-        name, registry = load_settings().project.name, Registry()
-        versions = registry.list()
-        rev = git_revision(root)
+def project_service(project: Project | str | Path = '.',  # the project, or its folder
+                   ) -> Service:
+    "The service of `project`, checked: it has production models whose files are here"
+    if not isinstance(project, Project):
+        root = Path(project).resolve()
+        if not (root/'settings.ini').is_file():
+            raise ImageError(f"{root} is not an aiinfra project (no settings.ini), so it has no service to build: "
+                             "run in a project made by `aiinfra new`, or pass --project")
+        project = Project.open(root)
+    name, registry = project.name, project.registry
+    versions, rev = registry.list(), git_revision(project.root)
     if not versions:
         raise ImageError(f"project {name!r} has no service to build: its registry holds no model yet (train one: `dvc repro`)")
     live = [r for r in versions if r['stage'] == 'production']
@@ -179,7 +190,7 @@ def project_service(project: str | Path = '.') -> Service:
                          "promote one with `aiinfra models promote NAME VERSION`")
     if missing := [f"{r['name']} v{r['version']}" for r in live if r['files'] != 'ok']:
         raise ImageError(f"the files of {', '.join(missing)} are not in {registry.root}: `dvc pull` or `dvc repro` them first")
-    return Service(root, name, [{k: r[k] for k in ('name', 'version', 'data_version', 'run_id')} for r in live], registry, rev)
+    return Service(project, [{k: r[k] for k in ('name', 'version', 'data_version', 'run_id')} for r in live], registry, rev)
 
 # %% ../nbs/api/47_images.ipynb #4c7e6d8b
 def _site(python: str) -> str: return f"opt/venv/lib/python{python}/site-packages"
@@ -228,7 +239,7 @@ def write_models(service: Service, models_dir: Path):
     engine = create_store_engine(f"sqlite:///{models_dir/'registry.db'}")
     try:
         ensure_schema(engine)
-        pinned = Registry(models_dir, engine=engine, project=service.project)
+        pinned = Registry(models_dir, engine=engine, project=service.name)
         for m in service.models:
             shutil.copytree(service.registry.dir(m['name'], m['version']), pinned.dir(m['name'], m['version']))
             with engine.begin() as conn: pinned._adopt(conn, m['name'])
@@ -297,7 +308,7 @@ def _wheels(lock: list[str], digest: str) -> Path:
 
 def build_context(service: Service, base: str, python: str) -> Path:
     "The folder buildah builds `service`'s image from"
-    ctx = images_home()/'context'/service.project
+    ctx = images_home()/'context'/service.name
     ctx.mkdir(parents=True, exist_ok=True)
     lock = serving_lock()
     text = f"# the serving install of aiinfra_nb {md.version('aiinfra_nb')}: pinned as installed where the image was built\n" + '\n'.join(lock) + '\n'
@@ -319,7 +330,7 @@ LABEL = 'io.aiinfra'
 def image_labels(service: Service) -> dict:
     "What an image says of itself: project, models, commit, data version"
     join = lambda k: ','.join(str(m[k]) for m in service.models)
-    return {f'{LABEL}.project': service.project, f'{LABEL}.model.name': join('name'), f'{LABEL}.model.version': join('version'),
+    return {f'{LABEL}.project': service.name, f'{LABEL}.model.name': join('name'), f'{LABEL}.model.version': join('version'),
             f'{LABEL}.data.version': ','.join(dict.fromkeys(str(m['data_version'] or '') for m in service.models)),
             'org.opencontainers.image.revision': service.git_rev or '', 'org.opencontainers.image.title': service.repository}
 
@@ -358,7 +369,7 @@ def _layers(image: dict, base: str, steps: dict[str, int], cached: dict[int, boo
                  reused=not base_built if name == 'base' else cached.get(steps[name], False)) for name, l in zip(names, layers)]
 
 # %% ../nbs/api/47_images.ipynb #68a29d6a
-def build_image(project: str | Path = '.',  # the project's folder
+def build_image(project: Project | str | Path = '.',  # the project, or its folder
                 tag: str | None = None,  # default: <model>-v<version>-<commit>
                 cache: bool = True,  # False: rebuild every layer but the base
                ) -> dict:  # the build: image, id, layers (name, digest, mb, reused), seconds (and per phase), run id
@@ -366,23 +377,22 @@ def build_image(project: str | Path = '.',  # the project's folder
     service = project_service(project)
     ref = f"localhost/{service.repository}:{check_tag(tag) if tag is not None else service.default_tag()}"  # '' is a bad tag, not "the default"
     labels = image_labels(service)
-    with contextlib.chdir(service.root):
-        base, base_built = ensure_base()
-        python = inspect_image(base)['Docker']['config']['Labels']['io.aiinfra.python']
-        with start_run('image-build', name=ref, params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache},
-                       data_version=labels[f'{LABEL}.data.version'] or None) as run:
-            t = [time.monotonic()]
-            ctx = build_context(service, base, python); t.append(time.monotonic())
-            cached = _buildah_build(ctx, ref, labels, cache); t.append(time.monotonic())
-            image = inspect_image(ref)
-            steps = layer_steps((ctx/'Containerfile').read_text())
-            layers, image_id = _layers(image, base, steps, cached, base_built), 'sha256:' + image['FromImageID']; t.append(time.monotonic())
-            phases = dict(zip(('context_s', 'buildah_s', 'inspect_s'), (round(b - a, 2) for a, b in zip(t, t[1:]))))
-            build = dict(image=ref, image_id=image_id, project=service.project, models=[f"{m['name']}:{m['version']}" for m in service.models],
-                         layers=layers, mb=round(sum(l['mb'] for l in layers), 1), seconds=round(t[-1] - t[0], 2), phases=phases, run_id=run.id)
-            run.log_metrics({'image_mb': build['mb'], 'layers_reused': sum(l['reused'] for l in layers),
-                             'layers_built': sum(not l['reused'] for l in layers), 'build_s': build['seconds'], **phases})
-            run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'models', 'layers', 'mb', 'phases')})
+    base, base_built = ensure_base()
+    python = inspect_image(base)['Docker']['config']['Labels']['io.aiinfra.python']
+    with start_run('image-build', name=ref, project=service.project, data_version=labels[f'{LABEL}.data.version'] or None,
+                   params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache}) as run:
+        t = [time.monotonic()]
+        ctx = build_context(service, base, python); t.append(time.monotonic())
+        cached = _buildah_build(ctx, ref, labels, cache); t.append(time.monotonic())
+        image = inspect_image(ref)
+        steps = layer_steps((ctx/'Containerfile').read_text())
+        layers, image_id = _layers(image, base, steps, cached, base_built), 'sha256:' + image['FromImageID']; t.append(time.monotonic())
+        phases = dict(zip(('context_s', 'buildah_s', 'inspect_s'), (round(b - a, 2) for a, b in zip(t, t[1:]))))
+        build = dict(image=ref, image_id=image_id, project=service.name, models=[f"{m['name']}:{m['version']}" for m in service.models],
+                     layers=layers, mb=round(sum(l['mb'] for l in layers), 1), seconds=round(t[-1] - t[0], 2), phases=phases, run_id=run.id)
+        run.log_metrics({'image_mb': build['mb'], 'layers_reused': sum(l['reused'] for l in layers),
+                         'layers_built': sum(not l['reused'] for l in layers), 'build_s': build['seconds'], **phases})
+        run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'models', 'layers', 'mb', 'phases')})
     return build
 
 # %% ../nbs/api/47_images.ipynb #0f2ba51d
@@ -411,7 +421,7 @@ def _get(registry: str, path: str, timeout: float = 5, method: str = 'GET') -> t
 
 def registry_catalog(registry: str | None = None) -> Rows:
     "Every repository and tag in the registry"
-    registry = registry or load_settings().images.registry
+    registry = registry or machine_images().registry
     rows = []
     for repo in _get(registry, '/v2/_catalog')[0].get('repositories') or []:
         for tag in sorted(_get(registry, f'/v2/{repo}/tags/list')[0].get('tags') or []):
@@ -473,26 +483,27 @@ def stop_registry() -> dict | None:
     return known
 
 # %% ../nbs/api/47_images.ipynb #e5111a4c
-def last_build(project: str | None = None) -> dict:
-    "The newest finished build's record (of `project`, default this project's)"
-    project = project or load_settings().project.name
+def last_build(project: Project) -> dict:
+    "The newest finished build's record of `project`"
     rows = query(sa.select(runs.c.id, runs.c.output, runs.c.extra).where((runs.c.kind == 'image-build') & (runs.c.status == 'finished')
-                 & (runs.c.project == project)).order_by(runs.c.started_at.desc()).limit(1))
-    if not rows: raise ImageError(f"project {project!r} has no image built yet: `aiinfra image build` first")
+                 & (runs.c.project == project.name)).order_by(runs.c.started_at.desc()).limit(1), project.engine)
+    if not rows: raise ImageError(f"project {project.name!r} has no image built yet: `aiinfra image build` first")
     return {**(rows[0]['extra'] or {}), 'run_id': rows[0]['id']}
 
 def push_image(image: str | None = None,  # a local image; default: this project's newest build
                registry: str | None = None,  # host:port; default `[images] registry`
+               project: Project | None = None,  # whose image and store; default: the project here
               ) -> dict:  # destination, digest (of the manifest in the registry), image id, seconds, run id
     "Push an image to the registry; its tag appears there only once every layer is in"
-    s = load_settings().images
-    registry, image = registry or s.registry, image or last_build()['image']
+    project = project or Project.here()
+    s = project.settings.images
+    registry, image = registry or s.registry, image or last_build(project)['image']
     if ':' not in image.rsplit('/', 1)[-1]: raise ImageError(f"image {image!r}: name it with its tag, e.g. localhost/aiinfra/<project>:<tag> (`aiinfra images` lists them)")
     if not image_exists(image): raise ImageError(f"no image {image} here: `aiinfra image build` makes one (`aiinfra images` lists them)")
     _get(registry, '/v2/')  # reachable, before anything is sent
     repo, tag = image.removeprefix('localhost/').rsplit(':', 1)
     dest, image_id = f"{registry}/{repo}:{tag}", 'sha256:' + inspect_image(image)['FromImageID']
-    with start_run('image-push', name=dest, params={'image': image, 'registry': registry}) as run:
+    with start_run('image-push', name=dest, project=project, params={'image': image, 'registry': registry}) as run:
         started, digest_file = time.monotonic(), Path(tempfile.mkstemp(prefix='aiinfra-push.')[1])
         try:
             tls = [] if registry_url(registry).startswith('https') else ['--dest-tls-verify=false']

@@ -8,7 +8,7 @@ import difflib, io, json, re
 from pathlib import Path
 import polars as pl
 from fastcore.basics import patch
-from ..core import AiinfraError, atomic_file, atomic_write, file_hash, load_settings, mask_secrets, project_root, stale_temporaries
+from ..core import AiinfraError, Project, atomic_file, atomic_write, file_hash, mask_secrets, project_root, stale_temporaries
 from .contracts import Contract, ContractError, check, load_contract
 from .sources import Extract
 import sqlalchemy as sa
@@ -33,9 +33,9 @@ def check_name(name: str) -> str:
 # %% ../../nbs/api/13_data.io.ipynb #d039eafa
 class Catalog:
     "A folder of parquet datasets with metadata and contracts"
-    def __init__(self, root: str | Path | None = None,  # default: `[data] dir`
+    def __init__(self, root: str | Path | None = None,  # default: `[data] dir` of the project here (a notebook's `Catalog()`)
                  exclude: tuple[str, ...] = ('sample', 'runs')):  # top folders that are not datasets of this catalog
-        self.root, self.exclude = Path(root) if root else load_settings().data.dir, exclude
+        self.root, self.exclude = Path(root) if root else Project.here().settings.data.dir, exclude
 
     def path(self, name: str) -> Path:
         "The parquet file of dataset `name`"
@@ -59,6 +59,12 @@ class Catalog:
         return DatasetError(f"no dataset {name!r} in {self.root}{hint}")
 
     def __repr__(self): return f"Catalog({str(self.root)!r}, {len(self.names())} datasets)"
+
+# %% ../../nbs/api/13_data.io.ipynb #63d7ebb6
+@patch(as_prop=True)
+def catalog(self: Project) -> Catalog:
+    "The project's datasets (`[data] dir`)"
+    return Catalog(self.settings.data.dir)
 
 # %% ../../nbs/api/13_data.io.ipynb #f2249c2c
 PARQUET = dict(compression='snappy')  # how every dataset is written (see above)

@@ -12,7 +12,7 @@ from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, load_settings
 from .record import log_event, new_id
-from .store import get_engine, insert_ignore, machine_sessions, machines, query, writing
+from .store import get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
 
 # %% auto #0
 __all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'MachineError',
@@ -99,9 +99,11 @@ class MachineSession:
     def __init__(self, project: str | None = None,  # the project paying for it; default `[project] name`
                  run_id: str | None = None,  # the run it serves, if any
                  heartbeat_s: float | None = None,  # default `[machines] heartbeat_s`; 0: no background thread
-                 engine: Engine | None = None):
-        self.settings = load_settings()
-        self.project, self.run_id, self.engine = project or self.settings.project.name, run_id, engine or get_engine()
+                 engine: Engine | None = None,  # the store; default: the configured one
+                 settings: AttrDict | None = None):  # the settings (prices, heartbeat, machine kind); default: the project here's
+        self.settings = settings or load_settings()
+        self.project, self.run_id = project or self.settings.project.name, run_id
+        self.engine = engine or get_engine(store_url(self.settings))
         self.heartbeat_s = self.settings.machines.heartbeat_s if heartbeat_s is None else heartbeat_s
         self.id, self.idle_since, self._stop, self._thread = new_id(), None, threading.Event(), None
         self.opened, self.cost = False, None  # `cost` is set by `close`

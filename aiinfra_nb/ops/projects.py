@@ -10,9 +10,9 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, load_settings
+from ..core import AiinfraError, Project, SettingsError
 from .overview import SCAN_FIELDS, project_summary
-from .store import StoreError, get_engine, project_scans, projects, query, writing
+from .store import StoreError, project_scans, projects, query, writing
 
 # %% auto #0
 __all__ = ['PortfolioError', 'git_state', 'pipeline_state', 'template_commit', 'template_state', 'fingerprint', 'project_name',
@@ -84,9 +84,10 @@ def pipeline_state(repo: Path) -> dict:
     return dict(pipeline='stale' if any(v != 'up to date' for v in stages.values()) else 'up to date', stages=stages)
 
 # %% ../../nbs/api/07_ops.projects.ipynb #d14b8d72
-def template_commit() -> str | None:
+def template_commit(template: str | Path | None = None,  # the template's folder (`[scaffold] template`); default: this toolkit's repository
+                   ) -> str | None:
     "The current commit of the project template's repository, if it is a local git repository"
-    src = load_settings().scaffold.template or str(Path(importlib.util.find_spec('aiinfra_nb').origin).resolve().parents[1])
+    src = template or str(Path(importlib.util.find_spec('aiinfra_nb').origin).resolve().parents[1])
     if not src or not (Path(src)/'.git').exists(): return None
     try: return _git(Path(src), 'rev-parse', '--short', 'HEAD').strip()
     except (PortfolioError, OSError): return None
@@ -118,15 +119,15 @@ def fingerprint(repo: Path) -> str:
     return hashlib.sha256('|'.join(parts).encode()).hexdigest()[:24]
 
 def project_name(repo: Path) -> str:
-    "The project's name in the store: `[project] name` of its settings.ini, else its folder's"
-    cfg = configparser.ConfigParser(strict=False, interpolation=None)
-    try: cfg.read(repo/'settings.ini')
-    except configparser.Error: pass
-    return cfg.get('project', 'name', fallback='').strip() or repo.name
+    "The project's name in the store: `[project] name` of its own settings.ini (this process's environment aside), else its folder's"
+    return Project.open(repo, environ={}).name
 
 def read_repository(repo: Path, current_template: str | None) -> dict:
     "Everything the scan says about one repository (its `error` when it cannot be read)"
-    out = dict(repo=str(repo), project=project_name(repo), ci=(repo/'.ci/run').exists(), tests=(repo/'tests').is_dir())
+    try: name, bad = project_name(repo), None
+    except SettingsError as e: name, bad = repo.name, f"SettingsError: {e}"[:300]  # the row says what to fix in the file
+    out = dict(repo=str(repo), project=name, ci=(repo/'.ci/run').exists(), tests=(repo/'tests').is_dir())
+    if bad: return out | dict(pipeline='unknown', stages={}, error=bad)
     if not repo.is_dir(): return out | dict(pipeline='unknown', stages={}, error=f"no repository at {repo} on this machine")
     try: out |= git_state(repo) | pipeline_state(repo) | template_state(repo, current_template) | dict(error=None)
     except (PortfolioError, OSError, ValueError, yaml.YAMLError, subprocess.TimeoutExpired) as e:
@@ -145,12 +146,17 @@ def filed_repositories(engine: Engine) -> list[Path]:
     return sorted({Path(r['repo']).resolve() for r in query(sa.select(projects.c.repo).where(projects.c.repo.is_not(None)), engine)})
 
 def scan_projects(root: str | Path | None = None,  # a folder of repositories; default: `[portfolio] root` and every repository a project names
-                  workers: int = 8, engine: Engine | None = None, now: float | None = None) -> list[dict]:
+                  workers: int = 8,
+                  engine: Engine | None = None,  # the store; default: the project's
+                  now: float | None = None,
+                  project: Project | None = None,  # whose settings say where the portfolio, its store and the template are; default: here
+                 ) -> list[dict]:
     "Scan the portfolio: one row per repository, re-reading only the ones that changed"
-    configured = root or load_settings().portfolio.root
+    project = project or Project.here()
+    configured = root or project.settings.portfolio.root
     now, repos = now or time.time(), repositories(configured) if configured else []
     try:  # the store down is a note on each row, not the end of the scan: the repositories can still be read
-        engine = engine or get_engine()
+        engine = engine or project.engine
         if root is None: repos = sorted({*repos, *filed_repositories(engine)})
         cached = {r['repo']: r for r in query(sa.select(project_scans).where(project_scans.c.repo.in_([str(p) for p in repos])), engine)} if repos else {}
         store_error = None
@@ -160,7 +166,7 @@ def scan_projects(root: str | Path | None = None,  # a folder of repositories; d
         raise PortfolioError("no portfolio configured: set [portfolio] root in settings.ini to the folder of the project repositories"
                              + (f" (and the {store_error} could not say which repositories its projects name)" if store_error else
                                 ", or make projects with `aiinfra new`, which files their repositories in the store"))
-    current = template_commit()
+    current = template_commit(project.settings.scaffold.template)
     def one(repo: Path) -> tuple[dict, bool]:
         fp = f"{fingerprint(repo)}:{current}"
         hit = cached.get(str(repo))

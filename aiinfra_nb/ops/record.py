@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, fields_html, git_revision, load_settings, mask_secrets
+from ..core import AiinfraError, Project, fields_html, git_revision, load_settings, mask_secrets
 from .store import StoreError, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
 
 # %% auto #0
@@ -213,12 +213,13 @@ class Run:
     @classmethod
     def start(cls, kind: str = 'notebook',  # etl, train, evaluate, serve, notebook...
               name: str | None = None,  # a label for people
-              project: str | None = None,  # default: `[project] name`
+              project: Project | str | None = None,  # a project (its store and name), or a name; default: the parent's, else `[project] name`
               params: dict | None = None,  # parameters, JSON-able
               data_version: str | None = None,  # version of the input data (a hash, a DVC rev)
               parent: Run | str | None = None,  # the run this one runs inside; default: the current run
               engine: Engine | None = None, **extra) -> Run:
         "Record a new running run and return it"
+        if isinstance(project, Project): engine, project = engine or project.engine, project.name
         engine = engine or get_engine()
         parent = parent or current_run(engine)
         project = project or (parent.project if isinstance(parent, Run) else load_settings().project.name)
@@ -373,7 +374,7 @@ def _end_after(run: Run, status: str, error: str | None):
     except Exception as e: print(f"aiinfra: could not record run {run.id} as {status}: {error_text(e)}", file=sys.stderr)
 
 @contextmanager
-def start_run(kind: str = 'notebook', name: str | None = None, project: str | None = None,
+def start_run(kind: str = 'notebook', name: str | None = None, project: Project | str | None = None,
               params: dict | None = None, **kw):
     "Record a run around a block: finished, failed (with its error) or interrupted (Ctrl-C, SIGTERM)"
     with recording(Run.start(kind, name=name, project=project, params=params, **kw)) as run: yield run

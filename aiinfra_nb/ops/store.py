@@ -11,7 +11,8 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from ..core import AiinfraError, Rows, load_settings, mask_secrets
+from fastcore.basics import patch
+from ..core import AiinfraError, Project, Rows, load_settings, mask_secrets
 
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
@@ -302,6 +303,12 @@ def get_engine(url: str | None = None) -> Engine:
                 engine.dispose(); raise _reach_error(engine.url, e) from None
             _engines[key] = engine
         return _engines[key]
+
+# %% ../../nbs/api/01_ops.store.ipynb #e1c1af9b
+@patch(as_prop=True)
+def engine(self: Project) -> Engine:
+    "The store this project's settings name (`[store] url`, else SQLite under its `[store] home`)"
+    return get_engine(store_url(self.settings))
 
 # %% ../../nbs/api/01_ops.store.ipynb #afc1bf89
 @contextmanager

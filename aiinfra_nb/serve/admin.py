@@ -7,10 +7,10 @@ refused, lands in the audit with the key that asked."""
 from __future__ import annotations
 import shlex, subprocess, time
 import sqlalchemy as sa
-from ..core import AiinfraError, load_settings
+from ..core import AiinfraError, Project
 from ..ops.machines import MachineError, check_machine_name, session_cost
 from ..ops.record import log_event, new_id
-from ..ops.store import audit, get_engine, machine_sessions, machines, query, writing
+from ..ops.store import audit, machine_sessions, machines, query, writing
 from .auth import KeyRing
 
 # %% auto #0
@@ -23,22 +23,24 @@ class AdminError(AiinfraError):
         super().__init__(message)
         self.status = status
 
-def _audit_row(key, machine: str, status: int, error: str | None, latency_ms: float) -> dict:
+def _audit_row(key, machine: str, status: int, error: str | None, latency_ms: float, project: str) -> dict:
     return dict(time=time.time(), service='aiinfra-admin', request_id=new_id(), key_id=key.id if key else None,
                 key_name=key.name if key else None, role=key.role if key else None, method='POST',
                 path=f'/admin/machines/{machine[:200]}/stop', route='/admin/machines/{name}/stop', status_code=status,
-                latency_ms=round(latency_ms, 3), client='cli', error=error, project=load_settings().project.name)
+                latency_ms=round(latency_ms, 3), client='cli', error=error, project=project)
 
 # %% ../../nbs/api/33_serve.admin.ipynb #05560110
 def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
                  secret: str | None,  # an API key of the admin role
-                 engine=None) -> dict:
+                 project: Project | None = None,  # whose settings say how machines stop, whose store holds them; default: here
+                ) -> dict:
     "Stop machine `name` with `[machines] stop_command`, end its open sessions, and audit it; returns what was done"
-    engine, t0, m = engine or get_engine(), time.perf_counter(), load_settings().machines
+    project = project or Project.here()
+    engine, t0, m = project.engine, time.perf_counter(), project.settings.machines
     key, why = KeyRing(engine, ttl=0).check(secret)
     ms = lambda: (time.perf_counter() - t0) * 1000
     def refuse(message: str, status: int):
-        with writing(engine) as c: c.execute(audit.insert().values(**_audit_row(key if not why else None, name, status, message, ms())))
+        with writing(engine) as c: c.execute(audit.insert().values(**_audit_row(key if not why else None, name, status, message, ms(), project.name)))
         raise AdminError(message, status)
     if why: refuse(f"{why}: stopping a machine needs an admin API key (--key, or AIINFRA_API_KEY)", 401)
     if key.role != 'admin': refuse(f"key {key.name!r} has the {key.role} role: stopping a machine needs an admin key", 403)
@@ -63,6 +65,6 @@ def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
     costs = {row['id']: session_cost(row['started_at'], now, row['price_per_hour']) for row in open_}
     with writing(engine) as c:
         for sid, cost in costs.items(): c.execute(machine_sessions.update().where(s.id == sid).values(ended_at=now, cost=cost))
-        c.execute(audit.insert().values(**_audit_row(key, name, 200, None, ms())))
-    log_event(f"machine {name} stopped by key {key.name} ({len(open_)} session(s) ended)", logger='aiinfra.admin', level='WARNING', engine=engine)
+        c.execute(audit.insert().values(**_audit_row(key, name, 200, None, ms(), project.name)))
+    log_event(f"machine {name} stopped by key {key.name} ({len(open_)} session(s) ended)", logger='aiinfra.admin', level='WARNING', project=project.name)
     return dict(machine=name, sessions_ended=len(open_), cost=round(sum(costs.values()), 6), by=key.name, output=done.stdout.strip()[-2000:])

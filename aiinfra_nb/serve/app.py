@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 import prometheus_client as prom
-from ..core import AiinfraError, FeatureError, load_settings
+from ..core import AiinfraError, FeatureError, Project
 from ..ops.record import flush, log_event
 from ..ops.store import services, writing, insert_ignore
 from .audit import AuditMiddleware
@@ -190,55 +190,57 @@ def v2_metadata(served: Served, versions: list[int]) -> dict:
 # %% ../../nbs/api/32_serve.app.ipynb #b5c2e5a3
 def create_app(registry: Registry | None = None,  # default: `[service] registry` when set (an image's pinned models), else the project's
                name: str | None = None,  # the service's name in the store; default `[service] name` or the project's
+               project: Project | None = None,  # whose service: its settings, store and models; default: the project here
               ) -> FastAPI:
     "The model service: V2 and V1 protocols, keys, roles, limits, audit, hot swap"
-    s = load_settings()
-    name = name or s.service.name or s.project.name
-    models = LiveModels(registry or (Registry.scratch(s.service.registry) if s.service.registry else Registry()))
+    project = project or Project.here()
+    s, name = project.settings, name or project.service
+    models = LiveModels(registry or (Registry.scratch(s.service.registry, project.name) if s.service.registry else project.registry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         torch.set_num_threads(1)  # a request's batch is small: one thread per worker, rather than threads fighting over cores
         await asyncio.to_thread(models.refresh)
-        _service_beat(name, 'up')
-        task = asyncio.create_task(_keep_fresh(app, models, name, s.service.reload_s))
+        _service_beat(project, name, 'up')
+        task = asyncio.create_task(_keep_fresh(app, models, project, name))
         gc.freeze()  # the objects made at startup are long-lived: keep full collections (100 ms pauses) away from them
         try: yield
         finally:
             task.cancel()
-            _service_beat(name, 'down')
+            _service_beat(project, name, 'down')
             await asyncio.to_thread(flush, s.record.end_flush_s)
 
     docs = dict(docs_url='/docs', redoc_url='/redoc') if s.service.docs else dict(docs_url=None, redoc_url=None)  # Swagger UI comes from a CDN
     app = FastAPI(title=f"aiinfra model service: {name}", version=__version__, lifespan=lifespan, redirect_slashes=False, **docs,
                   description="Open Inference Protocol (V2) and KServe V1 over the registry's production models. "
                               "Every route but health needs an API key: Authorization: Bearer <key> (or X-API-Key).")
-    app.state.keys, app.state.limits, app.state.models, app.state.max_rows = KeyRing(), RateLimits(), models, s.service.max_rows
+    app.state.keys, app.state.limits = KeyRing(project.engine, s.service.key_cache_s), RateLimits(s.service.rate_limit, s.service.limits_url)
+    app.state.models, app.state.max_rows = models, s.service.max_rows
     app.state.max_body, app.state.body_timeout_s, app.state.store_ok = s.service.max_body_bytes, s.service.body_timeout_s, True
     _routes(app)
     _declare_permissions(app)
     _errors(app)
     app.add_middleware(Guard, max_body=s.service.max_body_bytes, max_concurrency=s.service.max_concurrency)
-    app.add_middleware(AuditMiddleware, service=name)  # outermost: refused requests are audited too
+    app.add_middleware(AuditMiddleware, service=name, project=project)  # outermost: refused requests are audited too
     return app
 
-async def _keep_fresh(app: FastAPI, models: LiveModels, name: str, every: float):
+async def _keep_fresh(app: FastAPI, models: LiveModels, project: Project, name: str):
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(project.settings.service.reload_s)
         try:
             await asyncio.to_thread(models.refresh)
-            await asyncio.to_thread(_service_beat, name, 'up')
+            await asyncio.to_thread(_service_beat, project, name, 'up')
             app.state.store_ok = True
         except Exception as e:
             if app.state.store_ok: print(f"aiinfra: the store or the model refresh failed, not ready until it answers: {str(e)[:300]}", file=sys.stderr)
             app.state.store_ok = False
 
-def _service_beat(name: str, status: str):
-    "Register the service (or refresh its heartbeat) in the store's `services` table"
-    now, s = time.time(), load_settings().service
-    row = dict(name=name, project=load_settings().project.name, kind='model-api', url=f"http://{s.host}:{s.port}",
+def _service_beat(project: Project, name: str, status: str):
+    "Register the service (or refresh its heartbeat) in the project's store's `services` table"
+    now, s = time.time(), project.settings.service
+    row = dict(name=name, project=project.name, kind='model-api', url=f"http://{s.host}:{s.port}",
                host=socket.gethostname(), pid=os.getpid(), status=status, last_seen_at=now)
-    with writing() as conn:
+    with writing(project.engine) as conn:
         insert_ignore(conn, services, **row, started_at=now)
         conn.execute(services.update().where(services.c.name == name).values(**row))
 
@@ -375,18 +377,21 @@ def _short_tracebacks(record) -> bool:
         record.exc_info = None
     return True
 
-def serve(host: str | None = None, port: int | None = None, workers: int | None = None):
+def serve(host: str | None = None, port: int | None = None, workers: int | None = None,
+          project: Project | None = None):  # the project whose service; default: the project here (the workers open it again, by its folder)
     "Run the model service under uvicorn until SIGTERM or Ctrl-C"
     import logging, tempfile, uvicorn
     from aiinfra_nb.ops.record import StoreHandler
-    s = load_settings().service
+    project = project or Project.here()
+    s = project.settings.service
     workers = workers or s.workers
     if workers > 1 and not os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='aiinfra-prometheus-')
-    handler = StoreHandler(service=s.name or load_settings().project.name)
+    handler = StoreHandler(service=project.service)
     for name in ('uvicorn', 'uvicorn.error', 'aiinfra'): logging.getLogger(name).addHandler(handler)
     logging.getLogger('uvicorn.error').addFilter(_short_tracebacks)
     host, port = host or s.host, port or s.port
     os.environ['AIINFRA_SERVICE_HOST'], os.environ['AIINFRA_SERVICE_PORT'] = host, str(port)  # the workers register the address they serve
+    os.environ['AIINFRA_PROJECT_ROOT'] = str(project.root)  # and open this project
     uvicorn.run('aiinfra_nb.serve.app:create_app', factory=True, host=host, port=port, workers=workers,
                 access_log=False, timeout_graceful_shutdown=30, log_level='warning')

@@ -5,7 +5,7 @@
 # %% ../../nbs/api/31_serve.audit.ipynb #1e656b0c
 from __future__ import annotations
 import hashlib, time, uuid
-from ..core import Rows, SettingsError, load_settings
+from ..core import Project, Rows, SettingsError
 from ..ops.record import writer
 
 # %% auto #0
@@ -22,10 +22,11 @@ def _payload(body: bytes, mode: str, cap: int) -> str | None:
 class AuditMiddleware:
     "Record every HTTP request in the store's `audit` table, through the batching writer"
     def __init__(self, app, service: str,  # the name the service is audited under
-                 payload: str | None = None, payload_max: int | None = None, engine=None):
-        s = load_settings().service
-        self.app, self.service, self.engine, self._writer = app, service, engine, None
-        self.project = load_settings().project.name
+                 project: Project,  # whose service: the audit goes to its store, under its name
+                 payload: str | None = None,  # full, hash or none; default `[service] audit_payload`
+                 payload_max: int | None = None):  # default `[service] audit_payload_max`
+        s = project.settings.service
+        self.app, self.service, self.engine, self.project, self._writer = app, service, project.engine, project.name, None
         self.mode, self.cap = payload or s.audit_payload, s.audit_payload_max if payload_max is None else payload_max
         if self.mode not in PAYLOAD_MODES: raise SettingsError(f"[service] audit_payload {self.mode!r}: expected one of {', '.join(PAYLOAD_MODES)}")
 

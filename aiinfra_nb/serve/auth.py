@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from limits import parse as parse_rate
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
-from ..core import AiinfraError, load_settings
+from sqlalchemy.engine import Engine
+from ..core import AiinfraError
 from ..ops.record import new_id
 from ..ops.store import api_keys, query, writing
 
@@ -84,8 +85,9 @@ class Key:
 
 class KeyRing:
     "The keys of the store, looked up by secret and trusted for `ttl` seconds"
-    def __init__(self, engine=None, ttl: float | None = None):
-        self.engine, self.ttl = engine, load_settings().service.key_cache_s if ttl is None else ttl
+    def __init__(self, engine: Engine,  # the store whose `api_keys` these are
+                 ttl: float):  # seconds a looked-up key is trusted (`[service] key_cache_s`)
+        self.engine, self.ttl = engine, ttl
         self._cache: dict[str, tuple] = {}  # hash -> (row or None, fetched at)
 
     def check(self, secret: str | None) -> tuple[Key | None, str | None]:
@@ -108,12 +110,10 @@ class KeyRing:
 # %% ../../nbs/api/30_serve.auth.ipynb #f2efdda6
 class RateLimits:
     "Per-key sliding-window rate limits (`limits`), in memory or in Redis"
-    def __init__(self, rate: str | None = None,  # e.g. '200/second'; default `[service] rate_limit`
-                 url: str | None = None):  # memory:// or redis://host:6379; default `[service] limits_url`
-        s = load_settings().service
-        try: self.item = parse_rate(rate or s.rate_limit)
-        except ValueError: raise AuthError(f"rate limit {rate or s.rate_limit!r}: expected e.g. 200/second or 1000/minute") from None
-        url = url or s.limits_url
+    def __init__(self, rate: str,  # e.g. '200/second' (`[service] rate_limit`)
+                 url: str = 'memory://'):  # memory:// or redis://host:6379 (`[service] limits_url`)
+        try: self.item = parse_rate(rate)
+        except ValueError: raise AuthError(f"rate limit {rate!r}: expected e.g. 200/second or 1000/minute") from None
         try:
             extra = {'implementation': 'redispy'} if url.startswith(('redis', 'rediss')) else {}
             self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(url if url.startswith('async+') else 'async+' + url, **extra))

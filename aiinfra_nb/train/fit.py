@@ -13,7 +13,7 @@ from lightning_fabric import Fabric
 from lightning_fabric.utilities import rank_zero_only
 from lightning_fabric.utilities.seed import seed_everything
 from tqdm.auto import tqdm
-from ..core import AiinfraError, atomic_write, fields_html, load_settings
+from ..core import AiinfraError, Project, atomic_write, fields_html
 from ..data.io import Catalog
 from ..ops.machines import MachineSession
 from ..ops.record import Run, log_event, recording
@@ -150,7 +150,8 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
         register: bool = True,  # save the trained model in the registry
         registry: Registry | str | Path | None = None,  # a Registry, a folder (with the shared store); default: the project's
         validation_catalog: Catalog | None = None,  # save the validation rows here, referenced from the model's JSON
-        project: str | None = None, data_version: str | None = None, progress: bool = True,
+        project: Project | str | None = None,  # the project (its settings, store, registry); a name only renames the run; default: here
+        data_version: str | None = None, progress: bool = True,
         checkpoints_dir: str | Path | None = None,  # default: `[train] checkpoints`
         **training,  # `LOOP_ARGUMENTS` and Lightning `Fabric` arguments, passed unchanged (over `TRAINING_DEFAULTS`)
        ) -> FitResult:
@@ -158,7 +159,8 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
     check_model_name(name)
     model_class(model)
     training = training_arguments(**training)
-    s = load_settings()
+    here = project if isinstance(project, Project) else Project.here()  # an entry point: the project the notebook runs in
+    s = here.settings
     numerics = reproducible_numerics(s)  # before any torch operation of the training: the same bits on another machine
     if numerics['why'] and s.train.reproducible: log.warning(numerics['why'])
     seed_everything(seed, workers=True, verbose=False)
@@ -166,10 +168,11 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
     params = dict(model=model, task=dm.task, hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, seed=seed, batch_size=dm.batch_size,
                   **{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in training.items()})
     rank0, local0 = rank_zero_only.rank == 0, int(os.environ.get('LOCAL_RANK', 0)) == 0
-    run = Run.start('train', name=name, project=project, params=params, data_version=data_version, numerics=numerics) if rank0 else None
+    run = Run.start('train', name=name, project=project or here, params=params, data_version=data_version, numerics=numerics) if rank0 else None
+    registry = registry if isinstance(registry, Registry) else Registry(registry, project=here)
     try:
         with recording(run) if run else contextlib.nullcontext(), \
-             MachineSession(project=run.project if run else project, run_id=run.id if run else None) if local0 else contextlib.nullcontext() as session:
+             MachineSession(project=run.project if run else (project if isinstance(project, str) else here.name), run_id=run.id if run else None, engine=here.engine, settings=s) if local0 else contextlib.nullcontext() as session:
             return _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, training,
                         data_version=data_version)
     finally:
@@ -301,8 +304,7 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
 # %% ../../nbs/api/25_train.fit.ipynb #413b97bb
 log = logging.getLogger('aiinfra.train')
 
-def _register(model, dm, name, registry, validation_catalog, metrics, run, data_version) -> int:
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
+def _register(model, dm, name, registry: Registry, validation_catalog, metrics, run, data_version) -> int:
     validation = None
     if validation_catalog is not None:  # named by what decides its rows (the data, the split), not by the run: the same training, the same files
         split = fingerprint(data_version=data_version, split=dm.split, time_column=dm.time_column, val_fraction=dm.val_fraction, seed=dm.seed)
@@ -311,8 +313,8 @@ def _register(model, dm, name, registry, validation_catalog, metrics, run, data_
         validation = dict(dataset=ds, sha256=vmeta['sha256'], rows=vmeta['rows'])
     features = dict(numeric=list(dm.preprocessor.numeric), categorical=list(dm.preprocessor.categorical), target=dm.target,
                     task=dm.task, classes=dm.classes)
-    return reg.save(model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id, data_version=data_version,
-                    features=features, validation=validation)['version']
+    return registry.save(model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id, data_version=data_version,
+                         features=features, validation=validation)['version']
 
 def _shutdown(command: str, run: Run | None):
     "Run `[train] shutdown_command` (how a cloud VM turns itself off), recording that it did when the store answers"

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from sqlalchemy.engine import Engine
 from torch.overrides import TorchFunctionMode
-from ..core import AiinfraError, Rows, file_hash, git_revision, load_settings
+from ..core import AiinfraError, Project, Rows, file_hash, git_revision
 from ..ops.store import StoreError, get_engine, models, query, writing
 from .model import TrainingError, model_class
 
@@ -40,27 +40,36 @@ def check_model_name(name: str) -> str:
 
 class Registry:
     "Versioned models on disk, listed with their stages in the store"
-    def __init__(self, root: str | Path | None = None,  # default: `[data] dir`/models
-                 engine: Engine | None = None,
-                 project: str | None = None):  # whose models these are; default: `[project] name`
-        s = load_settings()
-        self.root, self.project = Path(root) if root else s.data.dir/'models', project or s.project.name
-        self.engine = engine or get_engine()
+    def __init__(self, root: str | Path | None = None,  # default: the project's `[data] dir`/models
+                 engine: Engine | None = None,  # default: the project's store
+                 project: Project | str | None = None):  # whose models these are (a project or its name); default: `Project.here()`
+        here = project if isinstance(project, Project) else None
+        if here is None and None in (root, engine, project): here = Project.here()  # a notebook's `Registry()`: the project it runs in
+        self.root = Path(root) if root else here.settings.data.dir/'models'
+        self.engine, self.project = engine or here.engine, project if isinstance(project, str) else here.name
 
     def _of(self, name: str):
         "The store's rows of model `name` of this registry's project"
         return (models.c.project == self.project) & (models.c.name == name)
 
     @classmethod
-    def scratch(cls, root: str | Path) -> Registry:
+    def scratch(cls, root: str | Path,
+                project: Project | str | None = None,  # whose models; default: `Project.here()`
+               ) -> Registry:
         "A registry in `root` with a store of its own (`root`/registry.db), apart from the shared one"
         root = Path(root).resolve()
-        return cls(root, get_engine(f"sqlite:///{root/'registry.db'}"))
+        return cls(root, get_engine(f"sqlite:///{root/'registry.db'}"), project)
 
     def dir(self, name: str, version: int) -> Path:
         return self.root/check_model_name(name)/str(int(version))
 
     def __repr__(self): return f"Registry({str(self.root)!r}, project={self.project!r})"
+
+# %% ../../nbs/api/24_train.registry.ipynb #064888a5
+@patch(as_prop=True)
+def registry(self: Project) -> Registry:
+    "The project's models"
+    return Registry(project=self)
 
 # %% ../../nbs/api/24_train.registry.ipynb #2164baa7
 @patch
