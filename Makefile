@@ -20,9 +20,9 @@ help:
 	@echo "                run every tutorial through the papermill engine, print the datasets, row counts, the training's machine session"
 	@echo "                and cost, the registry; then serve the production model, create a key, predict over V1 and V2, and print the"
 	@echo "                audit of those calls and 'aiinfra status'"
-	@echo "make test       set up, then: nbdev sync, markdown, dvc.lock, stages and template checks, the library notebooks' tests, pytest"
+	@echo "make test       set up, then: nbdev sync, ruff, markdown, dvc.lock, stages and template checks, the library notebooks' tests, pytest"
 	@echo "                (store on SQLite and PostgreSQL, real servers, browser, images) and the tutorials under nbval, side by side"
-	@echo "make test-fast  the inner loop: the checks, the library notebooks' tests and pytest without the browser, image and load tests"
+	@echo "make test-fast  the inner loop: the checks, the library notebooks' tests and pytest without the browser, image, load and end-to-end tests"
 	@echo "make bench      the benchmarks in benchmarks/ (ratios measured side by side)"
 
 $(BIN)/python:
@@ -45,6 +45,7 @@ containers:  # buildah, skopeo, docker-registry, debootstrap for the image tests
 
 sync-check: install
 	bash .ci/check_sync.sh
+	ruff check aiinfra_nb tests benchmarks .ci
 	python .ci/check_markdown.py nbs
 	python .ci/check_lock.py
 	aiinfra stages check
@@ -64,7 +65,7 @@ test-py: install services browser containers
 test: sync-check test-nbs test-py
 
 test-fast: sync-check test-nbs services
-	$(PYTEST) -m "not (browser or images or load)" tests
+	$(PYTEST) -m "not (browser or images or load or e2e)" tests
 
 # where `make demo` pushes DVC-tracked data when the repo names no remote (teams point it at S3/SSH: README)
 DVC_REMOTE ?= $(HOME)/.aiinfra/dvc-remote

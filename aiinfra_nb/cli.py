@@ -5,7 +5,6 @@
 # %% ../nbs/api/50_cli.ipynb #e9b177e2
 from __future__ import annotations
 import json, shutil, sys
-from datetime import datetime
 from pathlib import Path
 import sqlalchemy as sa
 import typer
@@ -58,7 +57,7 @@ def status(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     c.print(f"[bold]machines[/]   {out['machines_on']} on{idle}")
     c.print(f"[bold]cost today[/] {money(out['cost_today'])}   [bold]this month[/] {money(out['cost_month'])}")
     c.print(f"[bold]API calls[/]  {out['api_calls_today']:,} today   [bold]services[/] {out['services_up']} up of {out['services']}")
-    show(out['latest_runs'], ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'id'], title='latest runs')
+    show(out['latest_runs'].titled('latest runs'))
 
 # %% ../nbs/api/50_cli.ipynb #745ea559
 @app.command()
@@ -69,7 +68,7 @@ def runs(project: str = typer.Option(None, help='only this project'),
          as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The latest runs"
     rows = list_runs(project=project, status=status, kind=kind, limit=limit)
-    show(rows, ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'host', 'error', 'id', 'parent_id'], as_json=as_json)
+    show(rows, as_json=as_json)
 
 machines_app = typer.Typer(help="Machines: on or off, idle, hours and cost today; stop one (admin).")
 app.add_typer(machines_app, name='machines')
@@ -78,8 +77,7 @@ app.add_typer(machines_app, name='machines')
 def machines(ctx: typer.Context, as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every machine: on or off, utilization, idle flag, hours and cost today"
     if ctx.invoked_subcommand: return
-    show(machines_now(), ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today'],
-         as_json=as_json)
+    show(machines_now(), as_json=as_json)
 
 @machines_app.command('stop')
 def machines_stop(name: str = typer.Argument(..., help='the machine, as `aiinfra machines` lists it'),
@@ -98,7 +96,7 @@ def logs(service: str = typer.Option(None, help='only this service'),
          as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The latest log records of every service and run"
     rows = list_events(service=service, level=level, grep=grep, run_id=run, limit=limit)
-    show(rows, ['time', 'service', 'level', 'logger', 'message', 'run_id', 'request_id'], as_json=as_json)
+    show(rows, as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #ba8533d8
 @app.command('sql')
@@ -119,7 +117,7 @@ def sql_(query: str = typer.Argument(..., help='one SELECT or WITH statement'),
 def datasets(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The datasets of the project's catalog, with rows and the run that wrote each"
     from aiinfra_nb.data.io import list_datasets
-    show(list_datasets(), ['name', 'rows', 'columns', 'modified_at', 'run_id'], as_json=as_json)
+    show(list_datasets(), as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #69516a4a
 models_app = typer.Typer(help="The model registry: versions, stages, promote.", no_args_is_help=True)
@@ -131,11 +129,9 @@ def models_list(name: str = typer.Argument(None, help='only this model'),
     "Every model version of this project, newest first, with its stage and its evaluation (the task's primary metric)"
     from aiinfra_nb.train.registry import Registry
     rows = Registry().list(name)
-    if as_json: return show(rows, [], as_json=True)
-    from aiinfra_nb.train.evaluate import PRIMARY
-    evaluated = lambda m: next((f"{k} {m[f'eval_{k}']:.4g}" for k, _ in PRIMARY.values() if f'eval_{k}' in m), None)
-    flat = [{**r, 'evaluation': evaluated(r['metrics'] or {})} for r in rows]
-    show(flat, ['name', 'version', 'stage', 'files', 'created_at', 'evaluation', 'data_version', 'run_id'])
+    if as_json: return show(rows, as_json=True)
+    from aiinfra_nb.train.evaluate import evaluated
+    show(evaluated(rows))
 
 @models_app.command('show')
 def models_show(name: str, version: int = typer.Option(None, help='default: the latest'),
@@ -179,7 +175,7 @@ def keys_create(name: str = typer.Option(..., help='who holds it'), role: str = 
 def keys_list(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every key (never its secret)"
     from aiinfra_nb.serve.auth import list_keys
-    show(list_keys(), ['id', 'name', 'prefix', 'role', 'models', 'created_at', 'expires_at', 'revoked_at'], as_json=as_json)
+    show(list_keys(), as_json=as_json)
 
 @keys_app.command('revoke')
 def keys_revoke(key: str = typer.Argument(..., help="the key's id or prefix")):
@@ -238,11 +234,8 @@ def projects(root: Path = typer.Option(None, help='default: [portfolio] root'),
              as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The portfolio's repositories: git, pipeline, runs, models, cost, template drift"
     from aiinfra_nb.ops.projects import scan_projects
-    rows = scan_projects(root)
-    if stale: rows = [r for r in rows if r['pipeline'] in ('stale', 'unknown', 'never run')]
-    if failing: rows = [r for r in rows if r.get('failed_week')]
-    show(rows, ['project', 'branch', 'uncommitted', 'pipeline', 'last_run_at', 'failed_week', 'production_models', 'cost_month',
-                'template_drift', 'error'], as_json=as_json)
+    rows = scan_projects(root, stale=stale, failing=failing)
+    show(rows, as_json=as_json)
     if rows and rows[0]['store_error']: print(f"aiinfra: warning: {rows[0]['store_error']}: runs, models and costs are left out", file=sys.stderr)
 
 # %% ../nbs/api/50_cli.ipynb #3d133af9
@@ -327,11 +320,11 @@ def image_build(project: Path = typer.Option(Path('.'), help="the project's fold
                 no_cache: bool = typer.Option(False, '--no-cache', help='rebuild every layer but the base'),
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Build the image of a project's service (the serve app and its production models), reusing unchanged layers"
-    from aiinfra_nb.images import build_image
+    from aiinfra_nb.images import build_image, layer_rows
     b = build_image(project, tag, cache=not no_cache)
     if as_json: return print(json.dumps(b, default=str))
     print(f"built {b['image']} ({b['image_id'][:19]}, {b['mb']:,.1f} MB) in {b['seconds']:.1f} s, serving {', '.join(b['models'])}")
-    show([{**l, 'state': 'reused' if l['reused'] else 'built'} for l in b['layers']], ['layer', 'state', 'mb', 'digest'])
+    show(layer_rows(b))
 
 @image_app.command('push')
 def image_push(image: str = typer.Argument(None, help="a local image (default: this project's newest build)"),

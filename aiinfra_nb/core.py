@@ -538,7 +538,19 @@ class Rows(list):
     @property
     def rows(self) -> list[dict]: return list(self)
 
-    def _repr_html_(self): return TABLE_STYLE + table_html(self, self.columns, self.title)
+    def like(self, rows) -> Rows:
+        "Other rows (a subset, another order) shown as these are"
+        return Rows(rows, self.columns, self.title, self.fold)
+
+    def titled(self, title: str) -> Rows:
+        "These rows under another title"
+        return Rows(self, self.columns, title, self.fold)
+
+    def html(self, empty: str = 'nothing yet') -> str:
+        "The table as HTML (`empty` says what no rows mean)"
+        return table_html(self, self.columns, self.title, empty)
+
+    def _repr_html_(self): return TABLE_STYLE + self.html()
 
     def text(self, width: int | None = None) -> str:
         "The table as aligned text, a line per row, at most `width` characters wide"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/46_demo.ipynb #c5cd141f
 from __future__ import annotations
-import itertools, json, os, random, signal, socket, subprocess, sys, time
+import os, random, signal, socket, subprocess, sys, time
 from pathlib import Path
 from .core import AiinfraError
 from .data.sources import package_file

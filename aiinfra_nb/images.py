@@ -23,8 +23,8 @@ __all__ = ['INSTALL_HINT', 'APP_UID', 'SERVING', 'NOT_SERVING', 'TAG', 'ENTRY_SC
            'ImageError', 'machine_images', 'tool_env', 'tool', 'image_exists', 'inspect_image', 'images_home',
            'base_ref', 'ensure_base', 'serving_lock', 'Service', 'check_tag', 'project_service', 'model_distributions',
            'write_code', 'write_models', 'canonical_sqlite', 'containerfile', 'build_context', 'image_labels',
-           'layer_steps', 'build_image', 'registry_url', 'registry_catalog', 'start_registry', 'stop_registry',
-           'last_build', 'push_image', 'list_images', 'run_image']
+           'layer_steps', 'build_image', 'layer_rows', 'registry_url', 'registry_catalog', 'start_registry',
+           'stop_registry', 'last_build', 'push_image', 'list_images', 'run_image']
 
 # %% ../nbs/api/47_images.ipynb #f487585b
 class ImageError(AiinfraError):
@@ -212,11 +212,17 @@ def _copy_distribution(dist: md.Distribution, site: Path):
             shutil.copytree(src.parent, site/top, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'), dirs_exist_ok=True)
         else: shutil.copy2(src, site/src.name)
 
+def _installed(name: str) -> md.Distribution:
+    "Distribution `name` as pip installed it (a dist-info with METADATA), not the egg-info of a source tree on `sys.path`"
+    found = [d for d in md.distributions(name=name) if d.read_text('METADATA') is not None]  # an editable install's source folder holds
+    if not found: raise ImageError(f"{name} is not installed here as a distribution (pip install it)")  # an egg-info; a kernel started there sees it first
+    return found[0]
+
 def model_distributions() -> list[md.Distribution]:
     "The toolkit and every installed distribution that declares model classes (`aiinfra.models`)"
-    found = {'aiinfra-nb': md.distribution('aiinfra_nb')}
+    found = {'aiinfra-nb': _installed('aiinfra_nb')}
     for ep in md.entry_points(group='aiinfra.models'):
-        if ep.dist is not None: found.setdefault(canonicalize_name(ep.dist.metadata['Name']), ep.dist)
+        if ep.dist is not None: found.setdefault(canonicalize_name(ep.dist.metadata['Name']), _installed(ep.dist.metadata['Name']))
     return list(found.values())
 
 ENTRY_SCRIPT = "#!/opt/venv/bin/python\nimport sys\nfrom aiinfra_nb.cli import main\nsys.exit(main())\n"
@@ -272,7 +278,7 @@ def containerfile(base: str, python: str) -> str:
            'AIINFRA_SERVICE_REGISTRY': '/srv/models', 'AIINFRA_SERVICE_HOST': '0.0.0.0', 'AIINFRA_SERVICE_PORT': '8000',
            'PYTHONUNBUFFERED': '1'}
     return '\n'.join([
-        f"# a project's model service, written by aiinfra_nb.images: layers ordered by how often they change",
+        "# a project's model service, written by aiinfra_nb.images: layers ordered by how often they change",
         f"FROM {base}",
         "COPY requirements.lock /opt/aiinfra/requirements.lock",
         "RUN --mount=type=bind,source=wheels,target=/wheels python3 -m venv /opt/venv && /opt/venv/bin/pip install --quiet "
@@ -394,6 +400,10 @@ def build_image(project: Project | str | Path = '.',  # the project, or its fold
                          'layers_built': sum(not l['reused'] for l in layers), 'build_s': build['seconds'], **phases})
         run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'models', 'layers', 'mb', 'phases')})
     return build
+
+def layer_rows(build: dict) -> Rows:
+    "A build's layers as a table: built or reused, size, digest"
+    return Rows([{**l, 'state': 'reused' if l['reused'] else 'built'} for l in build['layers']], ['layer', 'state', 'mb', 'digest'], 'layers')
 
 # %% ../nbs/api/47_images.ipynb #0f2ba51d
 LOOPBACK = ('127.0.0.1', 'localhost', '[::1]')

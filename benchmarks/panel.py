@@ -16,7 +16,6 @@ import argparse, json, os, random, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import polars as pl
-import sqlalchemy as sa
 
 BIN = Path(sys.executable).parent
 

@@ -1,7 +1,6 @@
 """The aiinfra CLI on real stores, and its errors: one clear line, never a traceback."""
 import json, os, subprocess, sys
 from pathlib import Path
-import pytest
 
 AIINFRA = str(Path(sys.executable).parent/'aiinfra')
 
@@ -102,7 +101,6 @@ def test_projects_scan_goes_on_past_bad_repositories_and_an_unreachable_store(tm
 def test_audit_and_services_fit_a_120_column_terminal(sqlite_url):
     "Long paths and errors are cut with an ellipsis, one line per row; today's times as times; --json keeps every field"
     import time
-    import sqlalchemy as sa
     from aiinfra_nb.ops.store import audit, get_engine, services
     now = time.time()
     calls = [dict(time=now - i, service='flights-api', request_id=f'req-{i}', key_id='k1', key_name='billing-team-key', role='predict',
@@ -129,7 +127,6 @@ def test_audit_and_services_fit_a_120_column_terminal(sqlite_url):
 def test_stored_text_is_shown_as_text_never_markup_or_terminal_commands(sqlite_url):
     "What callers sent (a path, a request id, a key's name) is stored as is, and every table prints it as plain text"
     import time
-    from aiinfra_nb.ops.record import flush, log_event
     from aiinfra_nb.ops.store import audit, get_engine
     from aiinfra_nb.serve.auth import create_key
     eng = get_engine(sqlite_url)
@@ -137,7 +134,7 @@ def test_stored_text_is_shown_as_text_never_markup_or_terminal_commands(sqlite_u
         c.execute(audit.insert().values(time=time.time(), method='GET', path='/v2/models/[/i]x\x1b[2J\x1b]8;;http://evil/\x07link', status_code=404,
                                         error='no model [blink]x[/blink]'))
     create_key('[/x]', 'read', engine=eng)
-    code = f"""
+    code = """
 from aiinfra_nb.ops.record import log_event, flush
 log_event('[bold]x\\x1b[31mred', request_id='[/b]x'); flush()
 """

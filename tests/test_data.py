@@ -1,5 +1,5 @@
 """The data layer end to end: pipeline notebooks through papermill's CLI, bad input, and crashes mid-write."""
-import hashlib, json, os, random, shutil, signal, subprocess, sys, time, zipfile
+import hashlib, random, shutil, signal, subprocess, sys, time, zipfile
 from pathlib import Path
 
 import polars as pl
@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from aiinfra_nb.data import io
 from aiinfra_nb.data.sources import flights13_path
-from aiinfra_nb.ops.store import get_engine, query, runs
+from aiinfra_nb.ops.store import query, runs
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent

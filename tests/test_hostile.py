@@ -78,7 +78,7 @@ def test_non_finite_values_do_not_zero_a_feature(bad):
 def test_store_cut_during_fit_fails_the_run_runs_the_shutdown_command_and_returns(tmp_path, pg_url):
     """The store stops accepting connections mid-training: fit raises a StoreError within a bound, the shutdown command runs,
     and the run is recorded as failed once the store is back"""
-    import signal, time
+    import time
     import sqlalchemy as sa
     from aiinfra_nb.ops.store import query, runs
     marker = tmp_path/'machine-off'

@@ -55,3 +55,16 @@ def test_vertical_layers_do_not_import_each_other():
             if layer == 'data': assert not dep.startswith(('aiinfra_nb.train', 'aiinfra_nb.serve')), (module, dep)
             if layer == 'train' and dep.startswith('aiinfra_nb.data'): assert dep == 'aiinfra_nb.data.io', (module, dep)
             if layer == 'ops': assert dep.startswith(('aiinfra_nb.core', 'aiinfra_nb.ops')), (module, dep)
+
+
+def test_faces_restate_no_column_lists():
+    "The CLI, `%aiinfra` and the panel render the `Rows` a library call returns: its columns and title are the library's, written once"
+    tablers = {'show', 'table_html', 'text_table', '_call'}
+    bad = []
+    for path in [ROOT/'aiinfra_nb/cli.py', *sorted((ROOT/'aiinfra_nb/ui').glob('*.py'))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, 'id', getattr(node.func, 'attr', None)) in tablers): continue
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                if isinstance(arg, (ast.List, ast.Tuple)) and len(arg.elts) > 1 and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in arg.elts):
+                    bad.append(f"{path.name}:{node.lineno}: {ast.unparse(arg)[:80]}")
+    assert not bad, bad

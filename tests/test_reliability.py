@@ -1,7 +1,5 @@
 """The store under load and under crashes: concurrent writers, SIGKILL mid-batch."""
-import os, random, signal, sqlite3, subprocess, sys, textwrap, time
-import pytest
-from conftest import run_py
+import os, random, signal, sqlite3, subprocess, sys, time
 
 WRITER = """
 import sys, time

@@ -64,6 +64,7 @@ def predict(proj: Path, name: str) -> dict:
         proc.terminate(); proc.communicate(timeout=60)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('task', DATASETS)
 def test_new_project_runs_end_to_end_and_serves(task, store_url, tmp_path, monkeypatch):
     package, file, target = DATASETS[task]
@@ -146,6 +147,7 @@ def _git(cwd: Path, *args):
     subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@localhost', *args], cwd=cwd, check=True, capture_output=True)
 
 
+@pytest.mark.e2e
 def test_upgrade_from_the_previous_template_keeps_a_local_edit(tmp_path, sqlite_url, monkeypatch):
     "The template at v1 makes a project; the project edits a notebook; the template gains a training parameter (v2); the upgrade brings it and keeps the edit"
     monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)

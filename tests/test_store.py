@@ -6,9 +6,9 @@ from aiinfra_nb.ops import record
 from aiinfra_nb.ops.machines import MachineSession, hourly_price
 from aiinfra_nb.ops.overview import machines_now
 from aiinfra_nb.ops.store import MIGRATIONS, machine_sessions, ensure_schema, events, get_engine, metrics, query, runs, store_summary
+from conftest import run_py
 
 LATEST = max([1, *MIGRATIONS])
-from conftest import run_py
 
 
 def test_schema_created_with_every_table(store_url):

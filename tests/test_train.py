@@ -60,6 +60,7 @@ def results(p) -> list[list[str]]:
 def result(p): return results(p)[-1]
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_and_resume_completes(env):
     script, e, last, url = env
     p = start(script, e)
@@ -77,6 +78,7 @@ def test_sigterm_checkpoints_and_resume_completes(env):
     assert r2['status'] == 'finished' and r2['extra']['epochs'] == 3
 
 
+@pytest.mark.e2e
 def test_sigkill_then_resume_from_last_epoch(env):
     script, e, last, url = env
     p = start(script, e)

@@ -8,7 +8,7 @@ import difflib, io, json, re
 from pathlib import Path
 import polars as pl
 from fastcore.basics import patch
-from ..core import AiinfraError, Project, atomic_file, atomic_write, file_hash, mask_secrets, project_root, stale_temporaries
+from ..core import AiinfraError, Project, Rows, atomic_file, atomic_write, file_hash, mask_secrets, project_root, stale_temporaries
 from .contracts import Contract, ContractError, check, load_contract
 from .sources import Extract
 import sqlalchemy as sa
@@ -171,7 +171,7 @@ def lineage(names: list[str]) -> dict[str, dict]:
     for r in rows: out.setdefault(keys[r['key']], dict(run_id=r['run_id'], time=r['time']))
     return out
 
-def list_datasets() -> list[dict]:
+def list_datasets() -> Rows:
     "Name, rows, columns, file time and the run that last saved it, for each dataset in the project's catalog"
     cat = catalog()
     names, out = cat.names(), []
@@ -181,4 +181,4 @@ def list_datasets() -> list[dict]:
         except DatasetError: m = {}
         out.append(dict(name=n, rows=m.get('rows'), columns=len(m.get('columns', {})), modified_at=cat.path(n).stat().st_mtime,
                         run_id=runs_.get(n, {}).get('run_id')))
-    return out
+    return Rows(out, ['name', 'rows', 'columns', 'modified_at', 'run_id'], 'datasets')

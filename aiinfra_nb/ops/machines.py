@@ -12,7 +12,7 @@ from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, load_settings
 from .record import log_event, new_id
-from .store import get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
+from .store import get_engine, insert_ignore, machine_sessions, machines, store_url, writing
 
 # %% auto #0
 __all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'MachineError',

@@ -5,19 +5,19 @@
 # %% ../../nbs/api/06_ops.overview.ipynb #74dd016d
 from __future__ import annotations
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from ..core import Rows, load_settings
+from ..core import Rows, duration, load_settings
 from .machines import today_start
 from .record import Run, check_limit, list_events, list_runs
 from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, services
 
 # %% auto #0
-__all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'SERVICE_COLUMNS', 'SERVICE_FOLD', 'PROJECT_SORTS', 'month_start', 'overview',
-           'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary',
-           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail', 'sort_projects',
-           'panel']
+__all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'PROJECT_COLUMNS', 'PROJECT_FOLD', 'PROJECT_FIELDS', 'MACHINE_COLUMNS',
+           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'PROJECT_SORTS', 'month_start', 'overview', 'cost_by_project_day',
+           'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary', 'machines_now', 'cost_between',
+           'services_now', 'recent_requests', 'project_detail', 'sort_projects', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def _least(a, b): return sa.case((a < b, a), else_=b)
@@ -63,7 +63,7 @@ def overview(now: float | None = None, engine: Engine | None = None) -> dict:
     return query(q, engine)[0]
 
 # %% ../../nbs/api/06_ops.overview.ipynb #1699fd88
-def cost_by_project_day(days: int = 30, now: float | None = None, engine: Engine | None = None) -> list[dict]:
+def cost_by_project_day(days: int = 30, now: float | None = None, engine: Engine | None = None) -> Rows:
     "Machine cost of each project on each of the last `days` days (UTC), oldest first; days without cost are left out"
     now, off = now or time.time(), load_settings().machines.off_after_s
     s, out = machine_sessions.c, []
@@ -75,10 +75,12 @@ def cost_by_project_day(days: int = 30, now: float | None = None, engine: Engine
              .where((s.started_at < end) & (s.ended_at.is_(None) | (s.ended_at >= start))).group_by(s.project))
         day = datetime.fromtimestamp(start, timezone.utc).date().isoformat()
         out += [dict(day=day, project=r['project'], cost=round(r['cost'], 6)) for r in query(q, engine) if r['cost']]
-    return out
+    return Rows(out, ['day', 'project', 'cost'], 'cost per project and day')
 
 # %% ../../nbs/api/06_ops.overview.ipynb #aea0209c
-def traffic(since_s: float = 3600, now: float | None = None, engine: Engine | None = None) -> list[dict]:
+def _span(seconds: float) -> str: return {3600: 'hour', 86400: 'day', 7 * 86400: 'week'}.get(seconds) or duration(seconds)
+
+def traffic(since_s: float = 3600, now: float | None = None, engine: Engine | None = None) -> Rows:
     "Per service and model over the last `since_s` seconds: requests, rps, errors, refusals, p50 and p95 latency (ms)"
     now = now or time.time()
     a = audit.c
@@ -93,10 +95,10 @@ def traffic(since_s: float = 3600, now: float | None = None, engine: Engine | No
          .group_by(w.c.service, w.c.model).order_by(sa.func.count().desc()))
     rows = query(q, engine)
     for r in rows: r.update(rps=round(r['requests'] / since_s, 4), error_rate=round(r['errors'] / r['requests'], 4))
-    return rows
+    return Rows(rows, ['service', 'model', 'requests', 'rps', 'errors', 'error_rate', 'refused', 'p50_ms', 'p95_ms'], f"traffic, last {_span(since_s)}")
 
 # %% ../../nbs/api/06_ops.overview.ipynb #57a02147
-def top_callers(since_s: float = 86400, limit: int = 10, now: float | None = None, engine: Engine | None = None) -> list[dict]:
+def top_callers(since_s: float = 86400, limit: int = 10, now: float | None = None, engine: Engine | None = None) -> Rows:
     "The keys that called most in the last `since_s` seconds: calls, errors, models, last call"
     check_limit(limit)
     a, now = audit.c, now or time.time()
@@ -104,7 +106,7 @@ def top_callers(since_s: float = 86400, limit: int = 10, now: float | None = Non
                    sa.func.sum(sa.case((a.status_code >= 400, 1), else_=0)).label('errors'),
                    sa.func.count(sa.distinct(a.model)).label('models'), sa.func.max(a.time).label('last_call_at'))
          .where(a.time >= now - since_s).group_by(a.key_name).order_by(sa.func.count().desc()).limit(limit))
-    return query(q, engine)
+    return Rows(query(q, engine), ['caller', 'calls', 'errors', 'models', 'last_call_at'], f"top callers, last {_span(since_s)}")
 
 # %% ../../nbs/api/06_ops.overview.ipynb #400ae343
 def run_curves(run_id: str, engine: Engine | None = None) -> dict[str, list[tuple]]:
@@ -125,7 +127,13 @@ SCAN_FIELDS = ('pipeline', 'branch', 'uncommitted', 'template_drift')  # what th
 NOT_SCANNED = {True: 'its repository was never scanned: Refresh (or `aiinfra projects`) scans it',
                False: 'no repository filed for it: `aiinfra new` files one, and a scan of [portfolio] root finds it'}
 
-def project_summary(now: float | None = None, engine: Engine | None = None) -> list[dict]:
+PROJECT_COLUMNS = ['project', 'owner', 'pipeline', 'branch', 'uncommitted', 'last_run_at', 'failed_week', 'production_models', 'cost_month',
+                   'template_drift', 'scan_error']
+PROJECT_FOLD = ('template_drift', 'uncommitted', 'owner')
+PROJECT_FIELDS = ('project', 'owner', 'repo', 'pipeline', 'branch', 'uncommitted', 'scanned_at', 'scan_error', 'last_run_at', 'failed_week',
+                  'production_models', 'cost_month')  # a project's card
+
+def project_summary(now: float | None = None, engine: Engine | None = None) -> Rows:
     "One row per project: last run, failed runs this week, production models, machine cost this month, and its last scan"
     now, off = now or time.time(), load_settings().machines.off_after_s
     r, s = runs.c, machine_sessions.c
@@ -152,10 +160,12 @@ def project_summary(now: float | None = None, engine: Engine | None = None) -> l
         for k in (*SCAN_FIELDS, 'scan_error', 'scanned_at'): row.setdefault(k, None)
         row.setdefault('stages', {})
         if row['scanned_at'] is None: row.update(pipeline='not scanned', scan_error=NOT_SCANNED[row['repo'] is not None])
-    return sorted(rows.values(), key=lambda r: r['project'])
+    return Rows(sorted(rows.values(), key=lambda r: r['project']), PROJECT_COLUMNS, 'projects', PROJECT_FOLD)
 
 # %% ../../nbs/api/06_ops.overview.ipynb #f7538ae2
-def machines_now(now: float | None = None, engine: Engine | None = None) -> list[dict]:
+MACHINE_COLUMNS = ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today']
+
+def machines_now(now: float | None = None, engine: Engine | None = None) -> Rows:
     "One row per machine: state, idle, last cpu/gpu %, hours and cost today"
     now, m = now or time.time(), load_settings().machines
     day, s = today_start(now), machine_sessions.c
@@ -178,7 +188,7 @@ def machines_now(now: float | None = None, engine: Engine | None = None) -> list
         out.append(dict(machine=r['machine'], kind=r['kind'], state='on' if r['sessions_on'] else 'off', idle=bool(r['idle_sessions']),
                         cpu_pct=r['cpu_pct'], gpu_pct=r['gpu_pct'], last_heartbeat_at=r['last_heartbeat_at'], gpus=r['gpus'],
                         hours_today=round((r['seconds_today'] or 0) / 3600, 4), cost_today=round(r['cost_today'] or 0, 6)))
-    return out
+    return Rows(out, MACHINE_COLUMNS, 'machines')
 
 # %% ../../nbs/api/06_ops.overview.ipynb #80ef0b20
 def cost_between(start: float, end: float | None = None, project: str | None = None, now: float | None = None,
@@ -199,15 +209,16 @@ def services_now(now: float | None = None, engine: Engine | None = None) -> Rows
     now, sv = now or time.time(), services.c
     stale = (sv.status == 'up') & (sa.func.coalesce(sv.last_seen_at, 0) < now - load_settings().machines.off_after_s)
     return Rows(query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.host, sv.pid, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
-                                sv.started_at, sv.last_seen_at).order_by(sv.name), engine), SERVICE_COLUMNS, fold=SERVICE_FOLD)
+                                sv.started_at, sv.last_seen_at).order_by(sv.name), engine), SERVICE_COLUMNS, 'services', SERVICE_FOLD)
 
-def recent_requests(limit: int = 20, project: str | None = None, engine: Engine | None = None) -> list[dict]:
+def recent_requests(limit: int = 20, project: str | None = None, engine: Engine | None = None) -> Rows:
     "The newest audited requests (who, what, answer, latency)"
     check_limit(limit)
     a = audit.c
     q = sa.select(a.time, a.project, a.service, a.key_name, a.method, a.path, a.model, a.model_version, a.status_code, a.latency_ms,
                   a.rows).order_by(a.time.desc(), a.id.desc()).limit(limit)
-    return query(q.where(a.project == project) if project else q, engine)
+    return Rows(query(q.where(a.project == project) if project else q, engine),
+                ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms'], 'latest requests')
 
 # %% ../../nbs/api/06_ops.overview.ipynb #2cec771b
 def project_detail(name: str, now: float | None = None, engine: Engine | None = None) -> dict:
@@ -215,19 +226,21 @@ def project_detail(name: str, now: float | None = None, engine: Engine | None = 
     row = next((r for r in project_summary(now, engine) if r['project'] == name), None)
     if row is None: raise ValueError(f"no project {name!r} in the store or the last scan")
     m = models.c
-    return dict(summary=row, stages=[dict(stage=k, state=v) for k, v in row['stages'].items()], runs=list_runs(project=name, limit=10, engine=engine),
-                models=query(sa.select(m.name, m.version, m.stage, m.metrics, m.created_at).where(m.project == name)
-                             .order_by(m.name, m.version.desc()).limit(20), engine),
-                services=[sv for sv in services_now(now, engine) if sv['project'] == name])
+    services = services_now(now, engine)
+    return dict(summary=row, stages=Rows([dict(stage=k, state=v) for k, v in row['stages'].items()], ['stage', 'state'], 'pipeline stages'),
+                runs=list_runs(project=name, limit=10, engine=engine).titled('latest runs'),
+                models=Rows(query(sa.select(m.name, m.version, m.stage, m.metrics, m.created_at).where(m.project == name)
+                                  .order_by(m.name, m.version.desc()).limit(20), engine), ['name', 'version', 'stage', 'metrics', 'created_at'], 'models'),
+                services=services.like([sv for sv in services if sv['project'] == name]))
 
 # %% ../../nbs/api/06_ops.overview.ipynb #7ec31429
 PROJECT_SORTS = {'project': False, 'pipeline': False, 'last_run_at': True, 'failed_week': True, 'cost_month': True}  # key -> descending
 
-def sort_projects(rows: list[dict], by: str = 'project') -> list[dict]:
+def sort_projects(rows: Rows, by: str = 'project') -> Rows:
     "Projects sorted by one of `PROJECT_SORTS` (busiest, costliest, most failing first); unknown values last"
     if by not in PROJECT_SORTS: raise ValueError(f"sort by {by!r}: expected one of {', '.join(PROJECT_SORTS)}")
     known = sorted((r for r in rows if r.get(by) is not None), key=lambda r: r[by], reverse=PROJECT_SORTS[by])
-    return known + [r for r in rows if r.get(by) is None]
+    return rows.like(known + [r for r in rows if r.get(by) is None])
 
 def panel(now: float | None = None, run_id: str | None = None,  # the run whose metric curves to include
           logs: dict | None = None,  # filters of the Logs tab: project, service, level, grep
@@ -238,7 +251,7 @@ def panel(now: float | None = None, run_id: str | None = None,  # the run whose 
     now = now or time.time()
     return dict(at=now, overview=overview(now, engine), projects=sort_projects(project_summary(now, engine), sort),
                 detail=project_detail(project, now, engine) if project else None,
-                runs=list_runs(limit=50, engine=engine), failed_runs=list_runs(status='failed', limit=10, engine=engine),
+                runs=list_runs(limit=50, engine=engine).titled('latest runs'), failed_runs=list_runs(status='failed', limit=10, engine=engine).titled('failing runs'),
                 curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine),
                 cost_by_day=cost_by_project_day(14, now, engine), services=services_now(now, engine),
                 traffic=traffic(3600, now, engine), callers=top_callers(86400, 10, now, engine),

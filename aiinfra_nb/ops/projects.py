@@ -4,19 +4,20 @@
 
 # %% ../../nbs/api/07_ops.projects.ipynb #2ef5b392
 from __future__ import annotations
-import configparser, hashlib, importlib.util, json, os, subprocess, time
+import configparser, hashlib, importlib.util, subprocess, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, Project, SettingsError
+from ..core import AiinfraError, Project, Rows, SettingsError
 from .overview import SCAN_FIELDS, project_summary
 from .store import StoreError, project_scans, projects, query, writing
 
 # %% auto #0
-__all__ = ['PortfolioError', 'git_state', 'pipeline_state', 'template_commit', 'template_state', 'fingerprint', 'project_name',
-           'read_repository', 'repositories', 'filed_repositories', 'scan_projects']
+__all__ = ['PORTFOLIO_COLUMNS', 'PORTFOLIO_FOLD', 'PortfolioError', 'git_state', 'pipeline_state', 'template_commit',
+           'template_state', 'fingerprint', 'project_name', 'read_repository', 'repositories', 'filed_repositories',
+           'scan_projects']
 
 # %% ../../nbs/api/07_ops.projects.ipynb #005158ed
 class PortfolioError(AiinfraError):
@@ -145,12 +146,18 @@ def filed_repositories(engine: Engine) -> list[Path]:
     "The repositories the store's projects name (`aiinfra new` files each), whether or not they are on this machine"
     return sorted({Path(r['repo']).resolve() for r in query(sa.select(projects.c.repo).where(projects.c.repo.is_not(None)), engine)})
 
+PORTFOLIO_COLUMNS = ['project', 'branch', 'uncommitted', 'pipeline', 'last_run_at', 'failed_week', 'production_models', 'cost_month',
+                     'template_drift', 'error']  # what a table of the scan shows
+PORTFOLIO_FOLD = ('template_drift', 'uncommitted', 'cost_month')
+
 def scan_projects(root: str | Path | None = None,  # a folder of repositories; default: `[portfolio] root` and every repository a project names
                   workers: int = 8,
                   engine: Engine | None = None,  # the store; default: the project's
                   now: float | None = None,
                   project: Project | None = None,  # whose settings say where the portfolio, its store and the template are; default: here
-                 ) -> list[dict]:
+                  stale: bool = False,  # only the repositories whose pipeline is stale or unreadable
+                  failing: bool = False,  # only the projects with a failed run this week
+                 ) -> Rows:
     "Scan the portfolio: one row per repository, re-reading only the ones that changed"
     project = project or Project.here()
     configured = root or project.settings.portfolio.root
@@ -173,7 +180,7 @@ def scan_projects(root: str | Path | None = None,  # a folder of repositories; d
         if hit and hit['fingerprint'] == fp: return hit['state'], False
         return read_repository(repo, current) | dict(fingerprint=fp), True
     with ThreadPoolExecutor(max_workers=workers) as pool: results = list(pool.map(one, repos))
-    if store_error: return [s | dict(read=read, store_error=store_error) for s, read in results]
+    if store_error: return _only([s | dict(read=read, store_error=store_error) for s, read in results], stale, failing)
     fresh = [s for s, read in results if read]
     if fresh:
         with writing(engine) as conn:
@@ -181,5 +188,10 @@ def scan_projects(root: str | Path | None = None,  # a folder of repositories; d
                 conn.execute(project_scans.delete().where(project_scans.c.repo == s['repo']))
                 conn.execute(project_scans.insert().values(repo=s['repo'], project=s['project'], scanned_at=now, fingerprint=s['fingerprint'], state=s))
     store = {r['project']: r for r in project_summary(now, engine)}
-    return [s | dict(read=read, store_error=None) | {k: v for k, v in store.get(s['project'], {}).items() if k not in ('project', 'repo', *SCAN_FIELDS, 'stages')}
-            for s, read in results]
+    return _only([s | dict(read=read, store_error=None) | {k: v for k, v in store.get(s['project'], {}).items() if k not in ('project', 'repo', *SCAN_FIELDS, 'stages')}
+                  for s, read in results], stale, failing)
+
+def _only(rows: list[dict], stale: bool, failing: bool) -> Rows:
+    if stale: rows = [r for r in rows if r['pipeline'] in ('stale', 'unknown', 'never run')]
+    if failing: rows = [r for r in rows if r.get('failed_week')]
+    return Rows(rows, PORTFOLIO_COLUMNS, 'projects', PORTFOLIO_FOLD)

@@ -10,14 +10,15 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, Project, fields_html, git_revision, load_settings, mask_secrets
+from ..core import AiinfraError, Project, Rows, fields_html, git_revision, load_settings, mask_secrets
 from .store import StoreError, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
 
 # %% auto #0
-__all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'BatchWriter', 'writer', 'flush',
-           'RecordError', 'new_id', 'Run', 'jsonable', 'store_name', 'current_run', 'error_text', 'Terminated',
-           'on_sigterm', 'recording', 'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler',
-           'check_limit', 'list_runs', 'list_events', 'last_metrics']
+__all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'RUN_COLUMNS', 'RUN_FOLD',
+           'EVENT_COLUMNS', 'EVENT_FOLD', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run', 'jsonable',
+           'store_name', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run',
+           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit', 'list_runs', 'list_events',
+           'last_metrics']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {
@@ -446,9 +447,14 @@ def check_limit(limit: int) -> int:
     if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT: raise RecordError(f"limit {limit!r}: expected 1 to {MAX_LIMIT:,} rows")
     return limit
 
+RUN_COLUMNS = ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'error', 'host', 'id', 'parent_id']
+RUN_FOLD = ('parent_id', 'host', 'id')  # what a narrow terminal leaves out first
+EVENT_COLUMNS = ['time', 'project', 'service', 'level', 'logger', 'message', 'run_id', 'request_id']
+EVENT_FOLD = ('request_id', 'run_id', 'logger')
+
 def list_runs(project: str | None = None, status: str | None = None, kind: str | None = None,
               limit: int = 20, since: float | None = None,  # only runs started at or after this time (epoch seconds)
-              engine: Engine | None = None) -> list[dict]:
+              engine: Engine | None = None) -> Rows:
     "The most recent runs, newest first"
     if status and status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
     check_limit(limit)
@@ -460,10 +466,10 @@ def list_runs(project: str | None = None, status: str | None = None, kind: str |
     if status: q = q.where(runs.c.status == status)
     if kind: q = q.where(runs.c.kind == kind)
     if since is not None: q = q.where(runs.c.started_at >= since)
-    return query(q, engine)
+    return Rows(query(q, engine), RUN_COLUMNS, 'runs', RUN_FOLD)
 
 def list_events(service: str | None = None, level: str | None = None, grep: str | None = None,
-                run_id: str | None = None, project: str | None = None, limit: int = 50, engine: Engine | None = None) -> list[dict]:
+                run_id: str | None = None, project: str | None = None, limit: int = 50, engine: Engine | None = None) -> Rows:
     "The most recent events, newest first; `level` keeps that level and above"
     check_limit(limit)
     q = sa.select(events.c.time, events.c.project, events.c.service, events.c.level, events.c.logger, events.c.message,
@@ -473,7 +479,7 @@ def list_events(service: str | None = None, level: str | None = None, grep: str 
     if grep: q = q.where(events.c.message.contains(grep, autoescape=True))
     if run_id: q = q.where(events.c.run_id == run_id)
     if project: q = q.where(events.c.project == project)
-    return query(q, engine)
+    return Rows(query(q, engine), EVENT_COLUMNS, 'logs', EVENT_FOLD)
 
 # %% ../../nbs/api/02_ops.record.ipynb #74c001a8
 def last_metrics(run_id: str, engine: Engine | None = None) -> dict:

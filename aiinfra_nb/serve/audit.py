@@ -91,4 +91,4 @@ def list_audit(key: str | None = None,  # a key's id or name
     if status: q = q.where(a.status_code == status)
     if since: q = q.where(a.time >= since)
     if project: q = q.where(a.project == project)
-    return Rows(query(q, engine), AUDIT_COLUMNS, fold=AUDIT_FOLD)
+    return Rows(query(q, engine), AUDIT_COLUMNS, 'audit', AUDIT_FOLD)

@@ -11,7 +11,7 @@ from limits import parse as parse_rate
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError
+from ..core import AiinfraError, Rows
 from ..ops.record import new_id
 from ..ops.store import api_keys, query, writing
 
@@ -55,11 +55,12 @@ def create_key(name: str,  # who or what holds it, e.g. 'billing-service'
     with writing(engine) as conn: conn.execute(api_keys.insert().values(**row))
     return {**{k: v for k, v in row.items() if k != 'key_hash'}, 'secret': secret}
 
-def list_keys(engine=None) -> list[dict]:
+def list_keys(engine=None) -> Rows:
     "Every key, newest first, without its hash"
     c = api_keys.c
-    return query(sa.select(c.id, c.name, c.prefix, c.role, c.models, c.created_at, c.expires_at, c.revoked_at, c.last_used_at)
-                 .order_by(c.created_at.desc()), engine)
+    return Rows(query(sa.select(c.id, c.name, c.prefix, c.role, c.models, c.created_at, c.expires_at, c.revoked_at, c.last_used_at)
+                      .order_by(c.created_at.desc()), engine),
+                ['id', 'name', 'prefix', 'role', 'models', 'created_at', 'expires_at', 'revoked_at'], 'API keys', ('revoked_at', 'expires_at'))
 
 def revoke_key(key_id: str, engine=None) -> dict:
     "Revoke a key by id (or its prefix): it stops working in every worker within `[service] key_cache_s`"

@@ -7,13 +7,13 @@ from __future__ import annotations
 import polars as pl
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_roc, multiclass_f1_score
-from ..core import file_hash
+from ..core import Rows, file_hash
 from ..data.io import Catalog
 from .model import Preprocessor
 from .registry import Registry, RegistryError
 
 # %% auto #0
-__all__ = ['PRIMARY', 'score', 'validation_frame', 'score_model', 'promote_if_better']
+__all__ = ['PRIMARY', 'score', 'validation_frame', 'score_model', 'promote_if_better', 'evaluated']
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #68d1a8fc
 PRIMARY = {'binary': ('auc', 'higher'), 'multiclass': ('macro_f1', 'higher'), 'regression': ('rmse', 'lower')}
@@ -83,3 +83,11 @@ def promote_if_better(registry: Registry, name: str, version: int, metrics: dict
     if not (prod and prod['version'] == version): registry.promote(name, version, 'production' if promote else 'staging')
     return dict(promoted=promote, metric=key, candidate=version, candidate_score=metrics[key],
                 production=prod['version'] if prod else None, production_score=best)
+
+# %% ../../nbs/api/26_train.evaluate.ipynb #04544d3a
+def evaluated(rows: Rows,  # `Registry.list`
+             ) -> Rows:
+    "The versions with their `evaluation`: the task's primary metric as the evaluate stage scored it"
+    score_of = lambda m: next((f"{k} {m[f'eval_{k}']:.4g}" for k, _ in PRIMARY.values() if f'eval_{k}' in m), None)
+    return Rows([{**r, 'evaluation': score_of(r['metrics'] or {})} for r in rows],
+                ['name', 'version', 'stage', 'files', 'created_at', 'evaluation', 'data_version', 'run_id'], rows.title)

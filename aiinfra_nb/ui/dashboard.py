@@ -9,8 +9,8 @@ from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
 from IPython.display import display
-from ..core import TABLE_STYLE, cell_text, duration, fields_html, money, table_html
-from ..ops.overview import PROJECT_SORTS, panel, run_detail
+from ..core import TABLE_STYLE, cell_text, duration, fields_html, money
+from ..ops.overview import PROJECT_FIELDS, PROJECT_SORTS, panel, run_detail
 from ..ops.projects import scan_projects
 from ..ops.record import LEVELS, list_runs
 
@@ -61,35 +61,24 @@ def _overview_html(d: dict) -> str:
              ('cost today', money(o['cost_today'])), ('cost this month', money(o['cost_month'])),
              ('API calls today', f"{o['api_calls_today']:,}"), ('services up', f"{o['services_up']} of {o['services']}")]
     row = ''.join(f'<td style="padding:6px 14px"><div style="font-size:11px;color:#666">{k}</div><div style="font-size:20px">{v}</div></td>' for k, v in cards)
-    return f'<table><tr>{row}</tr></table>' + table_html(d['failed_runs'], ['started_at', 'project', 'kind', 'name', 'error'], 'failing runs', 'no failed run')
+    return f'<table><tr>{row}</tr></table>' + d['failed_runs'].html('no failed run')
 
 def _projects_html(d: dict) -> str:
     "The portfolio (pipeline state and scan problems from the last scan), and the chosen project's detail"
-    out = table_html(d['projects'], ['project', 'owner', 'pipeline', 'branch', 'uncommitted', 'last_run_at', 'failed_week', 'production_models',
-                                     'cost_month', 'template_drift', 'scan_error'], 'projects')
+    out = d['projects'].html()
     if not (x := d.get('detail')): return out
     p = x['summary']
-    return (out + fields_html({k: p.get(k) for k in ('project', 'owner', 'repo', 'pipeline', 'branch', 'uncommitted', 'scanned_at', 'scan_error',
-                                                     'last_run_at', 'failed_week', 'production_models', 'cost_month')}, f"project {p['project']}")
-            + table_html(x['stages'], ['stage', 'state'], 'pipeline stages', p['scan_error'] or 'no stage has run yet')
-            + table_html(x['runs'], ['started_at', 'kind', 'name', 'state', 'duration_s', 'error'], 'latest runs')
-            + table_html(x['models'], ['name', 'version', 'stage', 'metrics', 'created_at'], 'models')
-            + table_html(x['services'], ['name', 'status', 'url', 'last_seen_at'], 'services'))
+    return (out + fields_html({k: p.get(k) for k in PROJECT_FIELDS}, f"project {p['project']}")
+            + x['stages'].html(p['scan_error'] or 'no stage has run yet') + x['runs'].html() + x['models'].html() + x['services'].html())
 
 def tab_html(name: str, d: dict) -> str:
     "One tab of the panel as HTML (tables only; the charts are added by the caller)"
     if name == 'Overview': return _overview_html(d)
     if name == 'Projects': return _projects_html(d)
-    if name == 'Runs': return table_html(d['runs'], ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'error', 'id'], 'latest runs')
-    if name == 'Machines & cost':
-        return (table_html(d['machines'], ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today'], 'machines')
-                + table_html(d['cost_by_day'][-30:], ['day', 'project', 'cost'], 'cost per project and day'))
-    if name == 'Services':
-        return (table_html(d['services'], ['name', 'project', 'status', 'url', 'last_seen_at'], 'services')
-                + table_html(d['traffic'], ['service', 'model', 'requests', 'rps', 'errors', 'error_rate', 'refused', 'p50_ms', 'p95_ms'], 'traffic, last hour')
-                + table_html(d['callers'], ['caller', 'calls', 'errors', 'models', 'last_call_at'], 'top callers, last day')
-                + table_html(d['requests'], ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms'], 'latest requests'))
-    if name == 'Logs': return table_html(d['logs'], ['time', 'project', 'service', 'level', 'logger', 'message'], 'logs')
+    if name == 'Runs': return d['runs'].html()
+    if name == 'Machines & cost': return d['machines'].html() + d['cost_by_day'].like(d['cost_by_day'][-30:]).html()
+    if name == 'Services': return d['services'].html() + d['traffic'].html() + d['callers'].html() + d['requests'].html()
+    if name == 'Logs': return d['logs'].html()
     raise ValueError(f"no tab {name!r}: {', '.join(TABS)}")
 
 def snapshot_html(d: dict) -> str:

@@ -22,10 +22,11 @@ def _status(**kw) -> Rows:
     from aiinfra_nb.ops.overview import overview
     return Rows([{'what': k, 'value': v, **({'cost': v} if k.startswith('cost') else {})} for k, v in overview(**kw).items()], ['what', 'value'], 'status')
 
-def _call(module: str, name: str, columns: list[str] | None = None, title: str | None = None):
+def _call(module: str, name: str):
+    "The library's answer `module.name(**kw)`, imported when asked for: `Rows` that carry their columns and title"
     def answer(**kw) -> Rows:
         import importlib
-        return Rows(getattr(importlib.import_module(module), name)(**kw), columns, title)
+        return getattr(importlib.import_module(module), name)(**kw)
     return answer
 
 def _models(**kw) -> Rows:
@@ -42,15 +43,14 @@ def _dashboard(refresh_s: str = '10'):
 
 ANSWERS = {
     'status': _status,
-    'runs': _call('aiinfra_nb.ops.record', 'list_runs', ['started_at', 'project', 'kind', 'name', 'state', 'duration_s', 'error', 'id'], 'runs'),
-    'machines': _call('aiinfra_nb.ops.overview', 'machines_now', None, 'machines'),
-    'logs': _call('aiinfra_nb.ops.record', 'list_events', ['time', 'project', 'service', 'level', 'logger', 'message'], 'logs'),
-    'datasets': _call('aiinfra_nb.data.io', 'list_datasets', None, 'datasets'),
+    'runs': _call('aiinfra_nb.ops.record', 'list_runs'),
+    'machines': _call('aiinfra_nb.ops.overview', 'machines_now'),
+    'logs': _call('aiinfra_nb.ops.record', 'list_events'),
+    'datasets': _call('aiinfra_nb.data.io', 'list_datasets'),
     'models': _models,
-    'projects': _call('aiinfra_nb.ops.overview', 'project_summary', ['project', 'owner', 'pipeline', 'branch', 'last_run_at', 'failed_week',
-                                                                      'production_models', 'cost_month', 'scan_error'], 'projects'),
-    'services': _call('aiinfra_nb.ops.overview', 'services_now', None, 'services'),
-    'audit': _call('aiinfra_nb.serve.audit', 'list_audit', None, 'audit'),
+    'projects': _call('aiinfra_nb.ops.overview', 'project_summary'),
+    'services': _call('aiinfra_nb.ops.overview', 'services_now'),
+    'audit': _call('aiinfra_nb.serve.audit', 'list_audit'),
     'tables': _tables,
     'dashboard': _dashboard,
 }
