@@ -78,6 +78,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aiinfra_nb.core.money': ('api/core.html#money', 'aiinfra_nb/core.py'),
                                  'aiinfra_nb.core.project_root': ('api/core.html#project_root', 'aiinfra_nb/core.py'),
                                  'aiinfra_nb.core.read_settings': ('api/core.html#read_settings', 'aiinfra_nb/core.py'),
+                                 'aiinfra_nb.core.run_tool': ('api/core.html#run_tool', 'aiinfra_nb/core.py'),
                                  'aiinfra_nb.core.scratch_dir': ('api/core.html#scratch_dir', 'aiinfra_nb/core.py'),
                                  'aiinfra_nb.core.short_time': ('api/core.html#short_time', 'aiinfra_nb/core.py'),
                                  'aiinfra_nb.core.stale_temporaries': ('api/core.html#stale_temporaries', 'aiinfra_nb/core.py'),

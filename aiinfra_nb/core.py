@@ -16,8 +16,8 @@ __all__ = ['TASKS', 'ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_
            'ELLIPSIS', 'CUT_FIRST', 'CUT_LAST', 'SHORT_HEADERS', 'TABLE_STYLE', 'AiinfraError', 'SettingsError',
            'FeatureError', 'project_root', 'read_settings', 'mask_secrets', 'load_settings', 'clear_settings_cache',
            'Project', 'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
-           'git_revision', 'money', 'duration', 'cell_text', 'short_time', 'text_table', 'table_html', 'fields_html',
-           'Rows']
+           'git_revision', 'run_tool', 'money', 'duration', 'cell_text', 'short_time', 'text_table', 'table_html',
+           'fields_html', 'Rows']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -442,6 +442,22 @@ def git_revision(root: str | Path | None = None) -> str | None:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return rev.stdout.strip() + ('+dirty' if dirty else '')
     except (OSError, subprocess.TimeoutExpired): return None
+
+# %% ../nbs/api/00_core.ipynb #6eba0059
+def run_tool(cmd: list,  # the program and its arguments (an argument vector: no shell)
+             what: str | None = None,  # what is being done, for the error; default: the program and its first argument
+             error: type[AiinfraError] = AiinfraError,  # the layer's error to raise
+             timeout: float | None = None, **kw) -> str:  # `subprocess.run` arguments: cwd, env...
+    "Run a command and return its output; a failure raises `error`: '<what> failed: <its last line>'"
+    cmd = [str(c) for c in cmd]
+    what = what or f"`{' '.join(cmd[:2])}`"
+    try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except FileNotFoundError: raise error(f"{what}: {cmd[0]} is not installed here") from None
+    except subprocess.TimeoutExpired: raise error(f"{what} did not finish within {timeout:g} s") from None
+    if r.returncode:
+        said = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        raise error(f"{what} failed: {said[-1] if said else f'exit status {r.returncode}'}")
+    return r.stdout
 
 # %% ../nbs/api/00_core.ipynb #bcf5b4a0
 def money(v: float) -> str:

@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from tqdm.auto import tqdm
 from fastcore.basics import AttrDict
-from .core import AiinfraError, Project, Rows, aiinfra_home, git_revision
+from .core import AiinfraError, Project, Rows, aiinfra_home, git_revision, run_tool
 from .ops.record import start_run
 from .ops.store import create_store_engine, ensure_schema, query, runs
 from .train.registry import Registry
@@ -46,12 +46,7 @@ def tool_env() -> dict:
 def tool(*args, timeout: float | None = 600, **kw) -> str:
     "Run a container tool (`buildah`, `skopeo`, ...) and return its output; its error as an `ImageError`"
     if not shutil.which(args[0]): raise ImageError(f"{args[0]} is not installed here: {INSTALL_HINT}")
-    try: r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=tool_env(), timeout=timeout, **kw)
-    except subprocess.TimeoutExpired: raise ImageError(f"`{args[0]} {args[1]}` did not finish within {timeout:.0f} s") from None
-    if r.returncode:
-        why = (r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}").splitlines()[-1]
-        raise ImageError(f"`{args[0]} {args[1]}` failed: {why}")
-    return r.stdout
+    return run_tool(args, error=ImageError, env=tool_env(), timeout=timeout, **kw)
 
 def image_exists(ref: str) -> bool:
     "Whether the local image storage holds `ref`"

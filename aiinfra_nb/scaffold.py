@@ -8,7 +8,7 @@ import getpass, importlib.util, math, os, re, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import sqlalchemy as sa
-from .core import AiinfraError, load_settings
+from .core import AiinfraError, load_settings, run_tool
 from .data.contracts import Inference, infer_project
 from .data.sources import read_table
 from .ops.stages import sync_stages
@@ -88,9 +88,7 @@ class NewProject:
     def _repr_markdown_(self): return '\n'.join(f'- {line}' for line in self.review())
 
 def _run(cmd: list[str], cwd: Path, what: str, env: dict | None = None):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, 'DVC_NO_ANALYTICS': '1', **(env or {})})
-    if r.returncode: raise ScaffoldError(f"{what} failed in {cwd}: {(r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout).strip() else r.returncode}")
-    return r.stdout
+    return run_tool(cmd, f"{what} in {cwd}", ScaffoldError, cwd=cwd, env={**os.environ, 'DVC_NO_ANALYTICS': '1', **(env or {})})
 
 def _git_identity(owner: str) -> dict:
     "Author variables for the first commit, where git has no identity configured"

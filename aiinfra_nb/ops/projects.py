@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, Project, Rows, SettingsError
+from ..core import AiinfraError, Project, Rows, SettingsError, run_tool
 from .overview import SCAN_FIELDS, project_summary
 from .store import StoreError, project_scans, projects, query, writing
 
@@ -24,9 +24,7 @@ class PortfolioError(AiinfraError):
     "The portfolio cannot be scanned as configured"
 
 def _git(repo: Path, *args: str) -> str:
-    r = subprocess.run(['git', '--no-optional-locks', '-C', str(repo), *args], capture_output=True, text=True, timeout=30)  # reads only: never refreshes the index
-    if r.returncode: raise PortfolioError(f"git {args[0]}: {(r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout).strip() else r.returncode}")
-    return r.stdout
+    return run_tool(['git', '--no-optional-locks', '-C', repo, *args], f"git {args[0]}", PortfolioError, timeout=30)  # reads only: never refreshes the index
 
 def git_state(repo: Path) -> dict:
     "Branch, last commit (time, author, message), uncommitted changes and remote of a repository"
