@@ -452,7 +452,7 @@ def run_tool(cmd: list,  # the program and its arguments (an argument vector: no
     cmd = [str(c) for c in cmd]
     what = what or f"`{' '.join(cmd[:2])}`"
     try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    except FileNotFoundError: raise error(f"{what}: {cmd[0]} is not installed here") from None
+    except FileNotFoundError as e: raise error(f"{what}: no such program or folder here: {e.filename or cmd[0]}") from None  # the program, or cwd
     except subprocess.TimeoutExpired: raise error(f"{what} did not finish within {timeout:g} s") from None
     if r.returncode:
         said = (r.stderr.strip() or r.stdout.strip()).splitlines()
