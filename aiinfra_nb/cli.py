@@ -127,7 +127,7 @@ app.add_typer(models_app, name='models')
 def models_list(name: str = typer.Argument(None, help='only this model'),
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every model version of this project, newest first, with its stage and its evaluation (the task's primary metric)"
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.registry import Registry
     rows = Registry().list(name)
     if as_json: return show(rows, as_json=True)
     from aiinfra_nb.train.evaluate import evaluated
@@ -137,14 +137,14 @@ def models_list(name: str = typer.Argument(None, help='only this model'),
 def models_show(name: str, version: int = typer.Option(None, help='default: the latest'),
                 stage: str = typer.Option(None, help='staging or production')):
     "One version's metadata (architecture, features, preprocessing, metrics, lineage), after checking its files"
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.registry import Registry
     _, meta = Registry().load(name, version=version, stage=stage)
     print(json.dumps(meta, indent=1, default=str))
 
 @models_app.command('promote')
 def models_promote(name: str, version: int, stage: str = typer.Option('production', help='staging, production or archived')):
     "Move a version to a stage (the previous production version is archived)"
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.registry import Registry
     r = Registry().promote(name, version, stage)
     print(f"{r['name']} v{r['version']} is now {r['stage']}")
 

@@ -12,10 +12,10 @@ from typing import Iterator
 from fastcore.basics import AttrDict
 
 # %% auto #0
-__all__ = ['TASKS', 'ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S',
-           'ELLIPSIS', 'CUT_FIRST', 'CUT_LAST', 'SHORT_HEADERS', 'TABLE_STYLE', 'AiinfraError', 'SettingsError',
-           'FeatureError', 'project_root', 'read_settings', 'mask_secrets', 'load_settings', 'clear_settings_cache',
-           'Project', 'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
+__all__ = ['ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES', 'NOT_SETTINGS', 'FILE_CHECK_S', 'ELLIPSIS',
+           'CUT_FIRST', 'CUT_LAST', 'SHORT_HEADERS', 'TABLE_STYLE', 'AiinfraError', 'SettingsError', 'FeatureError',
+           'project_root', 'read_settings', 'mask_secrets', 'load_settings', 'clear_settings_cache', 'Project',
+           'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
            'git_revision', 'run_tool', 'money', 'duration', 'cell_text', 'short_time', 'text_table', 'table_html',
            'fields_html', 'Rows']
 
@@ -28,8 +28,6 @@ class SettingsError(AiinfraError):
 
 class FeatureError(AiinfraError):
     "A model input that is missing or of the wrong type: names the column (the service answers it with a 4xx)"
-
-TASKS = ('binary', 'multiclass', 'regression')  # what a model learns: shared by the contract's inference, training and serving
 
 # %% ../nbs/api/00_core.ipynb #4b878252
 ROOT_MARKERS = ('settings.ini', 'dvc.yaml', '.git')

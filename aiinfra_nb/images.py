@@ -16,7 +16,7 @@ from fastcore.basics import AttrDict
 from .core import AiinfraError, Project, Rows, aiinfra_home, git_revision, run_tool
 from .ops.record import start_run
 from .ops.store import create_store_engine, ensure_schema, query, runs
-from .train.registry import Registry
+from .models.registry import Registry
 
 # %% auto #0
 __all__ = ['INSTALL_HINT', 'APP_UID', 'SERVING', 'NOT_SERVING', 'TAG', 'ENTRY_SCRIPT', 'LAYERS', 'HEALTH', 'LABEL', 'LOOPBACK',

@@ -46,7 +46,7 @@ def main():
         return b
 
     def promote():
-        code = ("import torch\nfrom aiinfra_nb.train.registry import Registry\nr = Registry(); m, meta = r.load('bench', stage='production')\n"
+        code = ("import torch\nfrom aiinfra_nb.models.registry import Registry\nr = Registry(); m, meta = r.load('bench', stage='production')\n"
                 "with torch.no_grad():\n    for p in m.parameters(): p.add_(0.01)\n"
                 "v = r.save(m, 'bench', features=meta['features'], preprocessing=meta['preprocessing'], data_version=meta['data_version'])\n"
                 "r.promote('bench', v['version'])")

@@ -20,8 +20,8 @@ BARE = textwrap.dedent("""
     import os, polars as pl, torch
     from fastapi import FastAPI, Request
     from aiinfra_nb.ops.store import get_engine
-    from aiinfra_nb.train.model import Preprocessor
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.tabular import Preprocessor
+    from aiinfra_nb.models.registry import Registry
     model, meta = Registry(os.environ['BENCH_MODELS'], get_engine(os.environ['AIINFRA_DB_URL'])).load('delay', stage='production')
     pre, f = Preprocessor.from_dict(meta['preprocessing']), meta['features']
     wanted = [*f['numeric'], *f['categorical']]
@@ -98,8 +98,8 @@ def main():
     os.environ.update(env)
     import torch
     from aiinfra_nb.serve.auth import create_key
-    from aiinfra_nb.train.model import Preprocessor, TabularNet
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.tabular import Preprocessor, TabularNet
+    from aiinfra_nb.models.registry import Registry
     reg = Registry(tmp/'data/models')
     torch.manual_seed(0)
     pre = Preprocessor({'distance': {'mean': 1000.0, 'std': 500.0}, 'dep_hour': {'mean': 13.0, 'std': 5.0}}, {'carrier': ['AA', 'B6', 'DL', 'UA']})

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from aiinfra_nb.train.datamodule import TabularDataModule
-from aiinfra_nb.train.model import TabularNet
+from aiinfra_nb.models.tabular import TabularNet
 
 
 def data(n: int, features: int = 16) -> pl.DataFrame:
@@ -35,7 +35,7 @@ def ours(dm: TabularDataModule, epochs: int, work: Path) -> float:
     import sqlalchemy as sa
     from aiinfra_nb.ops.store import get_engine, metrics, query
     from aiinfra_nb.train.fit import fit
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.registry import Registry
     r = fit(dm, name='bench', hidden=[128, 128], dropout=0.0, lr=1e-3, max_epochs=epochs, accelerator='cpu', progress=False, resume=False,
             registry=Registry.scratch(work/'models'), checkpoints_dir=work/'ckpt', project='bench')
     rows = query(sa.select(metrics.c.value).where((metrics.c.run_id == r.run_id) & (metrics.c.key == 'epoch_s')), get_engine())

@@ -67,7 +67,7 @@ def test_a_pickle_checkpoint_runs_nothing(tmp_path):
 def test_non_finite_values_do_not_zero_a_feature(bad):
     "NaN, inf or 1e308 in a numeric column: the statistics stay finite, and the feature keeps its information"
     import polars as pl
-    from aiinfra_nb.train.model import Preprocessor
+    from aiinfra_nb.models.tabular import Preprocessor
     df = pl.DataFrame({'d': [1.0, 2.0, 3.0, 4.0, bad]})
     pre = Preprocessor.fit(df, ['d'], [])
     assert all(map(lambda v: abs(v) < 1e300, pre.numeric['d'].values()))
@@ -285,7 +285,7 @@ def test_degenerate_training_is_refused_recorded_and_registers_nothing(tmp_path,
     from aiinfra_nb.ops.store import query, runs
     from aiinfra_nb.train.datamodule import TabularDataModule
     from aiinfra_nb.train.fit import fit
-    from aiinfra_nb.train.model import TrainingError
+    from aiinfra_nb.train.datamodule import TrainingError
     monkeypatch.setenv('AIINFRA_DATA_DIR', str(tmp_path/'data')); monkeypatch.setenv('AIINFRA_TRAIN_CHECKPOINTS', str(tmp_path/'ckpt'))
     with pytest.raises(TrainingError, match=re.escape(says)):
         fit(TabularDataModule(frame(pl), split='random', batch_size=2), name='degenerate', progress=False, **kw)

@@ -31,7 +31,7 @@ def promote_a_new_version(proj: Path) -> int:
     "A second version of the model (the first, nudged), saved and promoted in the project as its evaluate stage would"
     code = f"""
 import torch
-from aiinfra_nb.train.registry import Registry
+from aiinfra_nb.models.registry import Registry
 r = Registry(); model, meta = r.load({NAME!r}, stage='production')
 with torch.no_grad():
     for p in model.parameters(): p.add_(0.01)
@@ -128,7 +128,7 @@ def test_build_push_run_and_rebuild_only_what_changed(project, pg_url, tmp_path)
     assert [l['digest'] for l in third['layers'][:-2]] == [l['digest'] for l in first['layers'][:-2]]
 
     # bad input: no production model, one line, nothing built
-    in_project([sys.executable, '-c', f"from aiinfra_nb.train.registry import Registry; Registry().promote({NAME!r}, 2, 'archived')"], project)
+    in_project([sys.executable, '-c', f"from aiinfra_nb.models.registry import Registry; Registry().promote({NAME!r}, 2, 'archived')"], project)
     r = in_project([BIN/'aiinfra', 'image', 'build'], project, check=False)
     assert r.returncode == 1 and r.stderr.strip().startswith(f"aiinfra: error: project {NAME!r} has no production model") and 'Traceback' not in r.stderr
     assert len(builds(engine)) == 4

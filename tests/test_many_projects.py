@@ -12,8 +12,8 @@ from aiinfra_nb.core import Project
 from aiinfra_nb.ops.overview import project_detail
 from aiinfra_nb.ops.projects import scan_projects
 from aiinfra_nb.scaffold import new_project
-from aiinfra_nb.train.model import TabularNet
-from aiinfra_nb.train.registry import Registry  # noqa: F401  (attaches Project.registry)
+from aiinfra_nb.models.tabular import TabularNet
+from aiinfra_nb.models.registry import Registry  # noqa: F401  (attaches Project.registry)
 
 from aiinfra_nb.data.sources import package_file
 

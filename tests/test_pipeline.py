@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from aiinfra_nb.data import io
 from aiinfra_nb.ops.store import query, runs
-from aiinfra_nb.train.registry import Registry
+from aiinfra_nb.models.registry import Registry
 from conftest import ROOT, copy_repo
 
 BIN = Path(sys.executable).parent

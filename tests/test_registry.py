@@ -2,15 +2,15 @@
 import os, subprocess, sys, textwrap
 import pytest
 import torch
-from aiinfra_nb.train.model import TabularNet
-from aiinfra_nb.train.registry import Registry, RegistryError
+from aiinfra_nb.models.tabular import TabularNet
+from aiinfra_nb.models.registry import Registry, RegistryError
 from aiinfra_nb.ops.store import get_engine
 
 
 def test_concurrent_saves_get_distinct_versions(tmp_path, store_url):
     code = textwrap.dedent(f"""
-        from aiinfra_nb.train.model import TabularNet
-        from aiinfra_nb.train.registry import Registry
+        from aiinfra_nb.models.tabular import TabularNet
+        from aiinfra_nb.models.registry import Registry
         from aiinfra_nb.ops.store import get_engine
         r = Registry({str(tmp_path/'models')!r}, get_engine({store_url!r}))
         print(' '.join(str(r.save(TabularNet(4, [3]), 'delay')['version']) for _ in range(5)))
@@ -52,7 +52,7 @@ def test_no_pickle_is_ever_loaded(tmp_path, sqlite_url):
 def _promoter(url, root, rounds, barrier, seed):
     import random
     from aiinfra_nb.ops.store import get_engine
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.registry import Registry
     reg, rng = Registry(root, get_engine(url)), random.Random(seed)
     for _ in range(rounds):
         barrier.wait(); reg.promote('m', rng.randint(1, 4)); barrier.wait()

@@ -10,8 +10,8 @@ import torch
 
 from aiinfra_nb.ops.store import get_engine, query
 from aiinfra_nb.serve.auth import create_key, revoke_key
-from aiinfra_nb.train.model import Preprocessor, TabularNet
-from aiinfra_nb.train.registry import Registry
+from aiinfra_nb.models.tabular import Preprocessor, TabularNet
+from aiinfra_nb.models.registry import Registry
 
 BIN = Path(sys.executable).parent
 ROLES = ('read', 'predict', 'admin')

@@ -129,7 +129,7 @@ def test_ddp_two_cpu_processes(env):
     assert r['params']['strategy'] == 'ddp'
     n = query(sa.select(sa.func.count()).select_from(metrics).where((metrics.c.run_id == r['id']) & (metrics.c.key == 'val_auc')), get_engine(url))
     assert list(n[0].values()) == [2]  # once per epoch, not once per process
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.registry import Registry
     model, meta = Registry(Path(e['AIINFRA_DATA_DIR'])/'models', get_engine(url), project=r['project']).load('job')
     assert meta['run_id'] == r['id'] and model.config['hidden'] == [32]
 

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import polars as pl
 from fastcore.basics import patch
-from ..core import TASKS, AiinfraError, atomic_write
+from ..core import AiinfraError, atomic_write
+from ..models.task import task_named
 
 # %% auto #0
 __all__ = ['ROLES', 'REPEATS', 'FEATURE_ROLES', 'MAX_CLASSES', 'Column', 'Contract', 'load_contract', 'ContractError',
@@ -225,15 +226,13 @@ def infer_project(name: str, df: pl.DataFrame, target: str,
     if df.width == 0 or df.height == 0: raise ContractError(f"the table is empty ({df.height} rows, {df.width} columns): nothing to learn from")
     if target not in df.columns: raise ContractError(f"target column {target!r} is not in the table; columns: {', '.join(df.columns)}")
     inferred = infer_task(df[target])
-    if task is not None and task not in TASKS: raise ContractError(f"task {task!r}: expected one of {', '.join(TASKS)}")
-    if task == 'binary' and inferred != 'binary': raise ContractError(f"task 'binary' needs a target with two values; {target!r} has {df[target].n_unique():,}")
-    if task == 'regression' and not df[target].dtype.is_numeric(): raise ContractError(f"task 'regression' needs a numeric target; {target!r} is {df[target].dtype}")
+    if task is not None and (problem := task_named(task).target_problem(df[target])): raise ContractError(problem)
     task = task or inferred
     contract = Contract.infer(name, df)
     for col in contract.columns:
         col.role, col.note = ('target', task) if col.name == target else column_role(df[col.name])
     y = contract.column(target)
-    if task != 'regression': y.allowed = sorted(df[target].drop_nulls().unique().to_list())
+    if task_named(task).classifier: y.allowed = sorted(df[target].drop_nulls().unique().to_list())
     if not contract.columns_with(*FEATURE_ROLES): raise ContractError(f"no column besides {target!r} can be a feature: {'; '.join(f'{c.name}: {c.note}' for c in contract.columns if c.name != target)}")
     warn = [f"target {target!r} has a distinct value in every row: it looks like an identifier (a row id), not something to predict"] \
            if column_role(df[target])[0] == 'id' else []

@@ -21,8 +21,9 @@ from ..ops.store import services, writing, insert_ignore
 from .audit import AuditMiddleware
 from .auth import Key, KeyRing, RateLimits
 from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_v1, read_v2
-from ..train.model import Preprocessor
-from ..train.registry import Registry
+from ..models.registry import Registry
+from ..models.tabular import Preprocessor
+from ..models.task import Task, task_named
 
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
@@ -43,7 +44,9 @@ class Served:
     @property
     def features(self) -> dict: return self.meta.get('features') or {}
     @property
-    def task(self) -> str: return self.meta['architecture']['config'].get('task', 'binary')
+    def task(self) -> Task: return task_named(self.meta['architecture']['config'].get('task', 'binary'))
+    @property
+    def n_classes(self) -> int: return self.meta['architecture']['config'].get('n_classes', 2)
 
 class LiveModels:
     "The production models of a registry, swapped in as they are promoted"
@@ -83,10 +86,7 @@ class LiveModels:
 def predict(served: Served, frame: pl.DataFrame) -> list:
     "Probabilities (binary: of the positive class; multiclass: one list per row) or values of `frame`'s rows"
     x_num, x_cat = served.pre.transform(frame)
-    out = served.model(x_num, x_cat)
-    if served.task == 'binary': out = torch.sigmoid(out)
-    elif served.task == 'multiclass': out = torch.softmax(out, dim=1)
-    return out.tolist()
+    return served.task.activate(served.model(x_num, x_cat)).tolist()
 
 # %% ../../nbs/api/32_serve.app.ipynb #2a9cbbc0
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -180,12 +180,11 @@ async def body_of(request: Request) -> bytes:
 
 def v2_metadata(served: Served, versions: list[int]) -> dict:
     "V2 model metadata: one input per feature, with its datatype and shape [-1]"
-    f, task = served.features, served.task
+    f = served.features
     return {'name': served.name, 'versions': [str(v) for v in versions], 'platform': 'aiinfra-pytorch',
             'inputs': [{'name': c, 'datatype': 'FP32', 'shape': [-1]} for c in f.get('numeric', [])] +
                       [{'name': c, 'datatype': 'BYTES', 'shape': [-1]} for c in f.get('categorical', [])],
-            'outputs': [{'name': 'prediction' if task == 'regression' else 'probability', 'datatype': 'FP32',
-                         'shape': [-1] if task != 'multiclass' else [-1, served.meta['architecture']['config'].get('n_classes', 2)]}]}
+            'outputs': [{'name': served.task.output, 'datatype': 'FP32', 'shape': served.task.output_shape(-1, served.n_classes)}]}
 
 # %% ../../nbs/api/32_serve.app.ipynb #b5c2e5a3
 def create_app(registry: Registry | None = None,  # default: `[service] registry` when set (an image's pinned models), else the project's
@@ -293,10 +292,9 @@ def _served(request: Request, key: Key, name: str, version: str | None = None) -
     return served
 
 def _outputs(served: Served, values: list) -> list[dict]:
-    task = served.task
-    shape = [len(values), len(values[0])] if task == 'multiclass' and values else [len(values)]
-    return [{'name': 'prediction' if task == 'regression' else 'probability', 'datatype': 'FP32', 'shape': shape,
-             'data': [v for row in values for v in row] if task == 'multiclass' else values}]
+    shape = served.task.output_shape(len(values), served.n_classes)
+    return [{'name': served.task.output, 'datatype': 'FP32', 'shape': shape,
+             'data': [v for row in values for v in row] if len(shape) > 1 else values}]
 
 def _form(request: Request, form: str) -> str:
     "How a body came, for the audit: json or binary, and its compression"

@@ -10,12 +10,17 @@ import pytorch_lightning as ptl
 import torch
 from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from ..core import TASKS
+from ..core import AiinfraError
 from ..data.io import Catalog
-from .model import Preprocessor, TrainingError
+from ..models.tabular import Preprocessor
+from ..models.task import task_named
 
 # %% auto #0
-__all__ = ['TensorBatches', 'ShardedBatchSampler', 'TabularDataModule']
+__all__ = ['TrainingError', 'TensorBatches', 'ShardedBatchSampler', 'TabularDataModule']
+
+# %% ../../nbs/api/21_train.datamodule.ipynb #a62abf61
+class TrainingError(AiinfraError):
+    "A training that cannot run as asked: names the argument or column to fix"
 
 # %% ../../nbs/api/21_train.datamodule.ipynb #ab3456df
 class TensorBatches(Dataset):
@@ -56,7 +61,7 @@ class TabularDataModule(ptl.LightningDataModule):
                  time_column: str = 'time_hour', val_fraction: float = 0.2, seed: int = 0, batch_size: int = 1024,
                  catalog: str | None = None):  # catalog folder, when `data` is a name
         super().__init__()
-        if task not in TASKS: raise TrainingError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+        task_named(task)  # an unknown task is refused here, before any data is read
         if split not in ('time', 'random'): raise TrainingError(f"split {split!r}: expected 'time' or 'random'")
         if not 0 < val_fraction < 1: raise TrainingError(f"val_fraction {val_fraction}: expected between 0 and 1")
         if not isinstance(batch_size, int) or batch_size < 1: raise TrainingError(f"batch_size {batch_size!r}: expected a whole number >= 1")
@@ -78,13 +83,10 @@ class TabularDataModule(ptl.LightningDataModule):
 @patch
 def _labels(self: TabularDataModule, y: pl.Series) -> pl.Series:
     "The target as float32 `y`, setting `self.classes` for a classifier"
-    if self.task == 'regression':
-        if not (y.dtype.is_numeric() or y.dtype == pl.Boolean): raise TrainingError(f"task 'regression' needs a numeric target; {y.name!r} is {y.dtype}")
-        return y.cast(pl.Float32)
+    task = task_named(self.task)
+    if problem := task.target_problem(y): raise TrainingError(problem)
+    if not task.classifier: return y.cast(pl.Float32)
     self.classes = sorted(y.unique().to_list())
-    if len(self.classes) < 2: raise TrainingError(f"target {y.name!r} has {len(self.classes)} distinct value(s): a classifier needs both classes")
-    if self.task == 'binary' and len(self.classes) > 2:
-        raise TrainingError(f"task 'binary' needs a target with two values; {y.name!r} has {len(self.classes):,}: use task='multiclass'")
     return y.replace_strict(self.classes, list(range(len(self.classes))), return_dtype=pl.Float32)
 
 # %% ../../nbs/api/21_train.datamodule.ipynb #e301cc6d

@@ -6,41 +6,26 @@
 from __future__ import annotations
 import polars as pl
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_roc, multiclass_f1_score
+from torchmetrics.functional.classification import binary_roc
 from ..core import Rows, file_hash
 from ..data.io import Catalog
-from .model import Preprocessor
-from .registry import Registry, RegistryError
+from ..models.registry import Registry, RegistryError
+from ..models.tabular import Preprocessor
+from ..models.task import TASKS, task_named
 
 # %% auto #0
-__all__ = ['PRIMARY', 'score', 'validation_frame', 'score_model', 'promote_if_better', 'evaluated']
+__all__ = ['score', 'validation_frame', 'score_model', 'promote_if_better', 'evaluated']
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #68d1a8fc
-PRIMARY = {'binary': ('auc', 'higher'), 'multiclass': ('macro_f1', 'higher'), 'regression': ('rmse', 'lower')}
-
-def _task_metrics(out: torch.Tensor, y: torch.Tensor, task: str) -> dict:
-    F = torch.nn.functional
-    if task == 'binary':
-        p, t = torch.sigmoid(out), y.long()
-        return dict(auc=float(binary_auroc(p, t)), accuracy=float(((p > 0.5).long() == t).float().mean()),
-                    log_loss=float(F.binary_cross_entropy_with_logits(out, y.float())), positive_rate=float(y.float().mean()))
-    if task == 'multiclass':
-        t = y.long()
-        return dict(accuracy=float((out.argmax(1) == t).float().mean()), log_loss=float(F.cross_entropy(out, t)),
-                    macro_f1=float(multiclass_f1_score(out, t, num_classes=out.shape[1], average='macro')))
-    err = out.float() - y.float()
-    return dict(rmse=float(err.pow(2).mean().sqrt()), mae=float(err.abs().mean()),
-                r2=float(1 - err.pow(2).sum() / (y.float() - y.float().mean()).pow(2).sum().clamp(min=1e-12)))
-
 @torch.no_grad()
 def score(model: torch.nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, y: torch.Tensor,
           batch_size: int = 65536, roc_points: int = 200) -> tuple[dict, pl.DataFrame | None]:
-    "The model's metrics on `(x_num, x_cat, y)` for its task (see `PRIMARY`), and a binary model's ROC curve"
+    "The model's metrics on `(x_num, x_cat, y)` for its task (`models.task`), and a binary model's ROC curve"
     model.eval()
     out = torch.cat([model(x_num[i:i + batch_size], x_cat[i:i + batch_size]) for i in range(0, len(y), batch_size)])
-    task = getattr(model, 'config', {}).get('task', 'binary')
-    metrics = _task_metrics(out, y, task) | dict(rows=int(len(y)))
-    if task != 'binary': return metrics, None
+    task = task_named(getattr(model, 'config', {}).get('task', 'binary'))
+    metrics = task.metrics(out, y) | dict(rows=int(len(y)))
+    if task.name != 'binary': return metrics, None
     fpr, tpr, thr = binary_roc(torch.sigmoid(out), y.long())
     keep = torch.unique(torch.linspace(0, len(fpr) - 1, min(roc_points, len(fpr))).round().long())
     roc = pl.DataFrame({'fpr': fpr[keep].numpy(), 'tpr': tpr[keep].numpy(), 'threshold': thr[keep].clamp(max=1).numpy()})
@@ -70,15 +55,15 @@ def score_model(model: torch.nn.Module, meta: dict, frame: pl.DataFrame, **kw) -
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #c3b7fd64
 def promote_if_better(registry: Registry, name: str, version: int, metrics: dict,
-                      task: str = 'binary',  # the key compared, and its direction, is the task's `PRIMARY`
+                      task: str = 'binary',  # the metric compared, and its direction, is the task's `primary`
                       min_gain: float = 0.0,  # how much better than production the candidate must be
                      ) -> dict:
     "Record `metrics` for `version`; promote it to production if its primary metric beats production's by `min_gain`"
-    key, better = PRIMARY[task]
+    t = task_named(task); key = t.primary
     registry.set_metrics(name, version, {f'eval_{k}': v for k, v in metrics.items()})
     prod = next((r for r in registry.list(name) if r['stage'] == 'production'), None)
     best = (prod['metrics'] or {}).get(f'eval_{key}') if prod else None
-    gain = (metrics[key] - best if better == 'higher' else best - metrics[key]) if best is not None else None
+    gain = t.gain(metrics[key], best) if best is not None else None
     promote = prod is None or best is None or gain > min_gain or prod['version'] == version  # scored again: it stays
     if not (prod and prod['version'] == version): registry.promote(name, version, 'production' if promote else 'staging')
     return dict(promoted=promote, metric=key, candidate=version, candidate_score=metrics[key],
@@ -88,6 +73,6 @@ def promote_if_better(registry: Registry, name: str, version: int, metrics: dict
 def evaluated(rows: Rows,  # `Registry.list`
              ) -> Rows:
     "The versions with their `evaluation`: the task's primary metric as the evaluate stage scored it"
-    score_of = lambda m: next((f"{k} {m[f'eval_{k}']:.4g}" for k, _ in PRIMARY.values() if f'eval_{k}' in m), None)
+    score_of = lambda m: next((f"{k} {m[f'eval_{k}']:.4g}" for k in (t.primary for t in TASKS.values()) if f'eval_{k}' in m), None)
     return Rows([{**r, 'evaluation': score_of(r['metrics'] or {})} for r in rows],
                 ['name', 'version', 'stage', 'files', 'created_at', 'evaluation', 'data_version', 'run_id'], rows.title)

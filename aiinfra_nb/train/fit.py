@@ -8,6 +8,7 @@ import contextlib, difflib, hashlib, inspect, json, logging, os, signal, subproc
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
+import polars as pl
 import torch
 from lightning_fabric import Fabric
 from lightning_fabric.utilities import rank_zero_only
@@ -17,11 +18,12 @@ from ..core import AiinfraError, Project, atomic_write, fields_html
 from ..data.io import Catalog
 from ..ops.machines import MachineSession
 from ..ops.record import Run, log_event, recording
-from .datamodule import TabularDataModule
+from ..models.registry import Registry, check_model_name
+from ..models.tabular import model_class
+from ..models.task import task_named
+from .datamodule import TabularDataModule, TrainingError
 from .logger import StoreLogger
-from .model import TrainingError, model_class
 from .numerics import reproducible_numerics
-from .registry import Registry, check_model_name
 from .system import NonFiniteLossError, TabularSystem
 
 # %% auto #0
@@ -144,7 +146,7 @@ def max_seconds(max_time) -> float | None:
 # %% ../../nbs/api/25_train.fit.ipynb #bb867948
 def fit(dm: TabularDataModule,  # the data (its `task` says what the model learns)
         name: str = 'flights-delay',  # the model's name (registry, checkpoints, run)
-        model: str = 'TabularNet',  # the network: a declared model class (`train.model.model_class`)
+        model: str = 'TabularNet',  # the network: a declared model class (`models.tabular.model_class`)
         hidden: list[int] = [128, 128], dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
         resume: bool | str = True,  # True: continue this training's unfinished checkpoint; a run id: that run's; False: start over
         register: bool = True,  # save the trained model in the registry
@@ -256,8 +258,8 @@ def _loop(fabric: Fabric, model, system: TabularSystem, opt, train, sampler, val
 # %% ../../nbs/api/25_train.fit.ipynb #c1400ae8
 def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, training, *, data_version) -> FitResult:
     dm.setup('fit')
-    if dm.task != 'regression' and (classes := dm.train_set.y.unique().numel()) < 2:
-        raise TrainingError(f"target {dm.target!r} has {classes} distinct value(s) in the training split: a classifier needs both classes")
+    if problem := task_named(dm.task).target_problem(pl.Series(dm.target, dm.train_set.y.numpy()), ' in the training split'):
+        raise TrainingError(problem)
     p = params
     fp = fingerprint(name=name, preprocessing=dm.preprocessor.to_dict(), rows=(len(dm.train_set), len(dm.val_set)), target=dm.target,
                      classes=dm.classes, **{k: p[k] for k in ('model', 'task', 'hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})

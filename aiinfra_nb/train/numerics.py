@@ -14,7 +14,8 @@ __all__ = ['PINNED_CPU', 'reproducible_numerics']
 
 # %% ../../nbs/api/20a_train.numerics.ipynb #8e763499
 PINNED_CPU = {'ATEN_CPU_CAPABILITY': 'default',  # torch's portable kernels, not the machine's AVX2 / AVX-512 variants
-              'MKL_CBWR': 'AVX2,STRICT'}  # MKL's AVX2 code path, summing alike whatever its thread count
+              'MKL_CBWR': 'AVX2,STRICT',  # MKL's AVX2 code path, summing alike whatever its thread count
+              'ONEDNN_MAX_CPU_ISA': 'AVX2'}  # oneDNN's AVX2 kernels, not the AVX-512 or AMX ones it picks where it can
 
 def reproducible_numerics(settings: AttrDict | None = None,  # the settings whose `[train]` decides; default: the configured ones
                          ) -> dict:  # reproducible, the kernels torch uses, MKL's branch, threads, and why not when not

@@ -30,7 +30,7 @@ def _call(module: str, name: str):
     return answer
 
 def _models(**kw) -> Rows:
-    from aiinfra_nb.train.registry import Registry
+    from aiinfra_nb.models.registry import Registry
     return Registry().list(**kw)
 
 def _tables(**kw) -> Rows:
