@@ -42,8 +42,10 @@ class BatchWriter:
                  queue_rows: int = 200_000,  # rows queued before `put` waits
                  batch_rows: int = 20_000,  # rows per transaction, at most (a call is never split)
                  flush_s: float = 0.5,  # the longest a row waits before being written
-                 put_wait_s: float = 1.0):  # the longest `put` waits for room before dropping its rows
+                 put_wait_s: float = 1.0,  # the longest `put` waits for room before dropping its rows
+                 end_flush_s: float = 30.0):  # at exit, the longest the last rows may take to reach the store
         self.engine, self.queue_rows, self.batch_rows, self.flush_s, self.put_wait_s = engine, queue_rows, batch_rows, flush_s, put_wait_s
+        self.end_flush_s = end_flush_s
         self._sql = {t: _insert_sql(engine, t) for t in FAST_COLUMNS}
         self._items, self._cv = deque(), threading.Condition()
         self._queued = self._put_total = self._done_total = 0
@@ -159,21 +161,21 @@ _writers: dict[Engine, BatchWriter] = {}
 _default: tuple = (None, None)  # (the settings it was resolved with, the default store's writer)
 _writer_lock = threading.Lock()
 
-def writer(engine: Engine | None = None,  # a store; default: the configured one
-           settings: AttrDict | None = None,  # the settings naming the configured store, if already at hand
+def writer(engine: Engine | None = None,  # a store; default: the one `settings` name
+           settings: AttrDict | None = None,  # whose `[record]` tunes a new writer; default: the configured settings
           ) -> BatchWriter:
     "This process's `BatchWriter` for `engine`"
     global _default
-    if engine is not None: return _writers.get(engine) or _new_writer(engine)
+    if engine is not None: return _writers.get(engine) or _new_writer(engine, settings or load_settings())
     s = settings or load_settings()
-    if _default[0] is not s: _default = (s, _writers.get(e := get_engine(store_url(s))) or _new_writer(e))
+    if _default[0] is not s: _default = (s, _writers.get(e := get_engine(store_url(s))) or _new_writer(e, s))
     return _default[1]
 
-def _new_writer(engine: Engine) -> BatchWriter:
+def _new_writer(engine: Engine, settings: AttrDict) -> BatchWriter:
     with _writer_lock:
         if engine not in _writers:
-            r = load_settings().record
-            _writers[engine] = BatchWriter(engine, r.queue_rows, r.batch_rows, r.flush_s, r.put_wait_s)
+            r = settings.record
+            _writers[engine] = BatchWriter(engine, r.queue_rows, r.batch_rows, r.flush_s, r.put_wait_s, r.end_flush_s)
         return _writers[engine]
 
 def flush(timeout: float | None = None) -> bool:
@@ -182,10 +184,8 @@ def flush(timeout: float | None = None) -> bool:
     return all([w.flush(None if end is None else max(end - time.monotonic(), 0)) for w in list(_writers.values())])
 
 def _close_writers():
-    "At exit: flush what the store will take within `[record] end_flush_s`, drop (and count) the rest"
-    try: wait = load_settings().record.end_flush_s
-    except Exception: wait = 30.0
-    for w in list(_writers.values()): w.close(wait)
+    "At exit: flush what each store will take within its `[record] end_flush_s`, drop (and count) the rest"
+    for w in list(_writers.values()): w.close(w.end_flush_s)
     _writers.clear()
 
 def _forget_writers():
@@ -207,9 +207,10 @@ def new_id() -> str:
 
 class Run:
     "A run in the store: log metrics and events against it, then end it"
-    def __init__(self, id: str, project: str, kind: str, engine: Engine, params: dict | None = None):
+    def __init__(self, id: str, project: str, kind: str, engine: Engine, params: dict | None = None,
+                 settings: AttrDict | None = None):  # its project's settings: how its rows are written, how often it beats
         self.id, self.project, self.kind, self.engine, self.params = id, project, kind, engine, params or {}
-        self.status = 'running'
+        self.settings, self.status = settings, 'running'
 
     @classmethod
     def start(cls, kind: str = 'notebook',  # etl, train, evaluate, serve, notebook...
@@ -220,11 +221,14 @@ class Run:
               parent: Run | str | None = None,  # the run this one runs inside; default: the current run
               engine: Engine | None = None, **extra) -> Run:
         "Record a new running run and return it"
+        settings = project.settings if isinstance(project, Project) else None
         if isinstance(project, Project): engine, project = engine or project.engine, project.name
         engine = engine or get_engine()
         parent = parent or current_run(engine)
-        project = project or (parent.project if isinstance(parent, Run) else load_settings().project.name)
-        run = cls(new_id(), project, kind, engine, mask_secrets(jsonable(params or {})))
+        if isinstance(parent, Run): project, settings = project or parent.project, settings or parent.settings
+        settings = settings or load_settings()  # a bare `start_run()` in a notebook: the project here
+        run = cls(new_id(), project or settings.project.name, kind, engine, mask_secrets(jsonable(params or {})), settings)
+        project = run.project
         now = time.time()
         with writing(engine) as conn:
             insert_ignore(conn, projects, name=project, created_at=now)
@@ -236,12 +240,14 @@ class Run:
         return run
 
     @classmethod
-    def attach(cls, run_id: str, engine: Engine | None = None) -> Run:
+    def attach(cls, run_id: str, engine: Engine | None = None,
+               settings: AttrDict | None = None,  # how this process writes its rows; default: the configured settings
+              ) -> Run:
         "The run `run_id`, already in the store (started by another process)"
         engine = engine or get_engine()
         row = query(sa.select(runs.c.project, runs.c.kind, runs.c.status, runs.c.params).where(runs.c.id == run_id), engine)
         if not row: raise RecordError(f"no run {run_id!r} in the store {mask_secrets(engine.url.render_as_string(hide_password=True))}")
-        run = cls(run_id, row[0]['project'], row[0]['kind'], engine, row[0]['params'])
+        run = cls(run_id, row[0]['project'], row[0]['kind'], engine, row[0]['params'], settings or load_settings())
         run.status = row[0]['status']
         return run
 
@@ -265,7 +271,7 @@ def log_metrics(self: Run, metrics: dict,  # name -> number
         try: v = float(v)
         except (TypeError, ValueError): raise RecordError(f"metric {k!r} = {str(v)[:60]!r}: expected a number") from None
         rows.append((self.id, k, step, None if math.isnan(v) else v, t))
-    writer(self.engine).put('metrics', rows)
+    writer(self.engine, self.settings).put('metrics', rows)
 
 @patch
 def log_event(self: Run, message: str, level: str = 'INFO', logger: str = 'aiinfra', **extra):
@@ -291,7 +297,7 @@ def end(self: Run, status: str = 'finished',  # one of `RUN_STATUSES`
     "Flush this run's metrics and events, then mark it ended (once: later calls do nothing)"
     if status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
     if self.status != 'running': return
-    wait = load_settings().record.end_flush_s
+    wait = self.settings.record.end_flush_s
     if not flush(wait): print(f"aiinfra: the store did not take run {self.id}'s last rows within {wait:.0f}s; ending it anyway", file=sys.stderr)
     now = time.time()
     with writing(self.engine) as conn:
@@ -358,7 +364,7 @@ def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGT
 class _Heartbeat:
     "A thread that stamps a running run's `heartbeat_at` every `[machines] heartbeat_s`: a run whose process died goes stale"
     def __init__(self, run: Run):
-        self.run, self.every, self.done = run, load_settings().machines.heartbeat_s, threading.Event()
+        self.run, self.every, self.done = run, run.settings.machines.heartbeat_s, threading.Event()
         if self.every > 0: threading.Thread(target=self._beat, name='aiinfra-run-heartbeat', daemon=True).start()
 
     def _beat(self):
@@ -403,7 +409,7 @@ def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', servic
     "Record one structured log record in `events`"
     level = check_level(level)
     run = run or current_run()
-    if isinstance(run, Run): project, w, run_id = project or run.project, writer(run.engine), run.id
+    if isinstance(run, Run): project, w, run_id = project or run.project, writer(run.engine, run.settings), run.id
     else:
         s = load_settings()  # outside a run: the project and the store come from the cached settings
         project, w, run_id = project or s.project.name, writer(settings=s), run
