@@ -82,9 +82,9 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, '--json', h
 @machines_app.command('stop')
 def machines_stop(name: str = typer.Argument(..., help='the machine, as `aiinfra machines` lists it'),
                   key: str = typer.Option(None, envvar='AIINFRA_API_KEY', help='an admin API key (or AIINFRA_API_KEY)')):
-    "Stop a machine with the stop_command of settings.ini and end its sessions (admin key; audited)"
-    from aiinfra_nb.serve.admin import stop_machine
-    r = stop_machine(name, key)
+    "Stop a machine with the stop_command of settings.ini and end its sessions (admin key; every attempt an event)"
+    from aiinfra_nb.serve.admin import stop_with_key
+    r = stop_with_key(name, key)
     print(f"machine {r['machine']} stopped by {r['by']}: {r['sessions_ended']} session(s) ended, {money(r['cost'])} in all")
 
 @app.command()

@@ -4,19 +4,20 @@
 
 # %% ../../nbs/api/03_ops.machines.ipynb #c75482b4
 from __future__ import annotations
-import re, socket, sys, threading, time
+import re, shlex, socket, subprocess, sys, threading, time
 from datetime import datetime, timezone
 import psutil
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, load_settings
+from ..core import AiinfraError, Project, load_settings
 from .record import log_event, new_id
-from .store import get_engine, insert_ignore, machine_sessions, machines, store_url, writing
+from .store import get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
 
 # %% auto #0
-__all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'MachineError',
-           'check_machine_name', 'register_machine', 'MachineSession', 'session_cost', 'today_start']
+__all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'session_end', 'seconds_in',
+           'cost_in', 'MachineError', 'check_machine_name', 'register_machine', 'MachineSession', 'stop_machine',
+           'today_start']
 
 # %% ../../nbs/api/03_ops.machines.ipynb #35288994
 def _nvml():
@@ -73,11 +74,36 @@ def next_idle_since(idle_since: float | None, sample: dict, now: float, settings
     quiet = sample['cpu_pct'] < m.idle_cpu_pct and (sample['gpu_pct'] is None or sample['gpu_pct'] < m.idle_gpu_pct)
     return (idle_since or now) if quiet else None
 
+# %% ../../nbs/api/03_ops.machines.ipynb #aee6b1f2
+def session_end(now: float,  # the time the question is asked
+                off_after_s: float):  # `[machines] off_after_s`: a heartbeat older than this means the machine is off
+    "A session's effective end, as a SQL expression: `ended_at`, else its last heartbeat when it stopped beating, else `now`"
+    s = machine_sessions.c
+    return sa.case((s.ended_at.is_not(None), s.ended_at), (s.last_heartbeat_at < now - off_after_s, s.last_heartbeat_at), else_=sa.literal(now))
+
+# %% ../../nbs/api/03_ops.machines.ipynb #b71f5711
+def _least(a, b): return sa.case((a < b, a), else_=b)
+def _greatest(a, b): return sa.case((a > b, a), else_=b)
+
+def seconds_in(start: float, end: float,  # the window: today, a month, a day
+               now: float, off_after_s: float) -> sa.ColumnElement:
+    "Each session's seconds inside [`start`, `end`] up to its `session_end`, as a SQL expression"
+    secs = _least(session_end(now, off_after_s), sa.literal(end)) - _greatest(machine_sessions.c.started_at, sa.literal(start))
+    return sa.case((secs > 0, secs), else_=0)
+
+# %% ../../nbs/api/03_ops.machines.ipynb #0b7e7a97
+def cost_in(start: float, end: float, now: float, off_after_s: float) -> sa.ColumnElement:
+    "Each session's cost inside [`start`, `end`]: its `seconds_in` at the price it opened with (0 when unknown), as a SQL expression"
+    return seconds_in(start, end, now, off_after_s) / 3600.0 * sa.func.coalesce(machine_sessions.c.price_per_hour, 0)
+
 # %% ../../nbs/api/03_ops.machines.ipynb #bd7cb88b
 _MACHINE_NAME = re.compile(r'^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$')
 
 class MachineError(AiinfraError):
-    "A machine name that is not a host name"
+    "A machine name that is not a host name, or a machine that cannot be stopped; `status` is the HTTP status it would have"
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 def check_machine_name(name: str) -> str:
     "`name` if it is a host name (labels of letters, digits, '-' and '_', not starting or ending with '-', joined by dots)"
@@ -161,18 +187,43 @@ def close(self: MachineSession) -> float | None:
     if not self.opened or self.cost is not None: return self.cost
     self._stop.set()
     if self._thread: self._thread.join(timeout=10)
-    now = time.time()
-    with writing(self.engine) as conn:
-        started = conn.execute(sa.select(machine_sessions.c.started_at).where(machine_sessions.c.id == self.id)).scalar_one()
-        cost = session_cost(started, now, self.price)
-        conn.execute(machine_sessions.update().where(machine_sessions.c.id == self.id).values(
-            ended_at=now, last_heartbeat_at=now, cost=cost))
-    self.cost = cost
-    return cost
+    now, off = time.time(), self.settings.machines.off_after_s
+    with writing(self.engine) as conn:  # a session whose heartbeat stopped long ago ended then, as the panel counts it
+        self.cost = conn.execute(machine_sessions.update().where(machine_sessions.c.id == self.id).values(
+            ended_at=session_end(now, off), cost=cost_in(0, now, now, off)).returning(machine_sessions.c.cost)).scalar_one()
+    return self.cost
 
-def session_cost(start: float, end: float, price: float | None) -> float:
-    "Cost of `end - start` seconds at `price` per hour (0 when the price is unknown)"
-    return max(end - start, 0) / 3600 * (price or 0)
+# %% ../../nbs/api/03_ops.machines.ipynb #1b5465b5
+def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
+                 project: Project,  # whose settings say how machines stop, whose store holds them
+                 by: str,  # who asked, for the record (an admin key's name)
+                ) -> dict:
+    "Stop machine `name` with `[machines] stop_command` and end its open sessions; returns what was done"
+    engine, m, s = project.engine, project.settings.machines, machine_sessions.c
+    def refuse(message: str, status: int):
+        log_event(f"refused to stop machine {name[:200]!r} for {by} ({status}): {message}", level='WARNING', logger='aiinfra.admin', project=project)
+        raise MachineError(message, status)
+    if not query(sa.select(machines.c.name).where(machines.c.name == name), engine): refuse(f"no machine {name!r} in the store (see `aiinfra machines`)", 404)
+    if not query(sa.select(s.id).where((s.machine == name) & s.ended_at.is_(None)), engine): refuse(f"machine {name!r} has no open session: it is off already", 409)
+    if not m.stop_command: refuse("no [machines] stop_command in settings.ini: say how a machine is stopped, e.g. "
+                                  "stop_command = gcloud compute instances stop {machine}", 501)
+    try: check_machine_name(name)
+    except MachineError as e: refuse(str(e), 400)
+    try: argv = [w.replace('{machine}', name) for w in shlex.split(m.stop_command)]
+    except ValueError as e: refuse(f"[machines] stop_command does not split into words ({e}): {m.stop_command}", 501)
+    command = shlex.join(argv)
+    try: done = subprocess.run(argv, capture_output=True, text=True, timeout=m.stop_timeout_s)  # an argument vector: no shell
+    except FileNotFoundError: refuse(f"the stop command's program {argv[0]!r} is not on this machine: {command}", 502)
+    except subprocess.TimeoutExpired: refuse(f"the stop command ran past {m.stop_timeout_s:g} s ([machines] stop_timeout_s): {command}", 502)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        refuse(f"the stop command failed (exit {done.returncode}): {said[-1][:300] if said else command}", 502)
+    now = time.time()
+    with writing(engine) as c:
+        costs = c.execute(machine_sessions.update().where((s.machine == name) & s.ended_at.is_(None)).values(
+            ended_at=session_end(now, m.off_after_s), cost=cost_in(0, now, now, m.off_after_s)).returning(s.cost)).scalars().all()
+    log_event(f"machine {name} stopped by {by} ({len(costs)} session(s) ended)", logger='aiinfra.admin', level='WARNING', project=project)
+    return dict(machine=name, sessions_ended=len(costs), cost=round(sum(costs), 6), by=by, output=done.stdout.strip()[-2000:])
 
 # %% ../../nbs/api/03_ops.machines.ipynb #d89d15ff
 def today_start(now: float | None = None) -> float:

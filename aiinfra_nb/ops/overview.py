@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from ..core import Rows, duration, load_settings
-from .machines import today_start
+from .machines import cost_in, seconds_in, today_start
 from .record import Run, check_limit, list_events, list_runs
 from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, services
 
@@ -20,20 +20,6 @@ __all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'PROJECT_COLUMNS', 'PROJECT_FOLD', 'PRO
            'services_now', 'recent_requests', 'project_detail', 'sort_projects', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
-def _least(a, b): return sa.case((a < b, a), else_=b)
-def _greatest(a, b): return sa.case((a > b, a), else_=b)
-
-def _session_end(now: float, off_after_s: float):
-    "A session's effective end: ended_at, else its last heartbeat when it stopped beating, else now"
-    s = machine_sessions.c
-    return sa.case((s.ended_at.is_not(None), s.ended_at), (s.last_heartbeat_at < now - off_after_s, s.last_heartbeat_at), else_=sa.literal(now))
-
-def _cost_in(start: float, end: float, now: float, off_after_s: float):
-    "Each session's cost inside [start, end], as a SQL expression"
-    s = machine_sessions.c
-    secs = _least(_session_end(now, off_after_s), sa.literal(end)) - _greatest(s.started_at, sa.literal(start))
-    return sa.case((secs > 0, secs), else_=0) / 3600.0 * sa.func.coalesce(s.price_per_hour, 0)
-
 def month_start(now: float | None = None) -> float:
     "The first of the month of `now`, midnight UTC, in epoch seconds"
     d = datetime.fromtimestamp(now or time.time(), timezone.utc)
@@ -53,9 +39,9 @@ def overview(now: float | None = None, engine: Engine | None = None) -> dict:
         sa.select(sa.func.count()).where(r.status == 'running').scalar_subquery().label('running'),
         sa.select(sa.func.count(sa.distinct(s.machine))).where(on).scalar_subquery().label('machines_on'),
         sa.select(sa.func.count(sa.distinct(s.machine))).where(on & (s.idle_since <= now - m.idle_after_min * 60)).scalar_subquery().label('machines_idle'),
-        sa.select(sa.func.coalesce(sa.func.sum(_cost_in(day, now, now, m.off_after_s)), 0)).where(
+        sa.select(sa.func.coalesce(sa.func.sum(cost_in(day, now, now, m.off_after_s)), 0)).where(
             s.ended_at.is_(None) | (s.ended_at >= day)).scalar_subquery().label('cost_today'),
-        sa.select(sa.func.coalesce(sa.func.sum(_cost_in(month, now, now, m.off_after_s)), 0)).where(
+        sa.select(sa.func.coalesce(sa.func.sum(cost_in(month, now, now, m.off_after_s)), 0)).where(
             s.ended_at.is_(None) | (s.ended_at >= month)).scalar_subquery().label('cost_month'),
         sa.select(sa.func.count()).where(audit.c.time >= day).scalar_subquery().label('api_calls_today'),
         sa.select(sa.func.count()).where((services.c.status == 'up') & (services.c.last_seen_at >= now - m.off_after_s)).scalar_subquery().label('services_up'),
@@ -70,7 +56,7 @@ def cost_by_project_day(days: int = 30, now: float | None = None, engine: Engine
     for i in range(days - 1, -1, -1):
         start = today_start(now) - i * 86400
         end = min(start + 86400, now)
-        cost = sa.func.sum(_cost_in(start, end, now, off))
+        cost = sa.func.sum(cost_in(start, end, now, off))
         q = (sa.select(sa.func.coalesce(s.project, '').label('project'), cost.label('cost'))
              .where((s.started_at < end) & (s.ended_at.is_(None) | (s.ended_at >= start))).group_by(s.project))
         day = datetime.fromtimestamp(start, timezone.utc).date().isoformat()
@@ -142,7 +128,7 @@ def project_summary(now: float | None = None, engine: Engine | None = None) -> R
             .group_by(r.project).subquery())
     prod = sa.select(models.c.project, sa.func.count().label('production_models')).where(models.c.stage == 'production').group_by(models.c.project).subquery()
     month = month_start(now)
-    cost = (sa.select(s.project, sa.func.sum(_cost_in(month, now, now, off)).label('cost_month'))
+    cost = (sa.select(s.project, sa.func.sum(cost_in(month, now, now, off)).label('cost_month'))
             .where(s.ended_at.is_(None) | (s.ended_at >= month)).group_by(s.project).subquery())
     q = (sa.select(projects.c.name.label('project'), projects.c.owner, projects.c.repo, last.c.last_run_at, last.c.failed_week,
                    prod.c.production_models, cost.c.cost_month)
@@ -172,12 +158,10 @@ def machines_now(now: float | None = None, engine: Engine | None = None) -> Rows
     on = s.ended_at.is_(None) & (s.last_heartbeat_at >= now - m.off_after_s)
     latest = sa.select(s.machine, s.cpu_pct, s.gpu_pct, s.last_heartbeat_at,
                        sa.func.row_number().over(partition_by=s.machine, order_by=s.last_heartbeat_at.desc()).label('rn')).subquery()
-    end = _session_end(now, m.off_after_s)
-    secs = _least(end, sa.literal(now)) - _greatest(s.started_at, sa.literal(day))
     today = (sa.select(s.machine, sa.func.sum(sa.case((on, 1), else_=0)).label('sessions_on'),
                        sa.func.sum(sa.case((on & (s.idle_since <= now - m.idle_after_min * 60), 1), else_=0)).label('idle_sessions'),
-                       sa.func.sum(sa.case((secs > 0, secs), else_=0)).label('seconds_today'),
-                       sa.func.sum(_cost_in(day, now, now, m.off_after_s)).label('cost_today'))
+                       sa.func.sum(seconds_in(day, now, now, m.off_after_s)).label('seconds_today'),
+                       sa.func.sum(cost_in(day, now, now, m.off_after_s)).label('cost_today'))
              .where(s.ended_at.is_(None) | (s.ended_at >= day)).group_by(s.machine).subquery())
     q = (sa.select(machines.c.name.label('machine'), machines.c.kind, machines.c.gpu_count.label('gpus'), today.c.sessions_on,
                    today.c.idle_sessions, today.c.seconds_today, today.c.cost_today, latest.c.cpu_pct, latest.c.gpu_pct, latest.c.last_heartbeat_at)
@@ -196,7 +180,7 @@ def cost_between(start: float, end: float | None = None, project: str | None = N
     "Machine cost inside [start, end] (default: up to now), of one project or of all"
     now = now or time.time()
     end, s = end or now, machine_sessions.c
-    q = (sa.select(sa.func.coalesce(sa.func.sum(_cost_in(start, end, now, load_settings().machines.off_after_s)), 0).label('cost'))
+    q = (sa.select(sa.func.coalesce(sa.func.sum(cost_in(start, end, now, load_settings().machines.off_after_s)), 0).label('cost'))
          .where((s.started_at < end) & (s.ended_at.is_(None) | (s.ended_at >= start))))
     return query(q.where(s.project == project) if project else q, engine)[0]['cost']
 

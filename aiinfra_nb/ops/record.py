@@ -405,11 +405,14 @@ def check_level(level: str) -> str:
 def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', service: str | None = None,
               request_id: str | None = None,
               run: Run | str | None = None,  # a run or a run id; default: the current run
-              project: str | None = None, time_: float | None = None, **extra):
+              project: Project | str | None = None,  # a project (its store and name) or a name; default: the run's, else `[project] name`
+              time_: float | None = None, **extra):
     "Record one structured log record in `events`"
     level = check_level(level)
-    run = run or current_run()
-    if isinstance(run, Run): project, w, run_id = project or run.project, writer(run.engine, run.settings), run.id
+    if isinstance(project, Project):  # that project's store, whatever the configured one
+        run = run or current_run(project.engine)
+        project, w, run_id = project.name, writer(project.engine, project.settings), run.id if isinstance(run, Run) else run
+    elif isinstance(run := run or current_run(), Run): project, w, run_id = project or run.project, writer(run.engine, run.settings), run.id
     else:
         s = load_settings()  # outside a run: the project and the store come from the cached settings
         project, w, run_id = project or s.project.name, writer(settings=s), run

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 import polars as pl
 import torch
-from fastapi import Depends, FastAPI, Request
+from typing import Annotated
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,8 +29,10 @@ from ..models.task import Task, task_named
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
-__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Served', 'LiveModels', 'predict', 'error', 'needs', 'Guard', 'body_of',
-           'v2_metadata', 'create_app', 'serve']
+__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Audit', 'health_routes', 'v2_routes',
+           'v1_routes', 'admin_routes', 'Served', 'LiveModels', 'predict', 'infer', 'error', 'needs', 'Guard',
+           'body_of', 'v2_metadata', 'create_app', 'model_for', 'audit_record', 'live', 'ready', 'server_metadata',
+           'model_metadata', 'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'metrics', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #0f4766e8
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class Served:
     def task(self) -> Task: return task_named(self.meta['architecture']['config'].get('task', 'binary'))
     @property
     def n_classes(self) -> int: return self.meta['architecture']['config'].get('n_classes', 2)
+
+    def v2_outputs(self, values: list) -> list[dict]:
+        "`predict`'s answer as the V2 output tensor of this model's task (a multiclass answer: rows of probabilities, flattened)"
+        shape = self.task.output_shape(len(values), self.n_classes)
+        return [{'name': self.task.output, 'datatype': 'FP32', 'shape': shape, 'data': [v for row in values for v in row] if len(shape) > 1 else values}]
 
 class LiveModels:
     "The production models of a registry, swapped in as they are promoted"
@@ -87,6 +95,18 @@ def predict(served: Served, frame: pl.DataFrame) -> list:
     "Probabilities (binary: of the positive class; multiclass: one list per row) or values of `frame`'s rows"
     x_num, x_cat = served.pre.transform(frame)
     return served.task.activate(served.model(x_num, x_cat)).tolist()
+
+# %% ../../nbs/api/32_serve.app.ipynb #23b46ccf
+def infer(served: Served, frame: pl.DataFrame,
+          audit: dict,  # the request's audit record (`Audit`): its rows and form are filled in
+          max_rows: int,  # the service's row limit
+          form: str = 'json',  # how the inputs came: json or binary (V2's binary tensor extension)
+         ) -> list:
+    "The model's answer for `frame`'s rows, within the row limit, noted in the audit record"
+    if frame.height > max_rows: raise ServiceError(413, f"{frame.height:,} rows: at most {max_rows:,} per request")
+    enc = audit.get('encoding')
+    audit.update(rows=frame.height, form=form + (f'+{enc}' if enc and enc != 'identity' else ''))
+    return predict(served, frame)
 
 # %% ../../nbs/api/32_serve.app.ipynb #2a9cbbc0
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -216,8 +236,7 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
     app.state.keys, app.state.limits = KeyRing(project.engine, s.service.key_cache_s), RateLimits(s.service.rate_limit, s.service.limits_url)
     app.state.models, app.state.max_rows = models, s.service.max_rows
     app.state.max_body, app.state.body_timeout_s, app.state.store_ok = s.service.max_body_bytes, s.service.body_timeout_s, True
-    _routes(app)
-    _declare_permissions(app)
+    for routes in (health_routes, v2_routes, v1_routes, admin_routes): app.include_router(_declare_permissions(routes))
     _errors(app)
     app.add_middleware(Guard, max_body=s.service.max_body_bytes, max_concurrency=s.service.max_concurrency)
     app.add_middleware(AuditMiddleware, service=name, project=project)  # outermost: refused requests are audited too
@@ -267,11 +286,12 @@ def _errors(app: FastAPI):
                   logger='aiinfra.serve', request_id=rid)  # bounded: one request cannot fill the log
         return _noted(request, 500, f"internal error (request {rid}); it has been logged")
 
-def _declare_permissions(app: FastAPI):
-    "Write each route's permission, taken from its `needs` dependency, into the OpenAPI schema as `x-permission`"
-    for route in app.routes:
+def _declare_permissions(routes: APIRouter) -> APIRouter:
+    "Write each route's permission, taken from its `needs` or `model_for` dependency, into the OpenAPI schema as `x-permission`"
+    for route in routes.routes:
         perms = [d.call.permission for d in getattr(getattr(route, 'dependant', None), 'dependencies', []) if hasattr(d.call, 'permission')]
         if perms: route.openapi_extra = {**(route.openapi_extra or {}), 'x-permission': perms[0]}
+    return routes
 
 def _noted(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
     "An error answer, with its message kept for the audit"
@@ -291,80 +311,80 @@ def _served(request: Request, key: Key, name: str, version: str | None = None) -
     request.scope['state']['audit'].update(model=name, model_version=served.version)
     return served
 
-def _outputs(served: Served, values: list) -> list[dict]:
-    shape = served.task.output_shape(len(values), served.n_classes)
-    return [{'name': served.task.output, 'datatype': 'FP32', 'shape': shape,
-             'data': [v for row in values for v in row] if len(shape) > 1 else values}]
+def model_for(permission: str):
+    "The dependency of a route that names a model (`name`, and `version` where the path has one) and needs `permission`"
+    async def resolve(request: Request, name: str, version: str | None = None, key: Key = needs(permission)) -> Served:
+        return _served(request, key, name, version)
+    resolve.permission = permission
+    return Depends(resolve)
 
-def _form(request: Request, form: str) -> str:
-    "How a body came, for the audit: json or binary, and its compression"
-    enc = request.scope['state']['audit'].get('encoding')
-    request.scope['state']['audit']['form'] = form = form + (f'+{enc}' if enc and enc != 'identity' else '')
-    return form
+def audit_record(request: Request) -> dict:
+    "The request's audit record, which the audit layer writes when the answer has gone"
+    return request.scope.setdefault('state', {}).setdefault('audit', {})
 
-def _routes(app: FastAPI):
-    read, predict_, admin = needs('read'), needs('predict'), needs('admin')
+Reading = Annotated[Served, model_for('read')]  # the model a `read` route names
+Predicting = Annotated[Served, model_for('predict')]  # the model a `predict` route names
+Audit = Annotated[dict, Depends(audit_record)]
 
-    @app.get('/v2/health/live', tags=['health'])
-    async def live(): return {'live': True}
+# %% ../../nbs/api/32_serve.app.ipynb #474fb923
+health_routes = APIRouter(tags=['health'])
 
-    @app.get('/v2/health/ready', tags=['health'])
-    async def ready(request: Request):
-        ok = bool(request.app.state.models.production) and request.app.state.store_ok  # no model, or a store that fails: not ready
-        return JSONResponse({'ready': ok}, status_code=200 if ok else 503)
+@health_routes.get('/v2/health/live')
+async def live(): return {'live': True}
 
-    @app.get('/v2', tags=['v2'])
-    async def server_metadata(key: Key = read): return {'name': 'aiinfra', 'version': __version__, 'extensions': ['binary_tensor_data']}
+@health_routes.get('/v2/health/ready')
+async def ready(request: Request):
+    ok = bool(request.app.state.models.production) and request.app.state.store_ok  # no model, or a store that fails: not ready
+    return JSONResponse({'ready': ok}, status_code=200 if ok else 503)
 
-    @app.get('/v2/models/{name}', tags=['v2'])
-    @app.get('/v2/models/{name}/versions/{version}', tags=['v2'])
-    async def model_metadata(request: Request, name: str, version: str | None = None, key: Key = read):
-        served = _served(request, key, name, version)
-        return v2_metadata(served, [r['version'] for r in request.app.state.models.registry.list(name)])
+# %% ../../nbs/api/32_serve.app.ipynb #6f1f1ff1
+v2_routes = APIRouter(tags=['v2'])
 
-    @app.get('/v2/models/{name}/ready', tags=['v2'])
-    @app.get('/v2/models/{name}/versions/{version}/ready', tags=['v2'])
-    async def model_ready(request: Request, name: str, version: str | None = None, key: Key = read):
-        _served(request, key, name, version)
-        return {'name': name, 'ready': True}
+@v2_routes.get('/v2')
+async def server_metadata(key: Key = needs('read')): return {'name': 'aiinfra', 'version': __version__, 'extensions': ['binary_tensor_data']}
 
-    @app.post('/v2/models/{name}/infer', tags=['v2'], openapi_extra=V2_BODY)
-    @app.post('/v2/models/{name}/versions/{version}/infer', tags=['v2'], openapi_extra=V2_BODY)
-    async def infer(request: Request, name: str, version: str | None = None, key: Key = predict_):
-        served = _served(request, key, name, version)
-        req = read_v2(await body_of(request), request.headers.get('inference-header-content-length'))
-        _form(request, req.form)
-        frame = frame_from_v2(served.features, req, request.app.state.max_rows)
-        request.scope['state']['audit']['rows'] = frame.height
-        answer = {'model_name': name, 'model_version': str(served.version), 'id': req.id}
-        body, headers = encode_v2(answer, _outputs(served, predict(served, frame)), req)
-        return Response(body, headers=headers)
+@v2_routes.get('/v2/models/{name}')
+@v2_routes.get('/v2/models/{name}/versions/{version}')
+async def model_metadata(request: Request, served: Reading):
+    return v2_metadata(served, [r['version'] for r in request.app.state.models.registry.list(served.name)])
 
-    @app.get('/v1/models', tags=['v1'])
-    async def v1_models(request: Request, key: Key = read):
-        return {'models': sorted(n for n in request.app.state.models.production if key.may_use(n))}
+@v2_routes.get('/v2/models/{name}/ready')
+@v2_routes.get('/v2/models/{name}/versions/{version}/ready')
+async def model_ready(served: Reading): return {'name': served.name, 'ready': True}
 
-    @app.get('/v1/models/{name}', tags=['v1'])
-    async def v1_model(request: Request, name: str, key: Key = read):
-        served = _served(request, key, name)
-        return {'name': name, 'ready': True, 'version': str(served.version)}
+@v2_routes.post('/v2/models/{name}/infer', openapi_extra=V2_BODY)
+@v2_routes.post('/v2/models/{name}/versions/{version}/infer', openapi_extra=V2_BODY)
+async def v2_infer(request: Request, served: Predicting, audit: Audit):
+    req = read_v2(await body_of(request), request.headers.get('inference-header-content-length'))
+    values = infer(served, frame_from_v2(served.features, req), audit, request.app.state.max_rows, req.form)
+    body, headers = encode_v2({'model_name': served.name, 'model_version': str(served.version), 'id': req.id}, served.v2_outputs(values), req)
+    return Response(body, headers=headers)
 
-    @app.post('/v1/models/{name}:predict', tags=['v1'], openapi_extra=V1_BODY)
-    async def v1_predict(request: Request, name: str, key: Key = predict_):
-        served = _served(request, key, name)
-        instances = read_v1(await body_of(request), request.app.state.max_rows)
-        _form(request, 'json')
-        frame = frame_from_v1(served.features, instances)
-        request.scope['state']['audit']['rows'] = frame.height
-        return {'predictions': predict(served, frame), 'model_name': name, 'model_version': str(served.version)}
+# %% ../../nbs/api/32_serve.app.ipynb #62ab5e09
+v1_routes = APIRouter(tags=['v1'])
 
-    @app.get('/metrics', tags=['admin'], response_class=PlainTextResponse)
-    async def metrics(key: Key = admin):
-        registry = prom.REGISTRY
-        if os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
-            from prometheus_client import multiprocess
-            registry = prom.CollectorRegistry(); multiprocess.MultiProcessCollector(registry)
-        return PlainTextResponse(prom.generate_latest(registry), media_type=prom.CONTENT_TYPE_LATEST)
+@v1_routes.get('/v1/models')
+async def v1_models(request: Request, key: Key = needs('read')):
+    return {'models': sorted(n for n in request.app.state.models.production if key.may_use(n))}
+
+@v1_routes.get('/v1/models/{name}')
+async def v1_model(served: Reading): return {'name': served.name, 'ready': True, 'version': str(served.version)}
+
+@v1_routes.post('/v1/models/{name}:predict', openapi_extra=V1_BODY)
+async def v1_predict(request: Request, served: Predicting, audit: Audit):
+    values = infer(served, frame_from_v1(served.features, read_v1(await body_of(request))), audit, request.app.state.max_rows)
+    return {'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}
+
+# %% ../../nbs/api/32_serve.app.ipynb #afc441ef
+admin_routes = APIRouter(tags=['admin'])
+
+@admin_routes.get('/metrics', response_class=PlainTextResponse)
+async def metrics(key: Key = needs('admin')):
+    registry = prom.REGISTRY
+    if os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
+        from prometheus_client import multiprocess
+        registry = prom.CollectorRegistry(); multiprocess.MultiProcessCollector(registry)
+    return PlainTextResponse(prom.generate_latest(registry), media_type=prom.CONTENT_TYPE_LATEST)
 
 # %% ../../nbs/api/32_serve.app.ipynb #27edfa63
 def _short_tracebacks(record) -> bool:

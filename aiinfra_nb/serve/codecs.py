@@ -218,11 +218,8 @@ def encode_v2(answer: dict,  # model_name, model_version, id, parameters
     return text + b''.join(raw), {'content-type': 'application/octet-stream', 'inference-header-content-length': str(len(text))}
 
 # %% ../../nbs/api/31a_serve.codecs.ipynb #c99b8fed
-def _row_limit(rows: int, max_rows: int):
-    if rows > max_rows: raise ServiceError(413, f"{rows:,} rows: at most {max_rows:,} per request")
-
 def frame_from_v2(features: dict,  # the model's `features` (numeric and categorical columns)
-                  req: V2Request, max_rows: int) -> pl.DataFrame:
+                  req: V2Request) -> pl.DataFrame:
     "The frame of feature columns that a V2 request's inputs describe, checked against the model's features"
     numeric, categorical = list(features.get('numeric', [])), list(features.get('categorical', []))
     if missing := [c for c in [*numeric, *categorical] if c not in req.inputs]: raise FeatureError(f"missing inputs: {', '.join(missing)}")
@@ -237,17 +234,15 @@ def frame_from_v2(features: dict,  # the model's `features` (numeric and categor
         if c in categorical and t.datatype != 'BYTES': raise FeatureError(f"input {c!r}: datatype {t.datatype}, expected BYTES (text)")
         if rows is not None and len(t.values) != rows: raise FeatureError(f"input {c!r} has {len(t.values)} rows, the others {rows}")
         rows = len(t.values)
-        _row_limit(rows, max_rows)
         cols[c] = pl.Series(c, [float(v) if isinstance(v, bool) else v for v in t.values] if t.datatype == 'BOOL' else t.values,
                             dtype=pl.Float64 if c in numeric else pl.String, strict=False)
     return pl.DataFrame(cols)
 
-def read_v1(body: bytes, max_rows: int) -> list[dict]:
+def read_v1(body: bytes) -> list[dict]:
     "The instances of a V1 (KServe) predict request: {\"instances\": [{feature: value, ...}, ...]}"
     req = parse_json(body)
     if not isinstance(req, dict) or not isinstance(req.get('instances'), list) or not all(isinstance(i, dict) for i in req['instances']):
         raise FeatureError('a V1 request is an object with a list of instances: {"instances": [{"feature": value, ...}, ...]}')
-    _row_limit(len(req['instances']), max_rows)
     return req['instances']
 
 def frame_from_v1(features: dict, instances: list[dict]) -> pl.DataFrame:
