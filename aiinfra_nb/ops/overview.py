@@ -15,9 +15,10 @@ from .store import audit, machine_sessions, machines, metrics, models, project_s
 
 # %% auto #0
 __all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'PROJECT_COLUMNS', 'PROJECT_FOLD', 'PROJECT_FIELDS', 'MACHINE_COLUMNS',
-           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'PROJECT_SORTS', 'month_start', 'overview', 'cost_by_project_day',
-           'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary', 'machines_now', 'cost_between',
-           'services_now', 'recent_requests', 'project_detail', 'sort_projects', 'panel']
+           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'PROJECT_SORTS', 'month_start', 'overview',
+           'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary',
+           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail', 'sort_projects',
+           'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def month_start(now: float | None = None) -> float:
@@ -195,14 +196,16 @@ def services_now(now: float | None = None, engine: Engine | None = None) -> Rows
     return Rows(query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.host, sv.pid, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
                                 sv.started_at, sv.last_seen_at).order_by(sv.name), engine), SERVICE_COLUMNS, 'services', SERVICE_FOLD)
 
+AUDIT_COLUMNS = ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms', 'rows', 'error']  # what a table of requests shows
+AUDIT_FOLD = ('rows', 'method', 'latency_ms', 'model_version')  # what a narrow one leaves out first
+
 def recent_requests(limit: int = 20, project: str | None = None, engine: Engine | None = None) -> Rows:
     "The newest audited requests (who, what, answer, latency)"
     check_limit(limit)
     a = audit.c
     q = sa.select(a.time, a.project, a.service, a.key_name, a.method, a.path, a.model, a.model_version, a.status_code, a.latency_ms,
-                  a.rows).order_by(a.time.desc(), a.id.desc()).limit(limit)
-    return Rows(query(q.where(a.project == project) if project else q, engine),
-                ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms'], 'latest requests')
+                  a.rows, a.error).order_by(a.time.desc(), a.id.desc()).limit(limit)
+    return Rows(query(q.where(a.project == project) if project else q, engine), AUDIT_COLUMNS, 'latest requests', AUDIT_FOLD)
 
 # %% ../../nbs/api/06_ops.overview.ipynb #2cec771b
 def project_detail(name: str, now: float | None = None, engine: Engine | None = None) -> dict:

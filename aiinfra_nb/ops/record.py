@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Project, Rows, fields_html, git_revision, load_settings, mask_secrets
-from .store import StoreError, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
+from .store import StoreError, audit, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
 
 # %% auto #0
 __all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'RUN_COLUMNS', 'RUN_FOLD',
@@ -21,12 +21,7 @@ __all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 
            'last_metrics']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
-FAST_COLUMNS = {
-    'metrics': ('run_id', 'key', 'step', 'value', 'time'),
-    'events': ('time', 'project', 'service', 'level', 'logger', 'message', 'run_id', 'request_id', 'host', 'pid', 'extra'),
-    'audit': ('time', 'service', 'request_id', 'key_id', 'key_name', 'role', 'method', 'path', 'route', 'model', 'model_version',
-              'status_code', 'latency_ms', 'client', 'error', 'rows', 'request_bytes', 'payload', 'project', 'form'),
-}
+FAST_COLUMNS = {t.name: tuple(c.name for c in t.columns if not c.primary_key) for t in (metrics, events, audit)}  # the tables' own, in order
 
 def _insert_sql(engine: Engine, table: str) -> str:
     "INSERT with the driver's placeholders, for `executemany` of tuples"

@@ -6,10 +6,11 @@
 from __future__ import annotations
 import hashlib, time, uuid
 from ..core import Project, Rows, SettingsError
-from ..ops.record import writer
+from ..ops.overview import AUDIT_COLUMNS, AUDIT_FOLD
+from ..ops.record import FAST_COLUMNS, writer
 
 # %% auto #0
-__all__ = ['PAYLOAD_MODES', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'AuditMiddleware', 'list_audit']
+__all__ = ['PAYLOAD_MODES', 'AuditMiddleware', 'list_audit']
 
 # %% ../../nbs/api/31_serve.audit.ipynb #228dc66f
 PAYLOAD_MODES = ('full', 'hash', 'none')
@@ -27,6 +28,7 @@ class AuditMiddleware:
                  payload_max: int | None = None):  # default `[service] audit_payload_max`
         s = project.settings.service
         self.app, self.service, self.engine, self.project, self._writer = app, service, project.engine, project.name, None
+        self.settings = project.settings
         self.mode, self.cap = payload or s.audit_payload, s.audit_payload_max if payload_max is None else payload_max
         if self.mode not in PAYLOAD_MODES: raise SettingsError(f"[service] audit_payload {self.mode!r}: expected one of {', '.join(PAYLOAD_MODES)}")
 
@@ -61,18 +63,16 @@ class AuditMiddleware:
         try:
             client = scope.get('client')
             route = scope.get('route')
-            row = (time.time(), self.service, info['request_id'], info.get('key_id'), info.get('key_name'), info.get('role'),
-                   scope['method'], scope['path'][:2000], getattr(route, 'path', None), info.get('model'), info.get('model_version'),
-                   seen['status'], round(latency_ms, 3), client[0] if client else None, info.get('error'), info.get('rows'),
-                   seen['bytes'], _payload(body, self.mode, self.cap), self.project, info.get('form'))
-            if self._writer is None: self._writer = writer(self.engine)  # resolved once: the store of a running service does not move
-            self._writer.put('audit', [row])
+            row = dict(time=time.time(), service=self.service, request_id=info['request_id'], key_id=info.get('key_id'), key_name=info.get('key_name'),
+                       role=info.get('role'), method=scope['method'], path=scope['path'][:2000], route=getattr(route, 'path', None),
+                       model=info.get('model'), model_version=info.get('model_version'), status_code=seen['status'], latency_ms=round(latency_ms, 3),
+                       client=client[0] if client else None, error=info.get('error'), rows=info.get('rows'), request_bytes=seen['bytes'],
+                       payload=_payload(body, self.mode, self.cap), project=self.project, form=info.get('form'))
+            if self._writer is None: self._writer = writer(self.engine, self.settings)  # resolved once: the store of a running service does not move
+            self._writer.put('audit', [tuple(row[c] for c in FAST_COLUMNS['audit'])])  # the columns by name: the table says their order
         except Exception as e: print(f"aiinfra: audit record lost: {e}")
 
 # %% ../../nbs/api/31_serve.audit.ipynb #c9f6430a
-AUDIT_COLUMNS = ['time', 'key_name', 'method', 'path', 'model_version', 'status_code', 'latency_ms', 'rows', 'error']  # what a table shows
-AUDIT_FOLD = ('rows', 'method', 'latency_ms', 'model_version')  # what a narrow one leaves out first
-
 def list_audit(key: str | None = None,  # a key's id or name
                model: str | None = None, status: int | None = None,
                since: float | None = None,  # epoch seconds
