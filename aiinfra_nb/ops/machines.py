@@ -4,14 +4,14 @@
 
 # %% ../../nbs/api/03_ops.machines.ipynb #c75482b4
 from __future__ import annotations
-import re, shlex, socket, subprocess, sys, threading, time
+import re, shlex, socket, subprocess, sys, time
 from datetime import datetime, timezone
 import psutil
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Project, load_settings
-from .record import log_event, new_id
+from .record import Heartbeat, log_event, new_id
 from .store import get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
 
 # %% auto #0
@@ -131,7 +131,7 @@ class MachineSession:
         self.project, self.run_id = project or self.settings.project.name, run_id
         self.engine = engine or get_engine(store_url(self.settings))
         self.heartbeat_s = self.settings.machines.heartbeat_s if heartbeat_s is None else heartbeat_s
-        self.id, self.idle_since, self._stop, self._thread = new_id(), None, threading.Event(), None
+        self.id, self.idle_since, self._beating = new_id(), None, None
         self.opened, self.cost = False, None  # `cost` is set by `close`
 
     def open(self) -> MachineSession:
@@ -148,9 +148,7 @@ class MachineSession:
                 id=self.id, machine=self.machine, kind=self.kind, project=self.project, run_id=self.run_id,
                 started_at=now, last_heartbeat_at=now, price_per_hour=self.price))
         self.opened = True
-        if self.heartbeat_s > 0:
-            self._thread = threading.Thread(target=self._beat, name='aiinfra-heartbeat', daemon=True)
-            self._thread.start()
+        self._beating = Heartbeat(self.heartbeat_s, self.heartbeat, f"session {self.id}").start()
         return self
 
     def __enter__(self): return self.open()
@@ -176,17 +174,10 @@ def heartbeat(self: MachineSession, sample: dict | None = None, now: float | Non
                   level='WARNING', logger='aiinfra.machines', project=self.project, machine=self.machine)
 
 @patch
-def _beat(self: MachineSession):
-    while not self._stop.wait(self.heartbeat_s):
-        try: self.heartbeat()
-        except Exception as e: print(f"aiinfra: heartbeat of session {self.id} failed: {e}", file=sys.stderr)
-
-@patch
 def close(self: MachineSession) -> float | None:
     "Close the session (the machine is off unless another session runs) and return its cost; closing again returns it again"
     if not self.opened or self.cost is not None: return self.cost
-    self._stop.set()
-    if self._thread: self._thread.join(timeout=10)
+    self._beating.stop(wait=10)
     now, off = time.time(), self.settings.machines.off_after_s
     with writing(self.engine) as conn:  # a session whose heartbeat stopped long ago ended then, as the panel counts it
         self.cost = conn.execute(machine_sessions.update().where(machine_sessions.c.id == self.id).values(

@@ -16,7 +16,7 @@ from .store import StoreError, audit, events, get_engine, insert_ignore, metrics
 # %% auto #0
 __all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'RUN_COLUMNS', 'RUN_FOLD',
            'EVENT_COLUMNS', 'EVENT_FOLD', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run', 'jsonable',
-           'store_name', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'recording', 'start_run',
+           'store_name', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'Heartbeat', 'recording', 'start_run',
            'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit', 'list_runs', 'list_events',
            'last_metrics']
 
@@ -340,11 +340,38 @@ def on_sigterm(handler=_raise_terminated):
     try: yield
     finally: signal.signal(signal.SIGTERM, previous)
 
+# %% ../../nbs/api/02_ops.record.ipynb #8a4c12ea
+class Heartbeat:
+    "A daemon thread that calls `beat` every `every` seconds until `stop`; a failed beat is reported on stderr"
+    def __init__(self, every: float, beat, what: str):  # `what`: the record it keeps alive, for the message
+        self.every, self.beat, self.what, self.done, self.thread = every, beat, what, threading.Event(), None
+
+    def start(self) -> Heartbeat:
+        if self.every > 0:
+            self.thread = threading.Thread(target=self._run, name='aiinfra-heartbeat', daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.done.wait(self.every):
+            try: self.beat()
+            except Exception as e: print(f"aiinfra: heartbeat of {self.what} failed: {error_text(e)}", file=sys.stderr)
+
+    def stop(self, wait: float = 0):  # seconds to wait for a beat in progress
+        self.done.set()
+        if self.thread and wait: self.thread.join(timeout=wait)
+
+@patch
+def beat(self: Run):
+    "Stamp this run's `heartbeat_at`: its process is alive"
+    with writing(self.engine) as conn: conn.execute(runs.update().where(runs.c.id == self.id).values(heartbeat_at=time.time()))
+
 # %% ../../nbs/api/02_ops.record.ipynb #d06d9c25
 @contextmanager
 def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGTERM interrupts the block
     "Make `run` current around a block, then end it: finished, failed (with its error) or interrupted"
-    token, beating = _current.set(run), _Heartbeat(run)
+    token = _current.set(run)
+    beating = Heartbeat(run.settings.machines.heartbeat_s, lambda: run.beat(), f"run {run.id}").start()
     try:
         with on_sigterm() if sigterm else contextlib.nullcontext(): yield run
     except KeyboardInterrupt as e:
@@ -355,20 +382,6 @@ def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGT
         _end_after(run, 'failed', error_text(e)); raise
     else: run.end('finished')
     finally: _current.reset(token); beating.stop()
-
-class _Heartbeat:
-    "A thread that stamps a running run's `heartbeat_at` every `[machines] heartbeat_s`: a run whose process died goes stale"
-    def __init__(self, run: Run):
-        self.run, self.every, self.done = run, run.settings.machines.heartbeat_s, threading.Event()
-        if self.every > 0: threading.Thread(target=self._beat, name='aiinfra-run-heartbeat', daemon=True).start()
-
-    def _beat(self):
-        while not self.done.wait(self.every):
-            try:
-                with writing(self.run.engine) as conn: conn.execute(runs.update().where(runs.c.id == self.run.id).values(heartbeat_at=time.time()))
-            except Exception as e: print(f"aiinfra: heartbeat of run {self.run.id} failed: {error_text(e)}", file=sys.stderr)
-
-    def stop(self): self.done.set()
 
 def _end_after(run: Run, status: str, error: str | None):
     "End `run` while an exception propagates: a store that fails now is reported, and never hides that exception"

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/25_train.fit.ipynb #76663793
 from __future__ import annotations
-import contextlib, difflib, hashlib, inspect, json, logging, os, signal, subprocess, sys, threading, time, warnings
+import contextlib, difflib, hashlib, inspect, json, logging, os, subprocess, sys, time, warnings
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..core import AiinfraError, Project, atomic_write, fields_html
 from ..data.io import Catalog
 from ..ops.machines import MachineSession
-from ..ops.record import Run, log_event, recording
+from ..ops.record import Run, log_event, on_sigterm, recording
 from ..models.registry import Registry, check_model_name
 from ..models.tabular import model_class
 from ..models.task import task_named
@@ -32,18 +32,16 @@ __all__ = ['TRAINING_DEFAULTS', 'LOOP_ARGUMENTS', 'log', 'Preemption', 'Checkpoi
 
 # %% ../../nbs/api/25_train.fit.ipynb #c8666da8
 class Preemption:
-    "While entered: SIGTERM sets `requested` instead of ending the process"
-    def __init__(self): self.requested, self._previous = False, None
+    "While entered: SIGTERM sets `requested` instead of ending the process (`ops.record.on_sigterm`, with a flag as its handler)"
+    def __init__(self): self.requested, self._handling = False, None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-            self._previous = signal.signal(signal.SIGTERM, self._request)
+        self._handling = on_sigterm(self._request)
+        self._handling.__enter__()
         return self
 
     def _request(self, signum, frame): self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None: signal.signal(signal.SIGTERM, self._previous); self._previous = None
+    def __exit__(self, *exc): self._handling.__exit__(*exc)
 
 # %% ../../nbs/api/25_train.fit.ipynb #bee8d5ae
 class CheckpointError(AiinfraError):
