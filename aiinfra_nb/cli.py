@@ -320,7 +320,7 @@ def image_build(project: Path = typer.Option(Path('.'), help="the project's fold
                 no_cache: bool = typer.Option(False, '--no-cache', help='rebuild every layer but the base'),
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Build the image of a project's service (the serve app and its production models), reusing unchanged layers"
-    from aiinfra_nb.images import build_image, layer_rows
+    from aiinfra_nb.images.build import build_image, layer_rows
     b = build_image(project, tag, cache=not no_cache)
     if as_json: return print(json.dumps(b, default=str))
     print(f"built {b['image']} ({b['image_id'][:19]}, {b['mb']:,.1f} MB) in {b['seconds']:.1f} s, serving {', '.join(b['models'])}")
@@ -331,7 +331,7 @@ def image_push(image: str = typer.Argument(None, help="a local image (default: t
                registry: str = typer.Option(None, help='host:port (default: [images] registry)'),
                as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Push an image to the registry (its tag appears only once every layer is in)"
-    from aiinfra_nb.images import push_image
+    from aiinfra_nb.images.registry import push_image
     p = push_image(image, registry)
     if as_json: return print(json.dumps(p, default=str))
     print(f"pushed {p['destination']} ({p['digest'][:19]}) in {p['seconds']:.1f} s")
@@ -342,7 +342,7 @@ def images_(project: str = typer.Option(None, help='one project (default: all)')
             registry: str = typer.Option(None, help='host:port (default: [images] registry)'),
             as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The images built (newest first) and where each was pushed; --catalog: the registry's repositories and tags"
-    from aiinfra_nb.images import list_images, registry_catalog
+    from aiinfra_nb.images.registry import list_images, registry_catalog
     rows = registry_catalog(registry) if catalog else list_images(project)
     show(rows, as_json=as_json)
 
@@ -350,14 +350,14 @@ def images_(project: str = typer.Option(None, help='one project (default: all)')
 def registry_start(port: int = typer.Option(5000, min=1, max=65535, help='on 127.0.0.1'),
                    dir: Path = typer.Option(None, help='where it keeps images (default: AIINFRA_HOME/images/registry/data)')):
     "Run the reference image registry (docker-registry) on 127.0.0.1 in the background"
-    from aiinfra_nb.images import start_registry
+    from aiinfra_nb.images.registry import start_registry
     r = start_registry(port, dir)
     print(f"registry on {r['address']} (pid {r['pid']}), images in {r['folder']}; [images] registry = {r['address']} pushes there")
 
 @registry_app.command('stop')
 def registry_stop():
     "Stop the registry `aiinfra registry start` started"
-    from aiinfra_nb.images import stop_registry
+    from aiinfra_nb.images.registry import stop_registry
     r = stop_registry()
     print(f"stopped the registry on {r['address']}" if r else 'no registry was started here')
 

@@ -33,8 +33,10 @@ def main():
     os.environ.update(AIINFRA_HOME=str(work/'home'), AIINFRA_DB_URL=f"sqlite:///{work/'store.db'}", DVC_NO_ANALYTICS='1',
                       PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     from aiinfra_nb.data.sources import package_file
-    from aiinfra_nb.images import build_context, ensure_base, inspect_image, project_service, tool, tool_env
-    import aiinfra_nb.images as images
+    from aiinfra_nb.images.build import build_context, project_service
+    from aiinfra_nb.images.base import ensure_base
+    from aiinfra_nb.images.tools import inspect_image, tool, tool_env
+    from aiinfra_nb.images.build import build_image
     env, proj = dict(os.environ), work/'bench'
     sh([BIN/'aiinfra', 'new', 'bench', '--data', package_file('palmerpenguins', 'data/penguins.csv'), '--target', 'species', '--dir', proj], work, env)
     sh(['dvc', 'repro'], proj, env)
@@ -42,7 +44,7 @@ def main():
     print(f"base image {base}: {'built in %.1f s' % base_s if built else 'cached'}", file=sys.stderr)
 
     def build(**kw):
-        t = time.monotonic(); b = images.build_image(proj, **kw); b['wall_s'] = time.monotonic() - t
+        t = time.monotonic(); b = build_image(proj, **kw); b['wall_s'] = time.monotonic() - t
         return b
 
     def promote():

@@ -62,7 +62,8 @@ def project(pg_url, tmp_path, monkeypatch):
 
 
 def test_build_push_run_and_rebuild_only_what_changed(project, pg_url, tmp_path):
-    from aiinfra_nb.images import inspect_image, run_image, start_registry, stop_registry
+    from aiinfra_nb.images.tools import inspect_image
+    from aiinfra_nb.images.registry import run_image, start_registry, stop_registry
     engine = get_engine(pg_url)
     first = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--json'], project).stdout)
     image = first['image']
@@ -179,7 +180,8 @@ class CuttingProxy:
 
 def test_a_push_cut_off_or_unreachable_leaves_no_tag(tmp_path, sqlite_url, monkeypatch):
     "Uses the newest image already built here (the test above builds one); the registry stays empty of tags"
-    from aiinfra_nb.images import ImageError, image_exists, push_image, registry_catalog, start_registry, stop_registry
+    from aiinfra_nb.images.tools import ImageError, image_exists
+    from aiinfra_nb.images.registry import push_image, registry_catalog, start_registry, stop_registry
     monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
     listed = subprocess.run(['buildah', 'images', '--format', '{{.Name}}:{{.Tag}}', '--filter', 'reference=localhost/aiinfra/*'],
                             capture_output=True, text=True).stdout.split()
