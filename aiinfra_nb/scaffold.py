@@ -8,23 +8,25 @@ import getpass, importlib.util, math, os, re, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import sqlalchemy as sa
-from .core import AiinfraError, load_settings, run_tool
+from fastcore.basics import AttrDict
+from .core import AiinfraError, Project, run_tool
 from .data.contracts import Inference, infer_project
 from .data.sources import read_table
 from .ops.stages import sync_stages
-from .ops.store import get_engine, projects, query, store_url, writing
+from .ops.store import projects, query, store_url, writing
 
 # %% auto #0
 __all__ = ['PARAMS_HEADER', 'ScaffoldError', 'template_source', 'check_project_name', 'data_file_name', 'NewProject',
-           'new_project', 'training_budget', 'upgrade_project']
+           'new_project', 'training_budget', 'ProjectPlan', 'upgrade_project']
 
 # %% ../nbs/api/45_scaffold.ipynb #b4efd4c3
 class ScaffoldError(AiinfraError):
     "A project that cannot be created or upgraded as asked: names what to fix"
 
-def template_source(template: str | None = None) -> str:
+def template_source(settings: AttrDict,  # the settings of the project that makes the new one (its `[scaffold] template`)
+                    template: str | None = None) -> str:
     "The project template: `template`, `[scaffold] template`, or the repository this toolkit runs from"
-    found = template or load_settings().scaffold.template
+    found = template or settings.scaffold.template
     if found: return found
     repo = Path(importlib.util.find_spec('aiinfra_nb').origin).resolve().parents[1]  # the package's folder's parent
     if (repo/'copier.yml').is_file() and (repo/'template').is_dir(): return str(repo)
@@ -107,21 +109,23 @@ def new_project(name: str,  # the project's name in the store (and its folder's,
                 template: str | None = None,  # the template (path or git URL); default: `template_source()`
                 vcs_ref: str = 'HEAD',  # the template's commit or tag
                 answers: dict | None = None,  # more copier answers (e.g. sample_dir)
+                project: Project | None = None,  # the project making it: its store files the new one, its settings name the template; default: here
                ) -> NewProject:
     "Create a project repository from the template, with its data, contract, pipeline and first commit"
     check_project_name(name)
     dest = Path(dir or name).resolve()
     _check_folder(dest)
-    engine = get_engine()
+    project = project or Project.here()  # an entry point (`aiinfra new`, a notebook): the project here
+    engine = project.engine
     _check_unregistered(name, engine)
-    src = template_source(template)
+    src = template_source(project.settings, template)
     frame = read_table(data).frame
     inference = infer_project(name, frame, target, task)
     _check_literal('target column', target); _check_literal('time column', inference.time_column)
     owner = owner or getpass.getuser()
     made = not dest.exists()
     try:
-        result = _make(name, Path(data), dest, inference, src, vcs_ref, owner, description, toolkit, answers or {})
+        result = _make(ProjectPlan(name, Path(data), dest, inference, src, vcs_ref, owner, description, toolkit, store_url(project.settings), answers or {}))
         with writing(engine) as conn:
             conn.execute(projects.insert().values(name=name, description=description, repo=str(dest), owner=owner, created_at=time.time()))
         return result
@@ -177,18 +181,37 @@ def _track_data(dest: Path, path: str):
             repo.add([str(dest/path)])
     finally: log.setLevel(level)
 
-def _make(name, data, dest, inference, src, vcs_ref, owner, description, toolkit, answers) -> NewProject:
+# %% ../nbs/api/45_scaffold.ipynb #c1a3284d
+@dataclass
+class ProjectPlan:
+    "What `new_project` decided before anything is written: the names, the data and its inference, the template, the answers"
+    name: str
+    data: Path  # the table to copy in
+    dest: Path  # an absent or empty folder
+    inference: Inference
+    template: str  # a path or git URL (`template_source`)
+    vcs_ref: str
+    owner: str
+    description: str
+    toolkit: str | None  # where the project's `make` installs aiinfra_nb from; default: the template
+    store_url: str  # the store the new project records to: the maker's
+    answers: dict  # more copier answers
+
+# %% ../nbs/api/45_scaffold.ipynb #6ff79c92
+def _make(plan: ProjectPlan) -> NewProject:
+    "Render the template into `plan.dest`, add the data, contract and stages, and make the first commit"
     import copier, yaml, warnings
+    name, data, dest, inference, src, owner = plan.name, plan.data, plan.dest, plan.inference, plan.template, plan.owner
     file = data_file_name(data)
-    answers = dict(project_name=name, description=description, owner=owner, model_name=name, data_file=file,
+    answers = dict(project_name=name, description=plan.description, owner=owner, model_name=name, data_file=file,
                    target=inference.target, task=inference.task, split='time' if inference.time_column else 'random',
-                   time_column=inference.time_column, store_url=store_url(), toolkit=toolkit or src, toolkit_python=sys.executable,
-                   **training_budget(inference.rows - inference.null_target_rows)) | answers
+                   time_column=inference.time_column, store_url=plan.store_url, toolkit=plan.toolkit or src, toolkit_python=sys.executable,
+                   **training_budget(inference.rows - inference.null_target_rows)) | plan.answers
     _check_word('--toolkit', answers['toolkit']); _check_word('the Python', answers['toolkit_python']); _check_ini('the store URL', answers['store_url'])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # copier's DirtyLocalWarning: a template with uncommitted changes is what was asked for
-            copier.run_copy(src, dest, data=answers, vcs_ref=vcs_ref, defaults=True, quiet=True, unsafe=False)
+            copier.run_copy(src, dest, data=answers, vcs_ref=plan.vcs_ref, defaults=True, quiet=True, unsafe=False)
     except Exception as e:  # a template path or URL that is not one, a ref it lacks: one line, not copier's traceback
         raise ScaffoldError(f"the template {src!r} could not be rendered ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
                             "--template takes a clone or the git URL of aiinfra_nb") from None

@@ -12,7 +12,7 @@ from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Project, load_settings
 from .record import Heartbeat, log_event, new_id
-from .store import get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
+from .store import StoreError, get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
 
 # %% auto #0
 __all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'session_end', 'seconds_in',
@@ -179,9 +179,12 @@ def close(self: MachineSession) -> float | None:
     if not self.opened or self.cost is not None: return self.cost
     self._beating.stop(wait=10)
     now, off = time.time(), self.settings.machines.off_after_s
-    with writing(self.engine) as conn:  # a session whose heartbeat stopped long ago ended then, as the panel counts it
-        self.cost = conn.execute(machine_sessions.update().where(machine_sessions.c.id == self.id).values(
-            ended_at=session_end(now, off), cost=cost_in(0, now, now, off)).returning(machine_sessions.c.cost)).scalar_one()
+    try:
+        with writing(self.engine) as conn:  # a session whose heartbeat stopped long ago ended then, as the panel counts it
+            self.cost = conn.execute(machine_sessions.update().where(machine_sessions.c.id == self.id).values(
+                ended_at=session_end(now, off), cost=cost_in(0, now, now, off)).returning(machine_sessions.c.cost)).scalar_one()
+    except sa.exc.DBAPIError as e:  # the store went away: the session turns off when its heartbeat goes stale
+        raise StoreError(f"could not close machine session {self.id}: the store failed ({str(e.orig).strip().splitlines()[0][:200]})") from None
     return self.cost
 
 # %% ../../nbs/api/03_ops.machines.ipynb #1b5465b5

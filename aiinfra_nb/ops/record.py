@@ -294,11 +294,17 @@ def end(self: Run, status: str = 'finished',  # one of `RUN_STATUSES`
     if self.status != 'running': return
     wait = self.settings.record.end_flush_s
     if not flush(wait): print(f"aiinfra: the store did not take run {self.id}'s last rows within {wait:.0f}s; ending it anyway", file=sys.stderr)
-    now = time.time()
-    with writing(self.engine) as conn:
-        started = conn.execute(sa.select(runs.c.started_at).where(runs.c.id == self.id)).scalar_one()
-        conn.execute(runs.update().where(runs.c.id == self.id).values(
-            status=status, error=mask_secrets(error), ended_at=now, duration_s=now - started))
+    now, deadline = time.time(), time.monotonic() + wait
+    while True:  # the store may be coming back: the end waits for it as long as the run's rows did, then gives up
+        try:
+            with writing(self.engine) as conn:
+                started = conn.execute(sa.select(runs.c.started_at).where(runs.c.id == self.id)).scalar_one()
+                conn.execute(runs.update().where(runs.c.id == self.id).values(
+                    status=status, error=mask_secrets(error), ended_at=now, duration_s=now - started))
+            break
+        except (sa.exc.OperationalError, StoreError):
+            if time.monotonic() >= deadline: raise
+            time.sleep(0.5)
     self.status = status
 
 # %% ../../nbs/api/02_ops.record.ipynb #362f817a

@@ -28,7 +28,7 @@ from .system import NonFiniteLossError, TabularSystem
 
 # %% auto #0
 __all__ = ['TRAINING_DEFAULTS', 'LOOP_ARGUMENTS', 'log', 'Preemption', 'CheckpointError', 'fingerprint', 'Checkpoints',
-           'FitResult', 'training_arguments', 'max_seconds', 'fit']
+           'FitResult', 'training_arguments', 'max_seconds', 'TrainingJob', 'fit']
 
 # %% ../../nbs/api/25_train.fit.ipynb #c8666da8
 class Preemption:
@@ -141,6 +141,24 @@ def max_seconds(max_time) -> float | None:
         return float(((d * 24 + h) * 60 + m) * 60 + sec)
     raise TrainingError(f"max_time {max_time!r}: expected seconds, 'DD:HH:MM:SS' or a timedelta")
 
+# %% ../../nbs/api/25_train.fit.ipynb #7f43b98e
+@dataclass
+class TrainingJob:
+    "One training as `fit` resolved it: the data, the network's parameters, the loop's arguments, where it checkpoints, registers and is recorded"
+    dm: TabularDataModule
+    name: str  # the model's name (registry, checkpoints, run)
+    params: dict  # the network's and the optimizer's, as the run records them
+    training: dict  # the loop's and Fabric's arguments (`training_arguments`)
+    ckpts: Checkpoints
+    registry: Registry
+    resume: bool | str = True
+    register: bool = True
+    validation_catalog: Catalog | None = None
+    data_version: str | None = None
+    progress: bool = True
+    run: Run | None = None  # rank 0's run; None on the other ranks of a distributed training
+    session: MachineSession | None = None  # this machine's ledger entry (local rank 0)
+
 # %% ../../nbs/api/25_train.fit.ipynb #bb867948
 def fit(dm: TabularDataModule,  # the data (its `task` says what the model learns)
         name: str = 'flights-delay',  # the model's name (registry, checkpoints, run)
@@ -173,8 +191,8 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
     try:
         with recording(run) if run else contextlib.nullcontext(), \
              MachineSession(project=run.project if run else (project if isinstance(project, str) else here.name), run_id=run.id if run else None, engine=here.engine, settings=s) if local0 else contextlib.nullcontext() as session:
-            return _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, training,
-                        data_version=data_version)
+            return _fit(TrainingJob(dm, name, params, training, ckpts, registry, resume, register, validation_catalog, data_version,
+                                    progress, run, session))
     finally:
         if s.train.shutdown_command and rank0: _shutdown(s.train.shutdown_command, run)
 
@@ -205,15 +223,27 @@ def _fabric(args: dict, run) -> Fabric:
         raise TrainingError(f"Fabric refused these arguments: {str(e).strip().splitlines()[0][:300]}") from None
 
 # %% ../../nbs/api/25_train.fit.ipynb #4e4feefd
-def _save(fabric: Fabric, path: Path, model, opt, state: dict):
+@dataclass
+class _Fitted:
+    "What Fabric set up for a training: the model and optimizer on their devices, the sharded loaders"
+    fabric: Fabric
+    model: object  # the system, wrapped by Fabric
+    system: TabularSystem
+    opt: object
+    train: object
+    sampler: object
+    val: object
+
+def _save(f: _Fitted, path: Path, state: dict):
     "The checkpoint, written beside `path` and renamed over it (by rank 0)"
     tmp = path.with_name(path.name + '.tmp')
-    fabric.save(tmp, dict(state_dict=model, optimizer=opt, epoch=state['epoch'], global_step=state['global_step'], metrics=state['metrics']))
-    if fabric.is_global_zero: os.replace(tmp, path)
-    fabric.barrier()
+    f.fabric.save(tmp, dict(state_dict=f.model, optimizer=f.opt, epoch=state['epoch'], global_step=state['global_step'], metrics=state['metrics']))
+    if f.fabric.is_global_zero: os.replace(tmp, path)
+    f.fabric.barrier()
 
-def _epoch_metrics(fabric: Fabric, model, system: TabularSystem, val) -> dict[str, float]:
+def _epoch_metrics(f: _Fitted) -> dict[str, float]:
     "The epoch's mean training loss and validation metrics, over every rank"
+    fabric, model, system, val = f.fabric, f.model, f.system, f.val
     loss = system.epoch_loss()
     out = {'train_loss': fabric.all_reduce(loss, reduce_op='mean')} if loss is not None else {}
     model.eval()
@@ -225,15 +255,16 @@ def _epoch_metrics(fabric: Fabric, model, system: TabularSystem, val) -> dict[st
         out |= system.val_metrics(o, y)
     return {k: float(v) for k, v in out.items()}
 
-def _loop(fabric: Fabric, model, system: TabularSystem, opt, train, sampler, val, state: dict, args: dict, last: Path, preempt: Preemption, progress: bool):
+def _loop(job: TrainingJob, f: _Fitted, state: dict, preempt: Preemption):
     "Train until `max_epochs` (or the preemption flag, or `max_time`), updating `state`"
+    fabric, model, system, opt, train, args, last = f.fabric, f.model, f.system, f.opt, f.train, job.training, job.ckpts.last
     deadline = time.monotonic() + s if (s := max_seconds(args.get('max_time'))) else None
     clip = args.get('gradient_clip_val')
     while state['epoch'] < args['max_epochs']:
-        sampler.set_epoch(state['epoch'])
+        f.sampler.set_epoch(state['epoch'])
         model.train()
         t0, bar = time.perf_counter(), tqdm(total=len(train), desc=f"epoch {state['epoch'] + 1}/{args['max_epochs']}", leave=False,
-                                           mininterval=0.5, disable=not (progress and fabric.is_global_zero))
+                                           mininterval=0.5, disable=not (job.progress and fabric.is_global_zero))
         for i, batch in enumerate(train):
             try: loss = model.training_step(batch, i)
             except NonFiniteLossError as e: raise NonFiniteLossError(f"{e} (epoch {state['epoch']}, step {state['global_step']})") from None
@@ -244,24 +275,24 @@ def _loop(fabric: Fabric, model, system: TabularSystem, opt, train, sampler, val
             state['global_step'] += 1
             bar.update()
             if preempt.requested or (deadline and time.monotonic() > deadline):  # stop here; the epoch is redone on resume
-                bar.close(); system.epoch_loss(); _save(fabric, last, model, opt, state)
+                bar.close(); system.epoch_loss(); _save(f, last, state)
                 return
         bar.close()
         epoch_s = time.perf_counter() - t0
         state['epoch'] += 1
-        state['metrics'] = _epoch_metrics(fabric, model, system, val)
+        state['metrics'] = _epoch_metrics(f)
         fabric.log_dict({**state['metrics'], 'epoch_s': epoch_s}, step=state['epoch'])
-        _save(fabric, last, model, opt, state)
+        _save(f, last, state)
 
 # %% ../../nbs/api/25_train.fit.ipynb #c1400ae8
-def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_catalog, progress, params, training, *, data_version) -> FitResult:
+def _fit(job: TrainingJob) -> FitResult:
+    dm, run, ckpts, name, p, training = job.dm, job.run, job.ckpts, job.name, job.params, job.training
     dm.setup('fit')
     if problem := task_named(dm.task).target_problem(pl.Series(dm.target, dm.train_set.y.numpy()), ' in the training split'):
         raise TrainingError(problem)
-    p = params
     fp = fingerprint(name=name, preprocessing=dm.preprocessor.to_dict(), rows=(len(dm.train_set), len(dm.val_set)), target=dm.target,
                      classes=dm.classes, **{k: p[k] for k in ('model', 'task', 'hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})
-    resume_from, why = ckpts.resume_point(resume, fp)
+    resume_from, why = ckpts.resume_point(job.resume, fp)
     ck = _read_checkpoint(resume_from) if resume_from else {}
     if run:
         run.update(extra=dict(resumed_from=str(resume_from) if resume_from else None, checkpoint=str(ckpts.last), fingerprint=fp))
@@ -284,7 +315,7 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
         state = dict(epoch=ck.get('epoch', 0), global_step=ck.get('global_step', 0), metrics=ck.get('metrics', {}))
         start_step = state['global_step']
         with Preemption() as preempt:
-            _loop(fabric, model, system, opt, train, loader.sampler, val, state, training, ckpts.last, preempt, progress)
+            _loop(job, _Fitted(fabric, model, system, opt, train, loader.sampler, val), state, preempt)
     metrics, trained = state['metrics'], state['global_step'] > start_step
     status = 'interrupted' if preempt.requested else 'finished'
     result = FitResult(status, run.id if run else None, metrics=metrics, epochs=state['epoch'], trained=trained)
@@ -292,9 +323,8 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
         result.note = (f"nothing left to train: the checkpoint is at epoch {state['epoch']} of max_epochs={training['max_epochs']}; "
                        "raise max_epochs to continue, or pass resume=False to start over. No version registered.")
     if run is None: return result  # not rank 0: rank 0 registers and records
-    if status == 'finished' and register and trained and metrics:
-        result.model_version = _register(system.model, dm, name, registry, validation_catalog, metrics, run, data_version)
-    if session: result.cost = session.close()
+    if status == 'finished' and job.register and trained and metrics: result.model_version = _register(job, system.model, metrics)
+    if job.session: result.cost = job.session.close()
     ckpts.record(run.id, status, fp)
     if result.note: run.log_event(result.note, level='WARNING', logger='aiinfra.train'); log.warning(result.note)
     run.update(extra=dict(cost=result.cost, epochs=result.epochs, model_version=result.model_version, trained=trained, note=result.note))
@@ -304,8 +334,9 @@ def _fit(dm, run, session, ckpts, resume, name, register, registry, validation_c
 # %% ../../nbs/api/25_train.fit.ipynb #413b97bb
 log = logging.getLogger('aiinfra.train')
 
-def _register(model, dm, name, registry: Registry, validation_catalog, metrics, run, data_version) -> int:
-    validation = None
+def _register(job: TrainingJob, model, metrics: dict) -> int:
+    "Save the trained `model` in the job's registry, with its validation rows in the job's catalog when it has one"
+    dm, name, run, data_version, validation_catalog, validation = job.dm, job.name, job.run, job.data_version, job.validation_catalog, None
     if validation_catalog is not None:  # named by what decides its rows (the data, the split), not by the run: the same training, the same files
         split = fingerprint(data_version=data_version, split=dm.split, time_column=dm.time_column, val_fraction=dm.val_fraction, seed=dm.seed)
         ds = f"validation/{name}/{split if data_version else run.id}"
@@ -313,7 +344,7 @@ def _register(model, dm, name, registry: Registry, validation_catalog, metrics, 
         validation = dict(dataset=ds, sha256=vmeta['sha256'], rows=vmeta['rows'])
     features = dict(numeric=list(dm.preprocessor.numeric), categorical=list(dm.preprocessor.categorical), target=dm.target,
                     task=dm.task, classes=dm.classes)
-    return registry.save(model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id, data_version=data_version,
+    return job.registry.save(model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id, data_version=data_version,
                          features=features, validation=validation)['version']
 
 def _shutdown(command: str, run: Run | None):
