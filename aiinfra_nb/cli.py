@@ -23,7 +23,7 @@ __all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contrac
            'contract_check', 'stages_sync', 'stages_check', 'image_build', 'image_push', 'images_', 'registry_start',
            'registry_stop', 'main']
 
-# %% ../nbs/api/50_cli.ipynb #cdeff3f5
+# %% ../nbs/api/50_cli.ipynb #04afe1f0
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -35,6 +35,7 @@ def terminal_width() -> int:
     "The terminal's width (`COLUMNS` when set); 120 when the output is not a terminal"
     return shutil.get_terminal_size((120, 24)).columns
 
+# %% ../nbs/api/50_cli.ipynb #7725badd
 def show(rows: list[dict], columns: list[str] | None = None,  # default: the columns a `Rows` names
          title: str | None = None, as_json: bool = False):
     "Print `rows` as JSON, or as a table that fits the terminal: a line per row"

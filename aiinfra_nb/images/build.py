@@ -23,7 +23,7 @@ __all__ = ['TAG', 'ENTRY_SCRIPT', 'LAYERS', 'HEALTH', 'LABEL', 'Service', 'check
            'write_code', 'write_models', 'canonical_sqlite', 'containerfile', 'build_context', 'image_labels',
            'layer_steps', 'build_image', 'layer_rows']
 
-# %% ../../nbs/api/47c_images.build.ipynb #4ac4a948
+# %% ../../nbs/api/47c_images.build.ipynb #09eeef3e
 @dataclass
 class Service:
     "What an image of a project's service holds"
@@ -49,10 +49,12 @@ class Service:
 
 TAG = re.compile(r'[a-z0-9_][a-z0-9_.-]{0,127}')
 
+# %% ../../nbs/api/47c_images.build.ipynb #f76e5137
 def check_tag(tag: str) -> str:
     if not TAG.fullmatch(tag): raise ImageError(f"tag {tag!r}: use up to 128 lowercase letters, digits, '_', '.' and '-', not starting with '.' or '-'")
     return tag
 
+# %% ../../nbs/api/47c_images.build.ipynb #b7f29034
 def project_service(project: Project | str | Path = '.',  # the project, or its folder
                    ) -> Service:
     "The service of `project`, checked: it has production models whose files are here"
@@ -75,7 +77,7 @@ def project_service(project: Project | str | Path = '.',  # the project, or its 
         raise ImageError(f"the files of {', '.join(missing)} are not in {registry.root}: `dvc pull` or `dvc repro` them first")
     return Service(project, [{k: r[k] for k in ('name', 'version', 'data_version', 'run_id')} for r in live], registry, rev)
 
-# %% ../../nbs/api/47c_images.build.ipynb #4c7e6d8b
+# %% ../../nbs/api/47c_images.build.ipynb #288975b9
 def _site(python: str) -> str: return f"opt/venv/lib/python{python}/site-packages"
 
 def _copy_distribution(dist: md.Distribution, site: Path):
@@ -110,6 +112,7 @@ def model_distributions() -> list[md.Distribution]:
 
 ENTRY_SCRIPT = "#!/opt/venv/bin/python\nimport sys\nfrom aiinfra_nb.cli import main\nsys.exit(main())\n"
 
+# %% ../../nbs/api/47c_images.build.ipynb #b6da8d69
 def write_code(service: Service, code: Path, python: str):
     "The code layer's files under `code`: the toolkit and model packages, the `aiinfra` command, the project's settings"
     shutil.rmtree(code, ignore_errors=True)
@@ -120,7 +123,7 @@ def write_code(service: Service, code: Path, python: str):
     (code/'srv/project').mkdir(parents=True)
     shutil.copy2(service.root/'settings.ini', code/'srv/project/settings.ini')
 
-# %% ../../nbs/api/47c_images.build.ipynb #d836b017
+# %% ../../nbs/api/47c_images.build.ipynb #6c7cb1a3
 def write_models(service: Service, models_dir: Path):
     "A pinned registry in `models_dir` holding the service's production versions, in production"
     shutil.rmtree(models_dir, ignore_errors=True)
@@ -136,6 +139,7 @@ def write_models(service: Service, models_dir: Path):
     finally: engine.dispose()
     canonical_sqlite(models_dir/'registry.db')
 
+# %% ../../nbs/api/47c_images.build.ipynb #3aa77223
 def canonical_sqlite(path: Path):
     "Rewrite a SQLite file so that the same schema and rows give the same bytes, in one file (no write-ahead log)"
     with contextlib.closing(sqlite3.connect(path)) as db: statements = list(db.iterdump())
@@ -213,7 +217,7 @@ def build_context(service: Service, base: str, python: str) -> Path:
     write_models(service, ctx/'models')
     return ctx
 
-# %% ../../nbs/api/47c_images.build.ipynb #71800666
+# %% ../../nbs/api/47c_images.build.ipynb #ddc9b041
 LABEL = 'io.aiinfra'
 
 def image_labels(service: Service) -> dict:
@@ -223,6 +227,7 @@ def image_labels(service: Service) -> dict:
             f'{LABEL}.data.version': ','.join(dict.fromkeys(str(m['data_version'] or '') for m in service.models)),
             'org.opencontainers.image.revision': service.git_rev or '', 'org.opencontainers.image.title': service.repository}
 
+# %% ../../nbs/api/47c_images.build.ipynb #1caf9bf0
 def layer_steps(text: str) -> dict[str, int]:
     "The step number of each of `LAYERS` in a Containerfile of ours (FROM is step 1)"
     steps = [l for l in text.splitlines() if l and not l.startswith('#')]
@@ -257,7 +262,7 @@ def _layers(image: dict, base: str, steps: dict[str, int], cached: dict[int, boo
     return [dict(layer=name, digest=l['digest'], mb=round(l['size']/1e6, 3),
                  reused=not base_built if name == 'base' else cached.get(steps[name], False)) for name, l in zip(names, layers)]
 
-# %% ../../nbs/api/47c_images.build.ipynb #68a29d6a
+# %% ../../nbs/api/47c_images.build.ipynb #ec1d5cbd
 def build_image(project: Project | str | Path = '.',  # the project, or its folder
                 tag: str | None = None,  # default: <model>-v<version>-<commit>
                 cache: bool = True,  # False: rebuild every layer but the base
@@ -284,6 +289,7 @@ def build_image(project: Project | str | Path = '.',  # the project, or its fold
         run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'models', 'layers', 'mb', 'phases')})
     return build
 
+# %% ../../nbs/api/47c_images.build.ipynb #4523ce13
 def layer_rows(build: dict) -> Rows:
     "A build's layers as a table: built or reused, size, digest"
     return Rows([{**l, 'state': 'reused' if l['reused'] else 'built'} for l in build['layers']], ['layer', 'state', 'mb', 'digest'], 'layers')

@@ -17,7 +17,7 @@ from .tools import INSTALL_HINT, ImageError, image_exists, images_home, inspect_
 __all__ = ['LOOPBACK', 'registry_url', 'registry_catalog', 'start_registry', 'stop_registry', 'last_build', 'push_image',
            'list_images', 'run_image']
 
-# %% ../../nbs/api/47d_images.registry.ipynb #0f2ba51d
+# %% ../../nbs/api/47d_images.registry.ipynb #ff64dd25
 LOOPBACK = ('127.0.0.1', 'localhost', '[::1]')
 
 def registry_url(registry: str) -> str:
@@ -41,6 +41,7 @@ def _get(registry: str, path: str, timeout: float = 5, method: str = 'GET') -> t
         raise ImageError(f"the image registry {registry} does not answer ({why}): start one here with `aiinfra registry start`, "
                          "or set [images] registry in settings.ini to the company's") from None
 
+# %% ../../nbs/api/47d_images.registry.ipynb #f518068b
 def registry_catalog(registry: str | None = None) -> Rows:
     "Every repository and tag in the registry"
     registry = registry or machine_images().registry
@@ -50,7 +51,7 @@ def registry_catalog(registry: str | None = None) -> Rows:
             rows.append(dict(repository=repo, tag=tag, image=f"{registry}/{repo}:{tag}"))
     return Rows(rows, ['repository', 'tag', 'image'], f'images in {registry}')
 
-# %% ../../nbs/api/47d_images.registry.ipynb #f18c2c11
+# %% ../../nbs/api/47d_images.registry.ipynb #057c0c4c
 def _registry_state() -> Path: return images_home()/'registry'/'registry.json'
 
 def _alive(pid: int) -> bool:
@@ -91,6 +92,7 @@ def start_registry(port: int = 5000,  # where it listens, on 127.0.0.1
     state.write_text(json.dumps(known))
     return known
 
+# %% ../../nbs/api/47d_images.registry.ipynb #2eaa4451
 def stop_registry() -> dict | None:
     "Stop the registry `start_registry` started; None when none runs"
     state = _registry_state()
@@ -104,7 +106,7 @@ def stop_registry() -> dict | None:
     state.unlink()
     return known
 
-# %% ../../nbs/api/47d_images.registry.ipynb #e5111a4c
+# %% ../../nbs/api/47d_images.registry.ipynb #2ae1f285
 def last_build(project: Project) -> dict:
     "The newest finished build's record of `project`"
     rows = query(sa.select(runs.c.id, runs.c.output, runs.c.extra).where((runs.c.kind == 'image-build') & (runs.c.status == 'finished')
@@ -112,6 +114,7 @@ def last_build(project: Project) -> dict:
     if not rows: raise ImageError(f"project {project.name!r} has no image built yet: `aiinfra image build` first")
     return {**(rows[0]['extra'] or {}), 'run_id': rows[0]['id']}
 
+# %% ../../nbs/api/47d_images.registry.ipynb #c4f1c455
 def push_image(image: str | None = None,  # a local image; default: this project's newest build
                registry: str | None = None,  # host:port; default `[images] registry`
                project: Project | None = None,  # whose image and store; default: the project here

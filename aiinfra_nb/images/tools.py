@@ -14,16 +14,18 @@ from ..core import AiinfraError, Project, aiinfra_home, run_tool
 # %% auto #0
 __all__ = ['INSTALL_HINT', 'ImageError', 'machine_images', 'tool_env', 'tool', 'image_exists', 'inspect_image', 'images_home']
 
-# %% ../../nbs/api/47_images.tools.ipynb #f487585b
+# %% ../../nbs/api/47_images.tools.ipynb #c7b94096
 class ImageError(AiinfraError):
     "An image that cannot be built, pushed or run as asked: names what to fix"
 
 INSTALL_HINT = "apt-get install -y buildah skopeo docker-registry debootstrap"
 
+# %% ../../nbs/api/47_images.tools.ipynb #80978fed
 def machine_images() -> AttrDict:
     "`[images]` as this process reads it: buildah's storage, isolation and base image are the machine's, whichever project is built"
     return Project.here().settings.images
 
+# %% ../../nbs/api/47_images.tools.ipynb #caccb361
 def tool_env() -> dict:
     "The environment of buildah and skopeo: `[images] storage_driver` and `isolation`"
     s, env = machine_images(), dict(os.environ)
@@ -31,20 +33,24 @@ def tool_env() -> dict:
     env['BUILDAH_ISOLATION'] = s.isolation
     return env
 
+# %% ../../nbs/api/47_images.tools.ipynb #65d8f67b
 def tool(*args, timeout: float | None = 600, **kw) -> str:
     "Run a container tool (`buildah`, `skopeo`, ...) and return its output; its error as an `ImageError`"
     if not shutil.which(args[0]): raise ImageError(f"{args[0]} is not installed here: {INSTALL_HINT}")
     return run_tool(args, error=ImageError, env=tool_env(), timeout=timeout, **kw)
 
+# %% ../../nbs/api/47_images.tools.ipynb #7dbdc07d
 def image_exists(ref: str) -> bool:
     "Whether the local image storage holds `ref`"
     if not shutil.which('buildah'): raise ImageError(f"buildah is not installed here: {INSTALL_HINT}")
     return subprocess.run(['buildah', 'inspect', '--type', 'image', ref], capture_output=True, env=tool_env()).returncode == 0
 
+# %% ../../nbs/api/47_images.tools.ipynb #9b9e0e84
 def inspect_image(ref: str) -> dict:
     "buildah's description of a local image: its config, manifest (layers with sizes) and history"
     return json.loads(tool('buildah', 'inspect', '--type', 'image', ref))
 
+# %% ../../nbs/api/47_images.tools.ipynb #0bafaf2f
 def images_home() -> Path:
     "Where builds keep their contexts, wheels and the local registry's files: `AIINFRA_HOME`/images"
     (d := aiinfra_home()/'images').mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ __all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting',
            'body_of', 'v2_metadata', 'create_app', 'model_for', 'audit_record', 'live', 'ready', 'server_metadata',
            'model_metadata', 'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'metrics', 'serve']
 
-# %% ../../nbs/api/32_serve.app.ipynb #0f4766e8
+# %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
 class Served:
     "A model ready to answer: its network, metadata and preprocessing"
@@ -56,6 +56,7 @@ class Served:
         shape = self.task.output_shape(len(values), self.n_classes)
         return [{'name': self.task.output, 'datatype': 'FP32', 'shape': shape, 'data': [v for row in values for v in row] if len(shape) > 1 else values}]
 
+# %% ../../nbs/api/32_serve.app.ipynb #41835188
 class LiveModels:
     "The production models of a registry, swapped in as they are promoted"
     def __init__(self, registry: Registry):
@@ -108,10 +109,11 @@ def infer(served: Served, frame: pl.DataFrame,
     audit.update(rows=frame.height, form=form + (f'+{enc}' if enc and enc != 'identity' else ''))
     return predict(served, frame)
 
-# %% ../../nbs/api/32_serve.app.ipynb #2a9cbbc0
+# %% ../../nbs/api/32_serve.app.ipynb #9df631c1
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({'error': message}, status_code=status, headers=headers)
 
+# %% ../../nbs/api/32_serve.app.ipynb #c4db3cc7
 def needs(permission: str):
     "The dependency of a route that requires `permission`"
     async def check(request: Request) -> Key:
@@ -179,7 +181,7 @@ async def _refuse_body(receive, send, length: int | None, max_body: int):
         return await _answer(send, 413, f"request body over {max_body:,} bytes")
     await _answer(send, 413, f"request body over {max_body:,} bytes", {'Connection': 'close'})
 
-# %% ../../nbs/api/32_serve.app.ipynb #a38005e1
+# %% ../../nbs/api/32_serve.app.ipynb #4e40906b
 V2_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {  # the docs' (and the fuzzer's) view of the body
     'type': 'object', 'required': ['inputs'],
     'properties': {'id': {'type': 'string'}, 'parameters': {'type': 'object'}, 'outputs': {'type': 'array', 'items': {'type': 'object'}},
@@ -198,6 +200,7 @@ async def body_of(request: Request) -> bytes:
     request.scope['state']['audit']['encoding'] = encoding.strip().lower() if encoding else None
     return inflated(raw, encoding, request.app.state.max_body)
 
+# %% ../../nbs/api/32_serve.app.ipynb #df65cd7d
 def v2_metadata(served: Served, versions: list[int]) -> dict:
     "V2 model metadata: one input per feature, with its datatype and shape [-1]"
     f = served.features
@@ -298,7 +301,7 @@ def _noted(request: Request, status: int, message: str, headers: dict | None = N
     request.scope.setdefault('state', {}).setdefault('audit', {})['error'] = message[:500]
     return error(status, message, headers)
 
-# %% ../../nbs/api/32_serve.app.ipynb #25b2f894
+# %% ../../nbs/api/32_serve.app.ipynb #382ece5b
 def _served(request: Request, key: Key, name: str, version: str | None = None) -> Served:
     "The model a request names, if the key may use it; else the same 404 as an unknown model"
     v = None
@@ -318,6 +321,7 @@ def model_for(permission: str):
     resolve.permission = permission
     return Depends(resolve)
 
+# %% ../../nbs/api/32_serve.app.ipynb #8233965f
 def audit_record(request: Request) -> dict:
     "The request's audit record, which the audit layer writes when the answer has gone"
     return request.scope.setdefault('state', {}).setdefault('audit', {})
