@@ -802,7 +802,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'aiinfra_nb.serve.app._service_beat': ('api/serve.app.html#_service_beat', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app._short_tracebacks': ( 'api/serve.app.html#_short_tracebacks',
                                                                                   'aiinfra_nb/serve/app.py'),
-                                      'aiinfra_nb.serve.app.audit_record': ('api/serve.app.html#audit_record', 'aiinfra_nb/serve/app.py'),
+                                      'aiinfra_nb.serve.app.authorize': ('api/serve.app.html#authorize', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.body_of': ('api/serve.app.html#body_of', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.create_app': ('api/serve.app.html#create_app', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app.error': ('api/serve.app.html#error', 'aiinfra_nb/serve/app.py'),

@@ -29,10 +29,10 @@ from ..models.task import Task, task_named
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
-__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Audit', 'health_routes', 'v2_routes',
-           'v1_routes', 'admin_routes', 'Served', 'LiveModels', 'predict', 'infer', 'error', 'needs', 'Guard',
-           'body_of', 'v2_metadata', 'create_app', 'model_for', 'audit_record', 'live', 'ready', 'server_metadata',
-           'model_metadata', 'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'metrics', 'serve']
+__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'health_routes', 'v2_routes', 'v1_routes',
+           'admin_routes', 'Served', 'LiveModels', 'predict', 'infer', 'error', 'authorize', 'needs', 'Guard',
+           'body_of', 'v2_metadata', 'create_app', 'model_for', 'live', 'ready', 'server_metadata', 'model_metadata',
+           'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'metrics', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
@@ -98,14 +98,12 @@ def predict(served: Served, frame: pl.DataFrame) -> list:
     return served.task.activate(served.model(x_num, x_cat)).tolist()
 
 # %% ../../nbs/api/32_serve.app.ipynb #23b46ccf
-def infer(served: Served, frame: pl.DataFrame,
-          audit: dict,  # the request's audit record (`Audit`): its rows and form are filled in
-          max_rows: int,  # the service's row limit
+def infer(request: Request, served: Served, frame: pl.DataFrame,
           form: str = 'json',  # how the inputs came: json or binary (V2's binary tensor extension)
          ) -> list:
-    "The model's answer for `frame`'s rows, within the row limit, noted in the audit record"
-    if frame.height > max_rows: raise ServiceError(413, f"{frame.height:,} rows: at most {max_rows:,} per request")
-    enc = audit.get('encoding')
+    "The model's answer for `frame`'s rows, within the service's row limit, noted in the request's audit record"
+    if frame.height > (limit := request.app.state.max_rows): raise ServiceError(413, f"{frame.height:,} rows: at most {limit:,} per request")
+    audit, enc = request.scope['state']['audit'], request.scope['state']['audit'].get('encoding')
     audit.update(rows=frame.height, form=form + (f'+{enc}' if enc and enc != 'identity' else ''))
     return predict(served, frame)
 
@@ -114,24 +112,27 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({'error': message}, status_code=status, headers=headers)
 
 # %% ../../nbs/api/32_serve.app.ipynb #c4db3cc7
+async def authorize(request: Request, permission: str) -> Key:
+    "The request's key, if it may `permission`: else 401 (no key or a bad one), 403 (its role may not) or 429 (its rate spent)"
+    auth = request.headers.get('authorization', '')
+    secret = auth[7:].strip() if auth[:7].lower() == 'bearer ' else request.headers.get('x-api-key')
+    limits = request.app.state.limits
+    client = f"client:{request.client.host if request.client else '-'}"
+    if secret and (wait := await limits.spent(client)) is not None:  # this address has spent its budget on unknown keys
+        raise ServiceError(429, f"too many requests with unknown keys from this address: retry in {math.ceil(wait)} s", {'Retry-After': str(math.ceil(wait))})
+    key, why = request.app.state.keys.check(secret)
+    audit = request.scope.setdefault('state', {}).setdefault('audit', {})
+    if key: audit.update(key_id=key.id, key_name=key.name, role=key.role)
+    if key is None and secret: await limits.hit(client)  # a guess costs its address, so guessing cannot hammer the store
+    if why: raise ServiceError(401, why, {'WWW-Authenticate': 'Bearer'})
+    if not key.can(permission): raise ServiceError(403, f"the {key.role} role may not {permission}")
+    if (wait := await request.app.state.limits.hit(key.id)) is not None:
+        raise ServiceError(429, f"rate limit of {request.app.state.limits.item} exceeded", {'Retry-After': str(math.ceil(wait))})
+    return key
+
 def needs(permission: str):
     "The dependency of a route that requires `permission`"
-    async def check(request: Request) -> Key:
-        auth = request.headers.get('authorization', '')
-        secret = auth[7:].strip() if auth[:7].lower() == 'bearer ' else request.headers.get('x-api-key')
-        limits = request.app.state.limits
-        client = f"client:{request.client.host if request.client else '-'}"
-        if secret and (wait := await limits.spent(client)) is not None:  # this address has spent its budget on unknown keys
-            raise ServiceError(429, f"too many requests with unknown keys from this address: retry in {math.ceil(wait)} s", {'Retry-After': str(math.ceil(wait))})
-        key, why = request.app.state.keys.check(secret)
-        audit = request.scope.setdefault('state', {}).setdefault('audit', {})
-        if key: audit.update(key_id=key.id, key_name=key.name, role=key.role)
-        if key is None and secret: await limits.hit(client)  # a guess costs its address, so guessing cannot hammer the store
-        if why: raise ServiceError(401, why, {'WWW-Authenticate': 'Bearer'})
-        if not key.can(permission): raise ServiceError(403, f"the {key.role} role may not {permission}")
-        if (wait := await request.app.state.limits.hit(key.id)) is not None:
-            raise ServiceError(429, f"rate limit of {request.app.state.limits.item} exceeded", {'Retry-After': str(math.ceil(wait))})
-        return key
+    async def check(request: Request) -> Key: return await authorize(request, permission)
     check.permission = permission
     return Depends(check)
 
@@ -239,7 +240,8 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
     app.state.keys, app.state.limits = KeyRing(project.engine, s.service.key_cache_s), RateLimits(s.service.rate_limit, s.service.limits_url)
     app.state.models, app.state.max_rows = models, s.service.max_rows
     app.state.max_body, app.state.body_timeout_s, app.state.store_ok = s.service.max_body_bytes, s.service.body_timeout_s, True
-    for routes in (health_routes, v2_routes, v1_routes, admin_routes): app.include_router(_declare_permissions(routes))
+    for routes in (health_routes, v2_routes, v1_routes, admin_routes):  # their routes, not the routers: include_router nests a router
+        app.router.routes.extend(_declare_permissions(routes).routes)  # that every request walks (FastAPI 0.165: 7% of a request)
     _errors(app)
     app.add_middleware(Guard, max_body=s.service.max_body_bytes, max_concurrency=s.service.max_concurrency)
     app.add_middleware(AuditMiddleware, service=name, project=project)  # outermost: refused requests are audited too
@@ -316,19 +318,14 @@ def _served(request: Request, key: Key, name: str, version: str | None = None) -
 
 def model_for(permission: str):
     "The dependency of a route that names a model (`name`, and `version` where the path has one) and needs `permission`"
-    async def resolve(request: Request, name: str, version: str | None = None, key: Key = needs(permission)) -> Served:
-        return _served(request, key, name, version)
+    async def resolve(request: Request, name: str, version: str | None = None) -> Served:  # the key checked here, not by a nested dependency: each costs
+        return _served(request, await authorize(request, permission), name, version)
     resolve.permission = permission
     return Depends(resolve)
 
 # %% ../../nbs/api/32_serve.app.ipynb #8233965f
-def audit_record(request: Request) -> dict:
-    "The request's audit record, which the audit layer writes when the answer has gone"
-    return request.scope.setdefault('state', {}).setdefault('audit', {})
-
 Reading = Annotated[Served, model_for('read')]  # the model a `read` route names
 Predicting = Annotated[Served, model_for('predict')]  # the model a `predict` route names
-Audit = Annotated[dict, Depends(audit_record)]
 
 # %% ../../nbs/api/32_serve.app.ipynb #474fb923
 health_routes = APIRouter(tags=['health'])
@@ -358,9 +355,9 @@ async def model_ready(served: Reading): return {'name': served.name, 'ready': Tr
 
 @v2_routes.post('/v2/models/{name}/infer', openapi_extra=V2_BODY)
 @v2_routes.post('/v2/models/{name}/versions/{version}/infer', openapi_extra=V2_BODY)
-async def v2_infer(request: Request, served: Predicting, audit: Audit):
+async def v2_infer(request: Request, served: Predicting):
     req = read_v2(await body_of(request), request.headers.get('inference-header-content-length'))
-    values = infer(served, frame_from_v2(served.features, req), audit, request.app.state.max_rows, req.form)
+    values = infer(request, served, frame_from_v2(served.features, req), req.form)
     body, headers = encode_v2({'model_name': served.name, 'model_version': str(served.version), 'id': req.id}, served.v2_outputs(values), req)
     return Response(body, headers=headers)
 
@@ -375,8 +372,8 @@ async def v1_models(request: Request, key: Key = needs('read')):
 async def v1_model(served: Reading): return {'name': served.name, 'ready': True, 'version': str(served.version)}
 
 @v1_routes.post('/v1/models/{name}:predict', openapi_extra=V1_BODY)
-async def v1_predict(request: Request, served: Predicting, audit: Audit):
-    values = infer(served, frame_from_v1(served.features, read_v1(await body_of(request))), audit, request.app.state.max_rows)
+async def v1_predict(request: Request, served: Predicting):
+    values = infer(request, served, frame_from_v1(served.features, read_v1(await body_of(request))))
     return {'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}
 
 # %% ../../nbs/api/32_serve.app.ipynb #afc441ef
