@@ -498,6 +498,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'aiinfra_nb/ops/machines.py'),
                                          'aiinfra_nb.ops.machines.next_idle_since': ( 'api/ops.machines.html#next_idle_since',
                                                                                       'aiinfra_nb/ops/machines.py'),
+                                         'aiinfra_nb.ops.machines.refuse_stop': ( 'api/ops.machines.html#refuse_stop',
+                                                                                  'aiinfra_nb/ops/machines.py'),
                                          'aiinfra_nb.ops.machines.register_machine': ( 'api/ops.machines.html#register_machine',
                                                                                        'aiinfra_nb/ops/machines.py'),
                                          'aiinfra_nb.ops.machines.seconds_in': ( 'api/ops.machines.html#seconds_in',

@@ -16,8 +16,8 @@ from .store import StoreError, get_engine, insert_ignore, machine_sessions, mach
 
 # %% auto #0
 __all__ = ['gpu_names', 'gpu_kind', 'machine_info', 'hourly_price', 'utilization', 'next_idle_since', 'session_end', 'seconds_in',
-           'cost_in', 'MachineError', 'check_machine_name', 'register_machine', 'MachineSession', 'stop_machine',
-           'today_start']
+           'cost_in', 'MachineError', 'check_machine_name', 'register_machine', 'MachineSession', 'refuse_stop',
+           'stop_machine', 'today_start']
 
 # %% ../../nbs/api/03_ops.machines.ipynb #35288994
 def _nvml():
@@ -187,6 +187,12 @@ def close(self: MachineSession) -> float | None:
         raise StoreError(f"could not close machine session {self.id}: the store failed ({str(e.orig).strip().splitlines()[0][:200]})") from None
     return self.cost
 
+# %% ../../nbs/api/03_ops.machines.ipynb #4c8e6647
+def refuse_stop(name: str, project: Project, by: str, message: str, status: int):
+    "Record a refused stop of machine `name` asked by `by` as an event of logger `aiinfra.admin`, and raise it as a `MachineError` with `status`"
+    log_event(f"refused to stop machine {name[:200]!r} for {by} ({status}): {message}", level='WARNING', logger='aiinfra.admin', project=project)
+    raise MachineError(message, status)
+
 # %% ../../nbs/api/03_ops.machines.ipynb #1b5465b5
 def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
                  project: Project,  # whose settings say how machines stop, whose store holds them
@@ -194,9 +200,7 @@ def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
                 ) -> dict:
     "Stop machine `name` with `[machines] stop_command` and end its open sessions; returns what was done"
     engine, m, s = project.engine, project.settings.machines, machine_sessions.c
-    def refuse(message: str, status: int):
-        log_event(f"refused to stop machine {name[:200]!r} for {by} ({status}): {message}", level='WARNING', logger='aiinfra.admin', project=project)
-        raise MachineError(message, status)
+    refuse = lambda message, status: refuse_stop(name, project, by, message, status)
     if not query(sa.select(machines.c.name).where(machines.c.name == name), engine): refuse(f"no machine {name!r} in the store (see `aiinfra machines`)", 404)
     if not query(sa.select(s.id).where((s.machine == name) & s.ended_at.is_(None)), engine): refuse(f"machine {name!r} has no open session: it is off already", 409)
     if not m.stop_command: refuse("no [machines] stop_command in settings.ini: say how a machine is stopped, e.g. "

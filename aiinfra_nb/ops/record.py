@@ -222,8 +222,8 @@ class Run:
         parent = parent or current_run(engine)
         if isinstance(parent, Run): project, settings = project or parent.project, settings or parent.settings
         settings = settings or load_settings()  # a bare `start_run()` in a notebook: the project here
-        run = cls(new_id(), project or settings.project.name, kind, engine, mask_secrets(jsonable(params or {})), settings)
-        project = run.project
+        project = project or settings.project.name
+        run = cls(new_id(), project, kind, engine, mask_secrets(jsonable(params or {})), settings)
         now = time.time()
         with writing(engine) as conn:
             insert_ignore(conn, projects, name=project, created_at=now)
@@ -377,7 +377,7 @@ def beat(self: Run):
 def recording(run: Run, sigterm: bool = True):  # a started run; `sigterm`: SIGTERM interrupts the block
     "Make `run` current around a block, then end it: finished, failed (with its error) or interrupted"
     token = _current.set(run)
-    beating = Heartbeat(run.settings.machines.heartbeat_s, lambda: run.beat(), f"run {run.id}").start()
+    beating = Heartbeat(run.settings.machines.heartbeat_s, run.beat, f"run {run.id}").start()
     try:
         with on_sigterm() if sigterm else contextlib.nullcontext(): yield run
     except KeyboardInterrupt as e:

@@ -5,8 +5,7 @@
 # %% ../../nbs/api/33_serve.admin.ipynb #d6d0cea8
 from __future__ import annotations
 from ..core import Project
-from ..ops.machines import MachineError, stop_machine
-from ..ops.record import log_event
+from ..ops.machines import refuse_stop, stop_machine
 from .auth import KeyRing
 
 # %% auto #0
@@ -22,8 +21,5 @@ def stop_with_key(name: str,  # the machine, as `aiinfra machines` lists it
     key, why = KeyRing(project.engine, ttl=0).check(secret)
     refusal = (f"{why}: stopping a machine needs an admin API key (--key, or AIINFRA_API_KEY)", 401) if why else \
               (f"key {key.name!r} has the {key.role} role: stopping a machine needs an admin key", 403) if key.role != 'admin' else None
-    if refusal:
-        who = f"key {key.name!r}" if key and not why else 'no valid key'
-        log_event(f"refused to stop machine {name[:200]!r} for {who} ({refusal[1]}): {refusal[0]}", level='WARNING', logger='aiinfra.admin', project=project)
-        raise MachineError(*refusal)
+    if refusal: refuse_stop(name, project, f"key {key.name!r}" if key and not why else 'no valid key', *refusal)
     return stop_machine(name, project, by=key.name)
