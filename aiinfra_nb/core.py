@@ -326,7 +326,7 @@ def load_settings(root: str | Path | None = None,  # project root; default: `pro
     return s
 
 def clear_settings_cache():
-    "Forget the settings read so far: the next `load_settings()` reads the file and the environment again"
+    "Forget the settings read so far: the next `load_settings` call reads the file and the environment again"
     _settings_cache.clear()
 
 # %% ../nbs/api/00_core.ipynb #d56c240c
@@ -366,7 +366,7 @@ _here: tuple = (None, None)  # (the settings `Project.here` was made from, that 
 # %% ../nbs/api/00_core.ipynb #32b157d7
 def aiinfra_home(settings: AttrDict | None = None) -> Path:
     "The folder of aiinfra's own files (`[store] home`, `AIINFRA_HOME`), created if missing"
-    home = (settings or load_settings()).store.home
+    home = (settings or Project.here().settings).store.home
     home.mkdir(parents=True, exist_ok=True)
     return home
 

@@ -71,3 +71,21 @@ def test_faces_restate_no_column_lists():
                 if isinstance(arg, (ast.List, ast.Tuple)) and len(arg.elts) > 1 and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in arg.elts):
                     bad.append(f"{path.name}:{node.lineno}: {ast.unparse(arg)[:80]}")
     assert not bad, bad
+
+
+def _ambient(node) -> int:
+    "How many bare `load_settings()` calls (the settings of wherever the process stands) are inside `node`"
+    return sum(isinstance(n, ast.Call) and getattr(n.func, 'id', getattr(n.func, 'attr', None)) == 'load_settings' and not (n.args or n.keywords)
+               for n in ast.walk(node))
+
+
+def test_here_is_read_in_one_place():
+    "The ambient settings (working directory, environment) are read by `Project.here` alone; the package never changes directory"
+    ambient, chdirs = {}, []
+    for path in sorted((ROOT/'aiinfra_nb').rglob('*.py')):
+        tree = ast.parse(path.read_text())
+        if n := _ambient(tree): ambient[path.name] = n
+        chdirs += [f"{path.name}:{c.lineno}" for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, 'attr', getattr(c.func, 'id', None)) == 'chdir']
+    here = next(f for f in ast.walk(ast.parse((ROOT/'aiinfra_nb/core.py').read_text())) if isinstance(f, ast.FunctionDef) and f.name == 'here')
+    assert ambient == {'core.py': 1} and _ambient(here) == 1, ambient
+    assert not chdirs, chdirs

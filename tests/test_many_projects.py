@@ -1,6 +1,7 @@
 """One process, many projects: three scaffolded projects, each with a store of its own, opened side by side in threads
 (`Project.open`), scanned, their registries written and read, their overview built, while the working directory and the
-environment stay as they were: what the scheduler, the monitor and the alerts will do with fifty."""
+environment stay as they were, and nothing falls back to the project "here" (`Project.here`, the faces' default): what the
+scheduler, the monitor and the alerts will do with fifty."""
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from aiinfra_nb.core import Project
 from aiinfra_nb.ops.overview import project_detail
 from aiinfra_nb.ops.projects import scan_projects
+from aiinfra_nb.ops.record import Liveness
 from aiinfra_nb.scaffold import new_project
 from aiinfra_nb.models.tabular import TabularNet
 from aiinfra_nb.models.registry import Registry  # noqa: F401  (attaches Project.registry)
@@ -41,11 +43,16 @@ def _work(root: Path) -> dict:
                   features=dict(numeric=['a', 'b'], categorical=['c'], target='y', task='binary'), metrics={'auc': 0.5})
     registry.promote(project.name, 1)
     scan = scan_projects(root.parent, project=project)
-    return dict(project=project, models=project.registry.list(), scan=scan, detail=project_detail(project.name, engine=project.engine))
+    return dict(project=project, models=project.registry.list(), scan=scan, detail=project_detail(project.name, engine=project.engine, live=Liveness.of(project.settings)))
 
 
-def test_three_projects_in_one_process_side_by_side(portfolio):
+def _no_here(cls):
+    raise AssertionError("Project.here() was called: work given its project read the working directory's instead")
+
+
+def test_three_projects_in_one_process_side_by_side(portfolio, monkeypatch):
     cwd, env = os.getcwd(), dict(os.environ)
+    monkeypatch.setattr(Project, 'here', classmethod(_no_here))  # a tripwire, not a stand-in: every path below must take its project
     with ThreadPoolExecutor(len(NAMES)) as pool: done = list(pool.map(_work, [portfolio/n for n in NAMES]))
     assert (os.getcwd(), dict(os.environ)) == (cwd, env)  # nothing moved: no chdir, no variable set
     for i, (name, d) in enumerate(zip(NAMES, done)):

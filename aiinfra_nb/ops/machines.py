@@ -10,7 +10,7 @@ import psutil
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, Project, load_settings
+from ..core import AiinfraError, Project
 from .record import Heartbeat, log_event, new_id
 from .store import StoreError, get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
 
@@ -45,7 +45,7 @@ def gpu_kind(name: str) -> str:
 
 def machine_info(settings: AttrDict | None = None) -> dict:
     "This machine: name (hostname), kind, CPU count, memory and GPUs"
-    s = settings or load_settings()
+    s = settings or Project.here().settings
     gpus = gpu_names()
     kind = s.machines.kind or (gpu_kind(gpus[0]) if gpus else f'cpu-{psutil.cpu_count()}')
     return dict(name=socket.gethostname(), kind=kind, cpu_count=psutil.cpu_count(),
@@ -54,7 +54,7 @@ def machine_info(settings: AttrDict | None = None) -> dict:
 # %% ../../nbs/api/03_ops.machines.ipynb #b996e7c1
 def hourly_price(kind: str, gpu_count: int = 0, settings: AttrDict | None = None) -> float | None:
     "Hourly price of a machine of `kind` (per GPU for gpu-* kinds); None when `[prices]` lacks it"
-    prices = (settings or load_settings()).prices
+    prices = (settings or Project.here().settings).prices
     if kind not in prices: return None
     return prices[kind] * (max(gpu_count, 1) if kind.startswith('gpu-') else 1)
 
@@ -70,7 +70,7 @@ def utilization() -> dict:
 
 def next_idle_since(idle_since: float | None, sample: dict, now: float, settings: AttrDict | None = None) -> float | None:
     "When the current idle stretch began, given the previous value and a new sample (None: busy)"
-    m = (settings or load_settings()).machines
+    m = (settings or Project.here().settings).machines
     quiet = sample['cpu_pct'] < m.idle_cpu_pct and (sample['gpu_pct'] is None or sample['gpu_pct'] < m.idle_gpu_pct)
     return (idle_since or now) if quiet else None
 
@@ -125,9 +125,9 @@ class MachineSession:
     def __init__(self, project: str | None = None,  # the project paying for it; default `[project] name`
                  run_id: str | None = None,  # the run it serves, if any
                  heartbeat_s: float | None = None,  # default `[machines] heartbeat_s`; 0: no background thread
-                 engine: Engine | None = None,  # the store; default: the configured one
+                 engine: Engine | None = None,  # the store; default: its settings' store
                  settings: AttrDict | None = None):  # the settings (prices, heartbeat, machine kind); default: the project here's
-        self.settings = settings or load_settings()
+        self.settings = settings or Project.here().settings
         self.project, self.run_id = project or self.settings.project.name, run_id
         self.engine = engine or get_engine(store_url(self.settings))
         self.heartbeat_s = self.settings.machines.heartbeat_s if heartbeat_s is None else heartbeat_s
@@ -136,7 +136,7 @@ class MachineSession:
 
     def open(self) -> MachineSession:
         "Register the machine and open its session (the machine is now on)"
-        info = register_machine(engine=self.engine)
+        info = register_machine(machine_info(self.settings), self.engine)  # its kind as this project's settings name it
         self.machine, self.kind, now = info['name'], info['kind'], time.time()
         self.price = hourly_price(self.kind, info['gpu_count'], self.settings)
         if self.price is None:

@@ -8,9 +8,9 @@ import time
 from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from ..core import Rows, duration, load_settings
+from ..core import Rows, duration
 from .machines import cost_in, seconds_in, today_start
-from .record import Run, check_limit, list_events, list_runs
+from .record import Liveness, Run, check_limit, list_events, list_runs
 from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, services
 
 # %% auto #0
@@ -27,9 +27,9 @@ def month_start(now: float | None = None) -> float:
     return d.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 # %% ../../nbs/api/06_ops.overview.ipynb #4c126977
-def overview(now: float | None = None, engine: Engine | None = None) -> dict:
+def overview(now: float | None = None, engine: Engine | None = None, live: Liveness | None = None) -> dict:
     "The portfolio at a glance: projects, runs, machines, cost, API calls, services"
-    now, m = now or time.time(), load_settings().machines
+    now, m = now or time.time(), live or Liveness.here()
     day, month = today_start(now), month_start(now)
     s, r = machine_sessions.c, runs.c
     on = s.ended_at.is_(None) & (s.last_heartbeat_at >= now - m.off_after_s)
@@ -50,9 +50,9 @@ def overview(now: float | None = None, engine: Engine | None = None) -> dict:
     return query(q, engine)[0]
 
 # %% ../../nbs/api/06_ops.overview.ipynb #1699fd88
-def cost_by_project_day(days: int = 30, now: float | None = None, engine: Engine | None = None) -> Rows:
+def cost_by_project_day(days: int = 30, now: float | None = None, engine: Engine | None = None, live: Liveness | None = None) -> Rows:
     "Machine cost of each project on each of the last `days` days (UTC), oldest first; days without cost are left out"
-    now, off = now or time.time(), load_settings().machines.off_after_s
+    now, off = now or time.time(), (live or Liveness.here()).off_after_s
     s, out = machine_sessions.c, []
     for i in range(days - 1, -1, -1):
         start = today_start(now) - i * 86400
@@ -120,9 +120,9 @@ PROJECT_FOLD = ('template_drift', 'uncommitted', 'owner')
 PROJECT_FIELDS = ('project', 'owner', 'repo', 'pipeline', 'branch', 'uncommitted', 'scanned_at', 'scan_error', 'last_run_at', 'failed_week',
                   'production_models', 'cost_month')  # a project's card
 
-def project_summary(now: float | None = None, engine: Engine | None = None) -> Rows:
+def project_summary(now: float | None = None, engine: Engine | None = None, live: Liveness | None = None) -> Rows:
     "One row per project: last run, failed runs this week, production models, machine cost this month, and its last scan"
-    now, off = now or time.time(), load_settings().machines.off_after_s
+    now, off = now or time.time(), (live or Liveness.here()).off_after_s
     r, s = runs.c, machine_sessions.c
     last = (sa.select(r.project, sa.func.max(r.started_at).label('last_run_at'),
                       sa.func.sum(sa.case(((r.status == 'failed') & (r.started_at >= now - 7 * 86400), 1), else_=0)).label('failed_week'))
@@ -152,9 +152,9 @@ def project_summary(now: float | None = None, engine: Engine | None = None) -> R
 # %% ../../nbs/api/06_ops.overview.ipynb #f7538ae2
 MACHINE_COLUMNS = ['machine', 'kind', 'state', 'idle', 'cpu_pct', 'gpu_pct', 'last_heartbeat_at', 'hours_today', 'cost_today']
 
-def machines_now(now: float | None = None, engine: Engine | None = None) -> Rows:
+def machines_now(now: float | None = None, engine: Engine | None = None, live: Liveness | None = None) -> Rows:
     "One row per machine: state, idle, last cpu/gpu %, hours and cost today"
-    now, m = now or time.time(), load_settings().machines
+    now, m = now or time.time(), live or Liveness.here()
     day, s = today_start(now), machine_sessions.c
     on = s.ended_at.is_(None) & (s.last_heartbeat_at >= now - m.off_after_s)
     latest = sa.select(s.machine, s.cpu_pct, s.gpu_pct, s.last_heartbeat_at,
@@ -177,11 +177,11 @@ def machines_now(now: float | None = None, engine: Engine | None = None) -> Rows
 
 # %% ../../nbs/api/06_ops.overview.ipynb #80ef0b20
 def cost_between(start: float, end: float | None = None, project: str | None = None, now: float | None = None,
-                 engine: Engine | None = None) -> float:
+                 engine: Engine | None = None, live: Liveness | None = None) -> float:
     "Machine cost inside [start, end] (default: up to now), of one project or of all"
     now = now or time.time()
     end, s = end or now, machine_sessions.c
-    q = (sa.select(sa.func.coalesce(sa.func.sum(cost_in(start, end, now, load_settings().machines.off_after_s)), 0).label('cost'))
+    q = (sa.select(sa.func.coalesce(sa.func.sum(cost_in(start, end, now, (live or Liveness.here()).off_after_s)), 0).label('cost'))
          .where((s.started_at < end) & (s.ended_at.is_(None) | (s.ended_at >= start))))
     return query(q.where(s.project == project) if project else q, engine)[0]['cost']
 
@@ -189,10 +189,10 @@ def cost_between(start: float, end: float | None = None, project: str | None = N
 SERVICE_COLUMNS = ['name', 'project', 'kind', 'status', 'url', 'host', 'pid', 'started_at', 'last_seen_at']  # what a table shows
 SERVICE_FOLD = ('host', 'pid', 'started_at', 'kind')  # what a narrow one leaves out first
 
-def services_now(now: float | None = None, engine: Engine | None = None) -> Rows:
+def services_now(now: float | None = None, engine: Engine | None = None, live: Liveness | None = None) -> Rows:
     "Every registered service: up, down, or stale (marked up, but its heartbeat stopped)"
     now, sv = now or time.time(), services.c
-    stale = (sv.status == 'up') & (sa.func.coalesce(sv.last_seen_at, 0) < now - load_settings().machines.off_after_s)
+    stale = (sv.status == 'up') & (sa.func.coalesce(sv.last_seen_at, 0) < now - (live or Liveness.here()).off_after_s)
     return Rows(query(sa.select(sv.name, sv.project, sv.kind, sv.url, sv.host, sv.pid, sv.model, sa.case((stale, 'stale'), else_=sv.status).label('status'),
                                 sv.started_at, sv.last_seen_at).order_by(sv.name), engine), SERVICE_COLUMNS, 'services', SERVICE_FOLD)
 
@@ -208,14 +208,15 @@ def recent_requests(limit: int = 20, project: str | None = None, engine: Engine 
     return Rows(query(q.where(a.project == project) if project else q, engine), AUDIT_COLUMNS, 'latest requests', AUDIT_FOLD)
 
 # %% ../../nbs/api/06_ops.overview.ipynb #2cec771b
-def project_detail(name: str, now: float | None = None, engine: Engine | None = None) -> dict:
+def project_detail(name: str, now: float | None = None, engine: Engine | None = None, live: Liveness | None = None) -> dict:
     "One project: its summary row, stages, latest runs, models and services"
-    row = next((r for r in project_summary(now, engine) if r['project'] == name), None)
+    live = live or Liveness.here()
+    row = next((r for r in project_summary(now, engine, live) if r['project'] == name), None)
     if row is None: raise ValueError(f"no project {name!r} in the store or the last scan")
     m = models.c
-    services = services_now(now, engine)
+    services = services_now(now, engine, live)
     return dict(summary=row, stages=Rows([dict(stage=k, state=v) for k, v in row['stages'].items()], ['stage', 'state'], 'pipeline stages'),
-                runs=list_runs(project=name, limit=10, engine=engine).titled('latest runs'),
+                runs=list_runs(project=name, limit=10, engine=engine, live=live).titled('latest runs'),
                 models=Rows(query(sa.select(m.name, m.version, m.stage, m.metrics, m.created_at).where(m.project == name)
                                   .order_by(m.name, m.version.desc()).limit(20), engine), ['name', 'version', 'stage', 'metrics', 'created_at'], 'models'),
                 services=services.like([sv for sv in services if sv['project'] == name]))
@@ -233,13 +234,16 @@ def panel(now: float | None = None, run_id: str | None = None,  # the run whose 
           logs: dict | None = None,  # filters of the Logs tab: project, service, level, grep
           project: str | None = None,  # the project whose detail to include
           sort: str = 'project',  # the order of the Projects tab: a key of `PROJECT_SORTS`
-          engine: Engine | None = None) -> dict:
+          engine: Engine | None = None,
+          live: Liveness | None = None,  # when a silent heartbeat means off; default: the project here's `[machines]`
+         ) -> dict:
     "The data of every tab of the control panel"
-    now = now or time.time()
-    return dict(at=now, overview=overview(now, engine), projects=sort_projects(project_summary(now, engine), sort),
-                detail=project_detail(project, now, engine) if project else None,
-                runs=list_runs(limit=50, engine=engine).titled('latest runs'), failed_runs=list_runs(status='failed', limit=10, engine=engine).titled('failing runs'),
-                curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine),
-                cost_by_day=cost_by_project_day(14, now, engine), services=services_now(now, engine),
+    now, live = now or time.time(), live or Liveness.here()
+    return dict(at=now, overview=overview(now, engine, live), projects=sort_projects(project_summary(now, engine, live), sort),
+                detail=project_detail(project, now, engine, live) if project else None,
+                runs=list_runs(limit=50, engine=engine, live=live).titled('latest runs'),
+                failed_runs=list_runs(status='failed', limit=10, engine=engine, live=live).titled('failing runs'),
+                curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine, live),
+                cost_by_day=cost_by_project_day(14, now, engine, live), services=services_now(now, engine, live),
                 traffic=traffic(3600, now, engine), callers=top_callers(86400, 10, now, engine),
                 requests=recent_requests(20, engine=engine), logs=list_events(**(logs or {}), limit=100, engine=engine))

@@ -12,6 +12,7 @@ import yaml
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Project, Rows, SettingsError, run_tool
 from .overview import SCAN_FIELDS, project_summary
+from .record import Liveness
 from .store import StoreError, project_scans, projects, query, writing
 
 # %% auto #0
@@ -185,7 +186,7 @@ def scan_projects(root: str | Path | None = None,  # a folder of repositories; d
             for s in fresh:
                 conn.execute(project_scans.delete().where(project_scans.c.repo == s['repo']))
                 conn.execute(project_scans.insert().values(repo=s['repo'], project=s['project'], scanned_at=now, fingerprint=s['fingerprint'], state=s))
-    store = {r['project']: r for r in project_summary(now, engine)}
+    store = {r['project']: r for r in project_summary(now, engine, Liveness.of(project.settings))}
     return _only([s | dict(read=read, store_error=None) | {k: v for k, v in store.get(s['project'], {}).items() if k not in ('project', 'repo', *SCAN_FIELDS, 'stages')}
                   for s, read in results], stale, failing)
 

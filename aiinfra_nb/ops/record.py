@@ -10,15 +10,16 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, Project, Rows, fields_html, git_revision, load_settings, mask_secrets
+from ..core import AiinfraError, Project, Rows, fields_html, git_revision, mask_secrets
+from dataclasses import dataclass
 from .store import StoreError, audit, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
 
 # %% auto #0
 __all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'RUN_COLUMNS', 'RUN_FOLD',
            'EVENT_COLUMNS', 'EVENT_FOLD', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run', 'jsonable',
            'store_name', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'Heartbeat', 'recording', 'start_run',
-           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'check_limit', 'list_runs', 'list_events',
-           'last_metrics']
+           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'Liveness', 'check_limit', 'list_runs',
+           'list_events', 'last_metrics']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {t.name: tuple(c.name for c in t.columns if not c.primary_key) for t in (metrics, events, audit)}  # the tables' own, in order
@@ -161,8 +162,8 @@ def writer(engine: Engine | None = None,  # a store; default: the one `settings`
           ) -> BatchWriter:
     "This process's `BatchWriter` for `engine`"
     global _default
-    if engine is not None: return _writers.get(engine) or _new_writer(engine, settings or load_settings())
-    s = settings or load_settings()
+    if engine is not None: return _writers.get(engine) or _new_writer(engine, settings or Project.here().settings)
+    s = settings or Project.here().settings
     if _default[0] is not s: _default = (s, _writers.get(e := get_engine(store_url(s))) or _new_writer(e, s))
     return _default[1]
 
@@ -221,7 +222,7 @@ class Run:
         engine = engine or get_engine()
         parent = parent or current_run(engine)
         if isinstance(parent, Run): project, settings = project or parent.project, settings or parent.settings
-        settings = settings or load_settings()  # a bare `start_run()` in a notebook: the project here
+        settings = settings or Project.here().settings  # a bare `start_run()` in a notebook: the project here
         project = project or settings.project.name
         run = cls(new_id(), project, kind, engine, mask_secrets(jsonable(params or {})), settings)
         now = time.time()
@@ -236,13 +237,13 @@ class Run:
 
     @classmethod
     def attach(cls, run_id: str, engine: Engine | None = None,
-               settings: AttrDict | None = None,  # how this process writes its rows; default: the configured settings
+               settings: AttrDict | None = None,  # how this process writes its rows; default: the project here's
               ) -> Run:
         "The run `run_id`, already in the store (started by another process)"
         engine = engine or get_engine()
         row = query(sa.select(runs.c.project, runs.c.kind, runs.c.status, runs.c.params).where(runs.c.id == run_id), engine)
         if not row: raise RecordError(f"no run {run_id!r} in the store {mask_secrets(engine.url.render_as_string(hide_password=True))}")
-        run = cls(run_id, row[0]['project'], row[0]['kind'], engine, row[0]['params'], settings or load_settings())
+        run = cls(run_id, row[0]['project'], row[0]['kind'], engine, row[0]['params'], settings or Project.here().settings)
         run.status = row[0]['status']
         return run
 
@@ -428,7 +429,7 @@ def log_event(message: str, level: str = 'INFO', logger: str = 'aiinfra', servic
         project, w, run_id = project.name, writer(project.engine, project.settings), run.id if isinstance(run, Run) else run
     elif isinstance(run := run or current_run(), Run): project, w, run_id = project or run.project, writer(run.engine, run.settings), run.id
     else:
-        s = load_settings()  # outside a run: the project and the store come from the cached settings
+        s = Project.here().settings  # outside a run: the project here and its store
         project, w, run_id = project or s.project.name, writer(settings=s), run
     row = (time_ or time.time(), project, service, level, logger, str(message).replace('\x00', '\\0'), run_id,  # PostgreSQL text holds no NUL
            request_id, _HOST, os.getpid(), json.dumps(mask_secrets(extra), default=str) if extra else None)
@@ -462,6 +463,23 @@ class StoreHandler(logging.Handler):
             self._retry_at = time.monotonic() + STORE_RETRY_S
         except Exception: self.handleError(record)
 
+# %% ../../nbs/api/02_ops.record.ipynb #e04091dd
+@dataclass(frozen=True)
+class Liveness:
+    "When a silent heartbeat means gone (a run stale, a machine off, a service stale) and a quiet machine idle"
+    off_after_s: float  # `[machines] off_after_s`
+    idle_after_min: float  # `[machines] idle_after_min`
+
+    @classmethod
+    def of(cls, settings: AttrDict) -> Liveness:
+        "The `[machines]` thresholds of `settings`"
+        return cls(settings.machines.off_after_s, settings.machines.idle_after_min)
+
+    @classmethod
+    def here(cls) -> Liveness:
+        "The project here's: the faces' default"
+        return cls.of(Project.here().settings)
+
 # %% ../../nbs/api/02_ops.record.ipynb #b782bcf5
 MAX_LIMIT = 10_000
 
@@ -477,11 +495,13 @@ EVENT_FOLD = ('request_id', 'run_id', 'logger')
 
 def list_runs(project: str | None = None, status: str | None = None, kind: str | None = None,
               limit: int = 20, since: float | None = None,  # only runs started at or after this time (epoch seconds)
-              engine: Engine | None = None) -> Rows:
+              engine: Engine | None = None,
+              live: Liveness | None = None,  # when a silent run is stale; default: the project here's `[machines]`
+             ) -> Rows:
     "The most recent runs, newest first"
     if status and status not in RUN_STATUSES: raise RecordError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
     check_limit(limit)
-    stale = (runs.c.status == 'running') & (sa.func.coalesce(runs.c.heartbeat_at, runs.c.started_at) < time.time() - load_settings().machines.off_after_s)
+    stale = (runs.c.status == 'running') & (sa.func.coalesce(runs.c.heartbeat_at, runs.c.started_at) < time.time() - (live or Liveness.here()).off_after_s)
     state = sa.case((stale, sa.literal('stale')), else_=runs.c.status).label('state')  # running, but its process stopped beating
     q = sa.select(runs.c.id, runs.c.project, runs.c.kind, runs.c.name, runs.c.status, state, runs.c.started_at,
                   runs.c.duration_s, runs.c.host, runs.c.error, runs.c.parent_id).order_by(runs.c.started_at.desc()).limit(limit)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from fastcore.basics import patch
-from ..core import AiinfraError, Project, Rows, load_settings, mask_secrets
+from ..core import AiinfraError, Project, Rows, mask_secrets
 
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
@@ -116,7 +116,7 @@ class StoreError(AiinfraError):
 
 def store_url(settings=None) -> str:
     "The configured store URL: `AIINFRA_DB_URL` / `[store] url`, else SQLite under `AIINFRA_HOME`"
-    s = settings or load_settings()
+    s = settings or Project.here().settings
     return s.store.url or f"sqlite:///{s.store.home/'aiinfra.db'}"  # the folder is made with the engine
 
 def _safe(url: sa.URL) -> str: return mask_secrets(url.render_as_string(hide_password=True))

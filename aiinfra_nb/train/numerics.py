@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import torch
 from fastcore.basics import AttrDict
-from ..core import load_settings
+from ..core import Project
 
 # %% auto #0
 __all__ = ['PINNED_CPU', 'reproducible_numerics']
@@ -17,10 +17,10 @@ PINNED_CPU = {'ATEN_CPU_CAPABILITY': 'default',  # torch's portable kernels, not
               'MKL_CBWR': 'AVX2,STRICT',  # MKL's AVX2 code path, summing alike whatever its thread count
               'ONEDNN_MAX_CPU_ISA': 'AVX2'}  # oneDNN's AVX2 kernels, not the AVX-512 or AMX ones it picks where it can
 
-def reproducible_numerics(settings: AttrDict | None = None,  # the settings whose `[train]` decides; default: the configured ones
+def reproducible_numerics(settings: AttrDict | None = None,  # the settings whose `[train]` decides; default: the project here's
                          ) -> dict:  # reproducible, the kernels torch uses, MKL's branch, threads, and why not when not
     "Pin torch's CPU numerics (kernels, MKL's code path, threads, deterministic algorithms) as `[train] reproducible` asks"
-    t = (settings or load_settings()).train
+    t = (settings or Project.here().settings).train
     if not t.reproducible:
         return dict(reproducible=False, cpu=torch.backends.cpu.get_cpu_capability(), mkl=os.environ.get('MKL_CBWR'),
                     threads=torch.get_num_threads(), why='[train] reproducible = false')
