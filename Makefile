@@ -28,9 +28,10 @@ help:
 $(BIN)/python:
 	python3 -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml .ci/constraints-cpu.txt | $(BIN)/python
+# the toolkit, and this repository's reference project (reference/: the flights' own code, which no toolkit wheel holds)
+$(VENV)/.installed: pyproject.toml reference/pyproject.toml .ci/constraints-cpu.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -U pip 2>&1 | $(PIP_QUIET)
-	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e ".[dev]" 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e ".[dev]" -e ./reference 2>&1 | $(PIP_QUIET)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null
 	touch $@
 

@@ -39,11 +39,11 @@ ROWS = len(df)
 """ % (WEATHER,)
 
 OURS = """
-from aiinfra_nb.data import io, transforms
+from aiinfra_nb.data import io
+import flights
 raw = io.Catalog(RAW_DIR)
 lineage = [dict(source=n, version=raw.meta(n)['sha256']) for n in ('raw/flights', 'raw/weather', 'raw/planes')]
-flights = transforms.clean_flights(raw.load('raw/flights'))
-features = transforms.features(flights, raw.load('raw/weather'), raw.load('raw/planes'))
+features = flights.features(flights.clean_flights(raw.load('raw/flights')), raw.load('raw/weather'), raw.load('raw/planes'))
 meta = io.Catalog(OUT_DIR).save(features, 'processed/features', contract=CONTRACT, sources=lineage)
 ROWS, SHA = meta['rows'], meta['sha256']
 """
@@ -52,11 +52,12 @@ COSTS = """
 import json, sys, time
 import polars as pl
 from aiinfra_nb.core import file_hash
-from aiinfra_nb.data import io, transforms
+from aiinfra_nb.data import io
 from aiinfra_nb.data.contracts import check, load_contract
+from flights import clean_flights, features
 RAW_DIR, OUT = sys.argv[1:3]
 raw = io.Catalog(RAW_DIR)
-plan = lambda: transforms.features(transforms.clean_flights(raw.load('raw/flights')), raw.load('raw/weather'), raw.load('raw/planes'))
+plan = lambda: features(clean_flights(raw.load('raw/flights')), raw.load('raw/weather'), raw.load('raw/planes'))
 spent = {}
 t = time.perf_counter(); plan().collect(); spent['the transforms (the plan, collected)'] = time.perf_counter() - t
 t = time.perf_counter(); plan().sink_parquet(OUT, **io.PARQUET); sink = time.perf_counter() - t
@@ -95,7 +96,7 @@ elapsed = time.perf_counter() - t0
 hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))  # this process's peak RSS
 print(json.dumps(dict(seconds=elapsed, peak_mb=int(hwm.split()[1]) / 1024, rows=ROWS, sha=globals().get('SHA'))))
 """
-IMPORTS = {'pandas': 'import pandas, pyarrow', 'ours': 'import polars; import aiinfra_nb.data.io, aiinfra_nb.data.transforms',
+IMPORTS = {'pandas': 'import pandas, pyarrow', 'ours': 'import polars; import aiinfra_nb.data.io, flights',
            'duckdb': 'import duckdb'}
 CODE = {'pandas': PANDAS, 'ours': OURS, 'duckdb': DUCKDB}
 
@@ -104,7 +105,7 @@ def inputs(d: Path, scale: int) -> Path:
     "A raw catalog of flights (repeated `scale` times), weather and planes, as the ingest stage writes it"
     import polars as pl
     from aiinfra_nb.data import io
-    from aiinfra_nb.data.sources import read_flights13
+    from flights import read_flights13
     raw = io.Catalog(d/f'raw-x{scale}')
     flights = read_flights13('flights').frame
     raw.save(pl.concat([flights] * scale), 'raw/flights')

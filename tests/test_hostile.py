@@ -115,7 +115,7 @@ n = 40_000
 d = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 2000
 df = pl.DataFrame({'time_hour': [datetime(2013, 1, 1) + timedelta(minutes=i) for i in range(n)], 'distance': d.tolist(),
                    'delayed': (d > 1000).tolist()})
-fit(TabularDataModule(df, batch_size=512), name='job', hidden=[16], max_epochs=2, accelerator='cpu', progress=False)
+fit(TabularDataModule(df, 'delayed', batch_size=512), name='job', hidden=[16], max_epochs=2, accelerator='cpu', progress=False)
 """
 
 
@@ -288,10 +288,10 @@ def test_degenerate_training_is_refused_recorded_and_registers_nothing(tmp_path,
     from aiinfra_nb.train.datamodule import TrainingError
     monkeypatch.setenv('AIINFRA_DATA_DIR', str(tmp_path/'data')); monkeypatch.setenv('AIINFRA_TRAIN_CHECKPOINTS', str(tmp_path/'ckpt'))
     with pytest.raises(TrainingError, match=re.escape(says)):
-        fit(TabularDataModule(frame(pl), split='random', batch_size=2), name='degenerate', progress=False, **kw)
+        fit(TabularDataModule(frame(pl), 'delayed', split='random', batch_size=2), name='degenerate', progress=False, **kw)
     assert query('SELECT count(*) AS n FROM models') == [{'n': 0}]
     assert all(r['status'] == 'failed' for r in query(sa.select(runs.c.status)))  # a run, if one started, is not left running
-    with pytest.raises(TrainingError, match='batch_size 0'): TabularDataModule(frame(pl), batch_size=0)
+    with pytest.raises(TrainingError, match='batch_size 0'): TabularDataModule(frame(pl), 'delayed', batch_size=0)
 
 
 def test_secrets_in_parameters_are_not_recorded(tmp_path):

@@ -137,9 +137,9 @@ def test_readme_fit_after_the_pipeline_trains_and_never_registers_an_untrained_v
     snippet = textwrap.dedent("""
         from aiinfra_nb.train.datamodule import TabularDataModule
         from aiinfra_nb.train.fit import fit
-        result = fit(TabularDataModule('processed/features', split='time'), name='flights-delay', max_epochs=3)
+        result = fit(TabularDataModule('processed/features', 'delayed', split='time'), name='flights-delay', max_epochs=3)
         print('RESULT', result.trained, result.model_version, result.run_id)
-        again = fit(TabularDataModule('processed/features', split='time'), name='flights-delay', max_epochs=3, resume=result.run_id,
+        again = fit(TabularDataModule('processed/features', 'delayed', split='time'), name='flights-delay', max_epochs=3, resume=result.run_id,
                     progress=False)
         print('AGAIN', again.trained, again.model_version, again.note)
     """)

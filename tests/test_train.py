@@ -19,7 +19,7 @@ TRAIN = textwrap.dedent("""
     df = pl.DataFrame({'time_hour': [datetime(2013, 1, 1) + timedelta(minutes=i) for i in range(n)], 'distance': d.tolist(),
                        'carrier': ['UA', 'AA', 'DL', 'B6'] * (n // 4), 'delayed': (d > 1000).tolist()})
     devices = int(devices) if devices.isdigit() else devices
-    r = fit(TabularDataModule(df, batch_size=256), name='job', hidden=[32], lr=0.01, max_epochs=epochs, accelerator='cpu',
+    r = fit(TabularDataModule(df, 'delayed', batch_size=256), name='job', hidden=[32], lr=0.01, max_epochs=epochs, accelerator='cpu',
             strategy=strategy, devices=devices, progress=False)
     print('RESULT', r.status, r.epochs, r.model_version)
 """)

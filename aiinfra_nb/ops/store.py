@@ -17,7 +17,7 @@ from ..core import AiinfraError, Project, Rows, mask_secrets
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
            'services', 'api_keys', 'audit', 'project_scans', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS',
-           'STORE_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'epoch_timestamp',
+           'VIEW_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'epoch_timestamp',
            'ensure_schema', 'get_engine', 'writing', 'reading', 'query', 'insert_ignore', 'store_summary',
            'store_reference']
 
@@ -29,86 +29,98 @@ _Str, _Text, _Float, _Int, _JSON = sa.String(255), sa.Text, sa.Float, sa.Integer
 def _col(name, typ, **kw): return sa.Column(name, typ, **kw)
 
 projects = sa.Table('projects', metadata,
-    _col('name', _Str, primary_key=True), _col('description', _Text), _col('repo', _Text), _col('owner', _Str),
-    _col('created_at', _Float, nullable=False))
+    _col('name', _Str, primary_key=True), _col('description', _Text), _col('repo', _Text, comment='path or URL of its repository'), _col('owner', _Str),
+    _col('created_at', _Float, nullable=False),
+    comment='one row per project: its repository, owner, description')
 
 runs = sa.Table('runs', metadata,
     _col('id', sa.String(32), primary_key=True),
-    _col('project', _Str, nullable=False), _col('kind', sa.String(32), nullable=False),  # etl, train, evaluate, serve, notebook...
-    _col('name', _Str), _col('status', sa.String(16), nullable=False),  # running, finished, failed, interrupted
-    _col('params', _JSON), _col('started_at', _Float, nullable=False), _col('ended_at', _Float), _col('duration_s', _Float),
-    _col('host', _Str), _col('pid', _Int), _col('git_rev', sa.String(64)), _col('data_version', _Str),
-    _col('error', _Text), _col('output', _Text), _col('extra', _JSON),
-    _col('parent_id', sa.String(32)),  # the run this one ran inside (fit inside a pipeline notebook's run); v2
-    _col('heartbeat_at', _Float),  # last sign of life of a running run's process; v4
+    _col('project', _Str, nullable=False), _col('kind', sa.String(32), comment='etl, train, evaluate, serve, notebook, ...', nullable=False),
+    _col('name', _Str), _col('status', sa.String(16), comment='running, finished, failed, interrupted', nullable=False),
+    _col('params', _JSON, comment='parameters (JSON; secrets masked)'), _col('started_at', _Float, nullable=False), _col('ended_at', _Float), _col('duration_s', _Float),
+    _col('host', _Str), _col('pid', _Int), _col('git_rev', sa.String(64), comment='commit of the code that ran'), _col('data_version', _Str, comment='hash or DVC revision of its input'),
+    _col('error', _Text), _col('output', _Text, comment='the executed notebook, where one was kept'), _col('extra', _JSON),
+    _col('parent_id', sa.String(32), comment='the run it ran inside (fit inside a pipeline notebook)'),  # v2
+    _col('heartbeat_at', _Float, comment="last sign of life of a running run's process"),  # v4
     sa.Index('ix_runs_project_started', 'project', 'started_at'), sa.Index('ix_runs_status', 'status'),
-    sa.Index('ix_runs_parent', 'parent_id'))
+    sa.Index('ix_runs_parent', 'parent_id'),
+    comment='every pipeline stage, training, evaluation, notebook run: one row, ended as finished, failed or interrupted')
 
 metrics = sa.Table('metrics', metadata,
     _col('id', _Id, primary_key=True, autoincrement=True),
-    _col('run_id', sa.String(32), nullable=False), _col('key', _Str, nullable=False), _col('step', _Int),
-    _col('value', _Float), _col('time', _Float, nullable=False),  # value NULL: NaN was logged
-    sa.Index('ix_metrics_run', 'run_id'))  # a run's points are read together; (run_id, key, step) costs 20% of ingest
+    _col('run_id', sa.String(32), nullable=False), _col('key', _Str, nullable=False), _col('step', _Int, comment='training step or epoch'),
+    _col('value', _Float, comment='NULL where NaN was logged'), _col('time', _Float, nullable=False),
+    sa.Index('ix_metrics_run', 'run_id'),  # a run's points are read together; (run_id, key, step) costs 20% of ingest
+    comment='the points each run logged (loss per step, AUC, rows)')
 
 events = sa.Table('events', metadata,
     _col('id', _Id, primary_key=True, autoincrement=True),
     _col('time', _Float, nullable=False), _col('project', _Str), _col('service', _Str),
-    _col('level', sa.String(10), nullable=False), _col('logger', _Str), _col('message', _Text, nullable=False),
-    _col('run_id', sa.String(32)), _col('request_id', sa.String(64)), _col('host', _Str), _col('pid', _Int),
-    _col('extra', _JSON),
-    sa.Index('ix_events_time', 'time'), sa.Index('ix_events_service_time', 'service', 'time'), sa.Index('ix_events_run', 'run_id'))
+    _col('level', sa.String(10), comment='DEBUG, INFO, WARNING, ERROR, CRITICAL', nullable=False), _col('logger', _Str), _col('message', _Text, nullable=False),
+    _col('run_id', sa.String(32)), _col('request_id', sa.String(64), comment='the API request it belongs to'), _col('host', _Str), _col('pid', _Int),
+    _col('extra', _JSON, comment='structured fields (JSON)'),
+    sa.Index('ix_events_time', 'time'), sa.Index('ix_events_service_time', 'service', 'time'), sa.Index('ix_events_run', 'run_id'),
+    comment='the central log: every record of every run and service')
 
 machines = sa.Table('machines', metadata,
-    _col('name', _Str, primary_key=True),  # hostname
-    _col('kind', sa.String(64), nullable=False), _col('cpu_count', _Int), _col('memory_gb', _Float),
-    _col('gpu_count', _Int), _col('gpu_names', _JSON), _col('registered_at', _Float, nullable=False), _col('last_seen_at', _Float))
+    _col('name', _Str, comment='hostname', primary_key=True),
+    _col('kind', sa.String(64), comment='price key: cpu-<cores>, gpu-<model>', nullable=False), _col('cpu_count', _Int), _col('memory_gb', _Float),
+    _col('gpu_count', _Int), _col('gpu_names', _JSON), _col('registered_at', _Float, nullable=False), _col('last_seen_at', _Float),
+    comment='every machine that did work: its kind and size')
 
 machine_sessions = sa.Table('machine_sessions', metadata,
     _col('id', sa.String(32), primary_key=True),
     _col('machine', _Str, nullable=False), _col('kind', sa.String(64), nullable=False), _col('project', _Str),
-    _col('run_id', sa.String(32)), _col('started_at', _Float, nullable=False), _col('last_heartbeat_at', _Float, nullable=False),
-    _col('ended_at', _Float), _col('price_per_hour', _Float),  # NULL: the kind has no price in settings.ini
-    _col('cpu_pct', _Float), _col('gpu_pct', _Float), _col('mem_pct', _Float), _col('idle_since', _Float), _col('cost', _Float),
-    sa.Index('ix_sessions_machine_started', 'machine', 'started_at'), sa.Index('ix_sessions_run', 'run_id'))
+    _col('run_id', sa.String(32)), _col('started_at', _Float, nullable=False), _col('last_heartbeat_at', _Float, comment='a session without end whose heartbeat is older than [machines] off_after_s is off', nullable=False),
+    _col('ended_at', _Float), _col('price_per_hour', _Float, comment='USD, from [prices]; NULL: the kind has no price'),
+    _col('cpu_pct', _Float), _col('gpu_pct', _Float), _col('mem_pct', _Float), _col('idle_since', _Float, comment='below the idle thresholds since'), _col('cost', _Float, comment='USD, set when it closes'),
+    sa.Index('ix_sessions_machine_started', 'machine', 'started_at'), sa.Index('ix_sessions_run', 'run_id'),
+    comment='the on/off ledger: one row per process that used a machine, with its heartbeats and cost')
 
 models = sa.Table('models', metadata,
     _col('id', _Id, primary_key=True, autoincrement=True),
-    _col('project', _Str, nullable=False, server_default=DEFAULT_PROJECT),  # a model's name is unique within its project; v6
-    _col('name', _Str, nullable=False), _col('version', _Int, nullable=False), _col('stage', sa.String(32)),
-    _col('path', _Text), _col('run_id', sa.String(32)), _col('created_at', _Float, nullable=False),
-    _col('data_version', _Str), _col('git_rev', sa.String(64)), _col('metrics', _JSON), _col('meta', _JSON),
+    _col('project', _Str, nullable=False, server_default=DEFAULT_PROJECT, comment="a model's name is unique within its project"),  # v6
+    _col('name', _Str, nullable=False), _col('version', _Int, nullable=False), _col('stage', sa.String(32), comment='NULL, staging, production, archived'),
+    _col('path', _Text, comment='folder of its safetensors weights'), _col('run_id', sa.String(32)), _col('created_at', _Float, nullable=False),
+    _col('data_version', _Str), _col('git_rev', sa.String(64)), _col('metrics', _JSON), _col('meta', _JSON, comment='architecture, features, hash (JSON)'),
     sa.UniqueConstraint('project', 'name', 'version', name='uq_models_project_name_version'),
     sa.Index('uq_models_production', 'project', 'name', unique=True,  # at most one production version per model; v3, per project v6
-             sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'")))
+             sqlite_where=sa.text("stage = 'production'"), postgresql_where=sa.text("stage = 'production'")),
+    comment='the registry: every version of every model, its stage and metrics')
 
 services = sa.Table('services', metadata,
     _col('name', _Str, primary_key=True), _col('project', _Str), _col('kind', sa.String(32)), _col('url', _Text),
-    _col('host', _Str), _col('pid', _Int), _col('model', _Str), _col('status', sa.String(16)),
-    _col('started_at', _Float), _col('last_seen_at', _Float))
+    _col('host', _Str), _col('pid', _Int), _col('model', _Str), _col('status', sa.String(16), comment='up or down (stale: up without heartbeat)'),
+    _col('started_at', _Float), _col('last_seen_at', _Float),
+    comment='model services: where they listen, whether they beat')
 
 api_keys = sa.Table('api_keys', metadata,
     _col('id', sa.String(32), primary_key=True), _col('name', _Str, nullable=False),
     _col('key_hash', sa.String(128), nullable=False, unique=True), _col('prefix', sa.String(16)),
-    _col('role', sa.String(32), nullable=False), _col('project', _Str),
+    _col('role', sa.String(32), comment='read, predict or admin', nullable=False), _col('project', _Str),
     _col('created_at', _Float, nullable=False), _col('revoked_at', _Float), _col('last_used_at', _Float),
-    _col('models', _JSON), _col('expires_at', _Float))  # v5: the models a key may use (NULL: all), when it stops working
+    _col('models', _JSON, comment='models it may use (NULL: all)'), _col('expires_at', _Float),
+    comment='API keys: never the secret, only its hash')  # v5: models, expires_at
 
 audit = sa.Table('audit', metadata,
     _col('id', _Id, primary_key=True, autoincrement=True),
     _col('time', _Float, nullable=False), _col('service', _Str), _col('request_id', sa.String(64)),
     _col('key_id', sa.String(32)), _col('key_name', _Str), _col('role', sa.String(32)),
-    _col('method', sa.String(10)), _col('path', _Text), _col('model', _Str), _col('model_version', _Int),
+    _col('method', sa.String(10)), _col('path', _Text, comment='the path called'), _col('model', _Str), _col('model_version', _Int),
     _col('status_code', _Int), _col('latency_ms', _Float), _col('client', _Str), _col('error', _Text),
-    _col('route', _Text), _col('rows', _Int), _col('request_bytes', _Int), _col('payload', _Text),  # v5: what was asked
-    _col('project', _Str),  # the project whose service answered; v6
-    _col('form', sa.String(32)),  # how the body came: json or binary (V2's binary tensor data), +gzip/+deflate; v9
-    sa.Index('ix_audit_time', 'time'), sa.Index('ix_audit_key_time', 'key_id', 'time'))
+    _col('route', _Text, comment='the route template'), _col('rows', _Int, comment='rows predicted'), _col('request_bytes', _Int), _col('payload', _Text, comment='what was asked: the body, its SHA-256 or nothing ([service] audit_payload)'),  # v5
+    _col('project', _Str, comment='the project whose service answered'),  # v6
+    _col('form', sa.String(32), comment="how the body came: json or binary (V2's binary tensor data), +gzip/+deflate"),  # v9
+    sa.Index('ix_audit_time', 'time'), sa.Index('ix_audit_key_time', 'key_id', 'time'),
+    comment='every API call, refused ones included: who, what, the answer, how long')
 
-project_scans = sa.Table('project_scans', metadata,  # the last scan of each repository of the portfolio (ops.projects); v7
+project_scans = sa.Table('project_scans', metadata,  # ops.projects; v7
     _col('repo', _Text, primary_key=True), _col('project', _Str), _col('scanned_at', _Float, nullable=False),
-    _col('fingerprint', sa.String(128), nullable=False), _col('state', _JSON))
+    _col('fingerprint', sa.String(128), comment='what the scan compares to skip an unchanged repository', nullable=False), _col('state', _JSON),
+    comment="the portfolio scan's last result per repository")
 
-schema_version = sa.Table('schema_version', metadata, _col('version', _Int, nullable=False))
+schema_version = sa.Table('schema_version', metadata, _col('version', _Int, nullable=False),
+    comment="the store's schema version (one row)")
 
 # %% ../../nbs/api/01_ops.store.ipynb #166d8e26
 class StoreError(AiinfraError):
@@ -346,42 +358,21 @@ def store_summary(engine: Engine | None = None) -> dict:
     return dict(backend=engine.dialect.name, url=_safe(engine.url), schema_version=version, rows=counts)
 
 # %% ../../nbs/api/01_ops.store.ipynb #732275cc
-STORE_NOTES = {
-    'projects': ("one row per project: its repository, owner, description", {'repo': 'path or URL of its repository'}),
-    'runs': ("every pipeline stage, training, evaluation, notebook run: one row, ended as finished, failed or interrupted", {
-        'kind': 'etl, train, evaluate, serve, notebook, ...', 'status': 'running, finished, failed, interrupted',
-        'params': 'parameters (JSON; secrets masked)', 'git_rev': 'commit of the code that ran', 'data_version': 'hash or DVC revision of its input',
-        'output': 'the executed notebook, where one was kept', 'parent_id': 'the run it ran inside', 'heartbeat_at': 'last sign of life while running'}),
-    'metrics': ("the points each run logged (loss per step, AUC, rows)", {'value': 'NULL where NaN was logged', 'step': 'training step or epoch'}),
-    'events': ("the central log: every record of every run and service", {'level': 'DEBUG, INFO, WARNING, ERROR, CRITICAL',
-        'request_id': 'the API request it belongs to', 'extra': 'structured fields (JSON)'}),
-    'machines': ("every machine that did work: its kind and size", {'name': 'hostname', 'kind': 'price key: cpu-<cores>, gpu-<model>'}),
-    'machine_sessions': ("the on/off ledger: one row per process that used a machine, with its heartbeats and cost", {
-        'last_heartbeat_at': 'a session without end whose heartbeat is older than [machines] off_after_s is off',
-        'price_per_hour': 'USD, from [prices]; NULL: no price', 'idle_since': 'below the idle thresholds since', 'cost': 'USD, set when it closes'}),
-    'models': ("the registry: every version of every model, its stage and metrics", {'stage': 'NULL, staging, production, archived',
-        'path': 'folder of its safetensors weights', 'meta': 'architecture, features, hash (JSON)'}),
-    'services': ("model services: where they listen, whether they beat", {'status': 'up or down (stale: up without heartbeat)'}),
-    'api_keys': ("API keys: never the secret, only its hash", {'role': 'read, predict or admin', 'models': 'models it may use (NULL: all)'}),
-    'audit': ("every API call, refused ones included: who, what, the answer, how long", {'route': 'the route template', 'path': 'the path called',
-        'payload': 'what was asked: the body, its SHA-256 or nothing ([service] audit_payload)', 'rows': 'rows predicted'}),
-    'project_scans': ("the portfolio scan's last result per repository", {'fingerprint': 'what the scan compares to skip an unchanged repository'}),
-    'schema_version': ("the store's schema version (one row)", {}),
-    'bi_runs': ("view: runs with timestamps", {}),
-    'bi_metrics': ("view: metric points with their run's project and name, timestamps", {}),
-    'bi_events': ("view: the log with timestamps", {}),
-    'bi_machine_sessions': ("view: sessions with timestamps, hours and cost (open ones up to their last heartbeat)", {}),
-    'bi_models': ("view: model versions with timestamps", {}),
-    'bi_audit': ("view: API calls with timestamps", {}),
+VIEW_NOTES = {  # the tables' notes are their comments (`Table(comment=)`, `Column(comment=)`): in the schema, and in PostgreSQL's catalog
+    'bi_runs': "view: runs with timestamps",
+    'bi_metrics': "view: metric points with their run's project and name, timestamps",
+    'bi_events': "view: the log with timestamps",
+    'bi_machine_sessions': "view: sessions with timestamps, hours and cost (open ones up to their last heartbeat)",
+    'bi_models': "view: model versions with timestamps",
+    'bi_audit': "view: API calls with timestamps",
 }
 
 def store_reference() -> Rows:
     "Every table and view of the store: column, type, and what it holds"
     out = []
-    def add(name, kind, columns):
-        what, notes = STORE_NOTES[name]
+    def add(name, kind, what, columns):
         out.append(dict(table=name, column='', type=kind, note=what))
-        out.extend(dict(table=name, column=c.name, type=str(c.type), note=notes.get(c.name, '')) for c in columns)
-    for t in metadata.tables.values(): add(t.name, 'table', t.columns)
-    for name, q in _bi_views(lambda c: sa.func.to_timestamp(c, type_=sa.DateTime)).items(): add(name, 'view', q.selected_columns)
+        out.extend(dict(table=name, column=c.name, type=str(c.type), note=getattr(c, 'comment', None) or '') for c in columns)
+    for t in metadata.tables.values(): add(t.name, 'table', t.comment, t.columns)
+    for name, q in _bi_views(lambda c: sa.func.to_timestamp(c, type_=sa.DateTime)).items(): add(name, 'view', VIEW_NOTES[name], q.selected_columns)
     return Rows(out, ['table', 'column', 'type', 'note'], 'the store')

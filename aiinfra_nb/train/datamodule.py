@@ -54,11 +54,13 @@ class ShardedBatchSampler(Sampler):
 # %% ../../nbs/api/21_train.datamodule.ipynb #8c50a24d
 class TabularDataModule(ptl.LightningDataModule):
     "A catalog dataset (or a frame) as tensors, split, preprocessed on the training split, served in indexed batches"
-    def __init__(self, data: str | pl.DataFrame | pl.LazyFrame = 'processed/features',  # a dataset name, or a frame
-                 target: str = 'delayed', numeric: list[str] | None = None, categorical: list[str] | None = None,
+    def __init__(self, data: str | pl.DataFrame | pl.LazyFrame,  # a dataset name in `catalog` (e.g. 'processed/features'), or a frame
+                 target: str,  # the column to learn
+                 numeric: list[str] | None = None, categorical: list[str] | None = None,
                  task: str = 'binary',  # binary, multiclass or regression: how the target becomes `y`
                  split: str = 'time',  # 'time' or 'random'
-                 time_column: str = 'time_hour', val_fraction: float = 0.2, seed: int = 0, batch_size: int = 1024,
+                 time_column: str | None = None,  # what split='time' orders by; default: the data's only date or date-time column
+                 val_fraction: float = 0.2, seed: int = 0, batch_size: int = 1024,
                  catalog: str | None = None):  # catalog folder, when `data` is a name
         super().__init__()
         task_named(task)  # an unknown task is refused here, before any data is read
@@ -91,11 +93,22 @@ def _labels(self: TabularDataModule, y: pl.Series) -> pl.Series:
 
 # %% ../../nbs/api/21_train.datamodule.ipynb #e301cc6d
 @patch
+def _time_column(self: TabularDataModule, df: pl.DataFrame) -> str:
+    "The column split='time' orders by: the one named, else the only date or date-time column"
+    if self.time_column:
+        if self.time_column not in df.columns: raise TrainingError(f"split='time' needs the column {self.time_column!r}; or use split='random'")
+        return self.time_column
+    times = [c for c, t in df.schema.items() if isinstance(t, (pl.Date, pl.Datetime)) and c != self.target]
+    if len(times) != 1:
+        found = f"{len(times)} ({', '.join(times)})" if times else 'none'
+        raise TrainingError(f"split='time' orders the rows by their date column, and the data has {found}: name one with time_column=, or use split='random'")
+    return times[0]
+
+@patch
 def _split(self: TabularDataModule, df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     n_val = max(1, int(round(df.height * self.val_fraction)))
     if self.split == 'time':
-        if self.time_column not in df.columns: raise TrainingError(f"split='time' needs the column {self.time_column!r}; or use split='random'")
-        order = torch.from_numpy(df.select(pl.arg_sort_by(self.time_column, maintain_order=True)).to_series().to_numpy().astype('int64'))
+        order = torch.from_numpy(df.select(pl.arg_sort_by(self._time_column(df), maintain_order=True)).to_series().to_numpy().astype('int64'))
     else: order = torch.randperm(df.height, generator=torch.Generator().manual_seed(self.seed))
     return order[:-n_val], order[-n_val:]
 

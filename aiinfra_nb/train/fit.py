@@ -161,7 +161,7 @@ class TrainingJob:
 
 # %% ../../nbs/api/25_train.fit.ipynb #bb867948
 def fit(dm: TabularDataModule,  # the data (its `task` says what the model learns)
-        name: str = 'flights-delay',  # the model's name (registry, checkpoints, run)
+        name: str | None = None,  # the model's name (registry, checkpoints, run); default: the project's
         model: str = 'TabularNet',  # the network: a declared model class (`models.tabular.model_class`)
         hidden: list[int] = [128, 128], dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
         resume: bool | str = True,  # True: continue this training's unfinished checkpoint; a run id: that run's; False: start over
@@ -174,10 +174,10 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
         **training,  # `LOOP_ARGUMENTS` and Lightning `Fabric` arguments, passed unchanged (over `TRAINING_DEFAULTS`)
        ) -> FitResult:
     "Train on demand: ledger, checkpoints, resume, preemption, registration"
-    check_model_name(name)
+    here = project if isinstance(project, Project) else Project.here()  # an entry point: the project the notebook runs in
+    name = check_model_name(name or (project if isinstance(project, str) else here.name))
     model_class(model)
     training = training_arguments(**training)
-    here = project if isinstance(project, Project) else Project.here()  # an entry point: the project the notebook runs in
     s = here.settings
     numerics = reproducible_numerics(s)  # before any torch operation of the training: the same bits on another machine
     if numerics['why'] and s.train.reproducible: log.warning(numerics['why'])
