@@ -66,7 +66,7 @@ test-py: install services browser containers
 test: sync-check test-nbs test-py
 
 test-fast: sync-check test-nbs services
-	$(PYTEST) -m "not (browser or images or load or e2e)" tests
+	$(PYTEST) -m "not (browser or images or load or e2e or scheduler)" tests
 
 # where `make demo` pushes DVC-tracked data when the repo names no remote (teams point it at S3/SSH: README)
 DVC_REMOTE ?= $(HOME)/.aiinfra/dvc-remote

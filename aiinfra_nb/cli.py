@@ -10,18 +10,20 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.markup import escape
-from .core import AiinfraError, money, text_table
+from .core import AiinfraError, money, parse_duration, text_table
 from .ops.overview import machines_now
 from .ops.record import list_events, list_runs
 from .ops.store import store_summary
 
 # %% auto #0
 __all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'image_app', 'registry_app',
-           'terminal_width', 'show', 'status', 'runs', 'machines', 'machines_stop', 'logs', 'sql_', 'datasets',
-           'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create', 'keys_list', 'keys_revoke',
-           'audit_', 'services_', 'dashboard', 'demo_fleet_', 'projects', 'new_', 'upgrade_', 'contract_infer',
-           'contract_check', 'stages_sync', 'stages_check', 'image_build', 'image_push', 'images_', 'registry_start',
-           'registry_stop', 'main']
+           'scheduler_app', 'schedule_app', 'terminal_width', 'show', 'status', 'runs', 'machines', 'machines_stop',
+           'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create',
+           'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_', 'projects', 'new_',
+           'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check', 'image_build', 'image_push',
+           'images_', 'registry_start', 'registry_stop', 'main', 'scheduler_start', 'scheduler_stop',
+           'scheduler_status_', 'schedule_add', 'schedule_list', 'schedule_run', 'schedule_pause', 'schedule_resume',
+           'schedule_remove']
 
 # %% ../nbs/api/50_cli.ipynb #04afe1f0
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -192,8 +194,7 @@ def audit_(key: str = typer.Option(None, help="a key's id or name"), model: str 
     "Who asked what: the latest calls to the model service"
     import time
     from aiinfra_nb.serve.audit import list_audit
-    from aiinfra_nb.serve.auth import parse_duration
-    rows = list_audit(key=key, model=model, status=status, since=time.time() - parse_duration(since) if since else None, limit=limit)
+    rows = list_audit(key=key, model=model, status=status, since=time.time() - parse_duration(since, '--since') if since else None, limit=limit)
     show(rows, as_json=as_json)
 
 @app.command('services')
@@ -370,3 +371,80 @@ def main():
         print(f"aiinfra: error: {e}", file=sys.stderr); sys.exit(1)
     except sa.exc.OperationalError as e:
         print(f"aiinfra: error: the store stopped answering: {str(e.orig).strip().splitlines()[0]}", file=sys.stderr); sys.exit(1)
+
+# %% ../nbs/api/50_cli.ipynb #1da05ec1
+scheduler_app = typer.Typer(help="The scheduler (Prefect): start, stop, status of this machine's server and worker.", no_args_is_help=True)
+app.add_typer(scheduler_app, name='scheduler')
+schedule_app = typer.Typer(help="Schedules: a project's pipeline (dvc repro) on a cron or an interval, with retries and a timeout.", no_args_is_help=True)
+app.add_typer(schedule_app, name='schedule')
+
+def _print_scheduler(st: dict):
+    print(f"scheduler {'up' if st['up'] else 'down'} at {st['api']} (UI: {st['ui']}); pool {st['pool']}; "
+          f"server pid {st['server_pid'] or '-'}, worker pid {st['worker_pid'] or '-'}; files in {st['home']}")
+    if st['up']: show(st['schedules'])
+
+@scheduler_app.command('start')
+def scheduler_start():
+    "Start the Prefect server (unless [orchestrator] api_url names one) and a worker on the work pool, in the background"
+    from aiinfra_nb.orchestrate import start_scheduler
+    _print_scheduler(start_scheduler())
+
+@scheduler_app.command('stop')
+def scheduler_stop():
+    "Stop this machine's worker and server (the schedules stay: a start brings them back)"
+    from aiinfra_nb.orchestrate import stop_scheduler
+    r = stop_scheduler()
+    print(', '.join(f"{k} {'stopped' if v else 'was not running'}" for k, v in r.items()))
+
+@scheduler_app.command('status')
+def scheduler_status_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "What runs: the server and its UI, the worker, the pool, each schedule's next run"
+    from aiinfra_nb.orchestrate import scheduler_status
+    st = scheduler_status()
+    if as_json: return print(json.dumps({**st, 'schedules': list(st['schedules'])}, default=str, indent=1))
+    _print_scheduler(st)
+
+@schedule_app.command('add')
+def schedule_add(project_dir: Path = typer.Argument(..., help="the project's repository (its committed HEAD runs)"),
+                 cron: str = typer.Option(None, help="a cron expression, e.g. '0 3 * * *'"),
+                 every: str = typer.Option(None, help='an interval: 10s, 30m, 6h, 1d'),
+                 stages: str = typer.Option(None, help='some stages, comma-separated (default: all)'),
+                 retries: int = typer.Option(0, min=0, max=100, help='tries after a failure'),
+                 timeout: str = typer.Option(None, help='stop and fail a run that takes longer, e.g. 30m'),
+                 name: str = typer.Option(None, help="default: the project's name"),
+                 pool: str = typer.Option(None, help='a work pool (default: [orchestrator] pool)')):
+    "Schedule a project's pipeline"
+    from aiinfra_nb.orchestrate import add_schedule
+    r = add_schedule(project_dir, cron, every, [x.strip() for x in stages.split(',') if x.strip()] if stages else None, retries, timeout, name, pool)
+    print(f"scheduled {r['name']}: {r['trigger']}, dvc repro of {r['project']} on pool {r['pool']}")
+
+@schedule_app.command('list')
+def schedule_list(as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Every schedule: project, trigger, stages, next and last run"
+    from aiinfra_nb.orchestrate import list_schedules
+    show(list_schedules(), as_json=as_json)
+
+@schedule_app.command('run')
+def schedule_run(name: str):
+    "Run a schedule now"
+    from aiinfra_nb.orchestrate import run_schedule
+    r = run_schedule(name)
+    print(f"{name}: flow run {r['flow_run']} ({r['flow_run_id']}) queued")
+
+@schedule_app.command('pause')
+def schedule_pause(name: str):
+    "Stop a schedule from starting runs"
+    from aiinfra_nb.orchestrate import pause_schedule
+    pause_schedule(name); print(f"{name}: paused")
+
+@schedule_app.command('resume')
+def schedule_resume(name: str):
+    "Let a paused schedule start runs again"
+    from aiinfra_nb.orchestrate import resume_schedule
+    resume_schedule(name); print(f"{name}: resumed")
+
+@schedule_app.command('remove')
+def schedule_remove(name: str):
+    "Delete a schedule (its runs stay in the store)"
+    from aiinfra_nb.orchestrate import remove_schedule
+    remove_schedule(name); print(f"{name}: removed")

@@ -16,8 +16,8 @@ __all__ = ['ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES',
            'CUT_FIRST', 'CUT_LAST', 'SHORT_HEADERS', 'TABLE_STYLE', 'AiinfraError', 'SettingsError', 'FeatureError',
            'project_root', 'read_settings', 'mask_secrets', 'load_settings', 'clear_settings_cache', 'Project',
            'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
-           'git_revision', 'run_tool', 'money', 'duration', 'cell_text', 'short_time', 'text_table', 'table_html',
-           'fields_html', 'Rows']
+           'git_revision', 'run_tool', 'money', 'duration', 'cell_text', 'parse_duration', 'short_time', 'text_table',
+           'table_html', 'fields_html', 'Rows']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -135,6 +135,19 @@ push_timeout_s = 600
 # folder holding the company's project repositories; empty: not configured
 root =
 
+[orchestrator]
+# the Prefect server that runs the schedules (`aiinfra scheduler`, `aiinfra schedule`), e.g. http://prefect.internal:4200/api;
+# empty: `aiinfra scheduler start` runs one on 127.0.0.1:port, its database under [store] home
+api_url =
+port = 4200
+# the process work pool its worker takes runs from, and how many runs that worker runs at once (one per project at most)
+pool = aiinfra
+concurrency = 4
+# a failed scheduled run is tried again after this many seconds (`schedule add --retries N` says how many times)
+retry_delay_s = 10
+# how long `scheduler start` waits for the server to answer (its first start builds its database)
+start_timeout_s = 180
+
 [scaffold]
 # the project template of `aiinfra new` / `aiinfra upgrade`: a path or git URL of the aiinfra_nb repository;
 # empty: the repository this toolkit is installed from
@@ -172,6 +185,8 @@ SETTINGS_SCHEMA = {
     'images': {'registry': 'str', 'base_suite': 'str', 'base_mirror': 'str', 'storage_driver': 'str', 'isolation': 'str',
                'push_timeout_s': 'float 1..86400'},
     'portfolio': {'root': 'path'},
+    'orchestrator': {'api_url': 'str', 'port': 'int 1..65535', 'pool': 'str', 'concurrency': 'int 1..1000', 'retry_delay_s': 'float 0..86400',
+                     'start_timeout_s': 'float 1..3600'},
     'scaffold': {'template': 'str'},
     'data': {'dir': 'folder'},
     'train': {'checkpoints': 'path', 'shutdown_command': 'str', 'reproducible': 'bool', 'threads': 'int 1..1024'},
@@ -481,6 +496,16 @@ def cell_text(key: str, v) -> str:
     if key.endswith('_s') or key == 'duration': return duration(v)
     if isinstance(v, int) or float(v).is_integer(): return f'{int(v):,}'
     return f'{v:,.4g}' if abs(v) < 1e6 else f'{v:,.0f}'
+
+# %% ../nbs/api/00_core.ipynb #7f08807a
+_DURATION = re.compile(r'^(\d+)\s*([smhdw])$')
+_UNIT_S = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
+
+def parse_duration(text: str, what: str = 'duration', error: type[AiinfraError] = AiinfraError) -> float:
+    "Seconds in '90d', '12h', '30m', '45s' or '2w'; else `error` naming `what`"
+    m = _DURATION.match(str(text).strip().lower())
+    if not m or int(m.group(1)) == 0: raise error(f"{what} {text!r}: expected a number and a unit, like 90d, 12h, 30m, 10s")
+    return int(m.group(1)) * _UNIT_S[m.group(2)]
 
 # %% ../nbs/api/00_core.ipynb #d7d801e0
 ELLIPSIS = '…'

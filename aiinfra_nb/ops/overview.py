@@ -11,14 +11,14 @@ from sqlalchemy.engine import Engine
 from ..core import Rows, duration
 from .machines import cost_in, seconds_in, today_start
 from .record import Liveness, Run, check_limit, list_events, list_runs
-from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, services
+from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, schedules, services
 
 # %% auto #0
 __all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'PROJECT_COLUMNS', 'PROJECT_FOLD', 'PROJECT_FIELDS', 'MACHINE_COLUMNS',
-           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'PROJECT_SORTS', 'month_start', 'overview',
-           'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary',
-           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail', 'sort_projects',
-           'panel']
+           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'SCHEDULE_NOW_COLUMNS', 'PROJECT_SORTS',
+           'month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail',
+           'project_summary', 'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail',
+           'schedules_now', 'scheduler_ui', 'sort_projects', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def month_start(now: float | None = None) -> float:
@@ -114,24 +114,25 @@ SCAN_FIELDS = ('pipeline', 'branch', 'uncommitted', 'template_drift')  # what th
 NOT_SCANNED = {True: 'its repository was never scanned: Refresh (or `aiinfra projects`) scans it',
                False: 'no repository filed for it: `aiinfra new` files one, and a scan of [portfolio] root finds it'}
 
-PROJECT_COLUMNS = ['project', 'owner', 'pipeline', 'branch', 'uncommitted', 'last_run_at', 'failed_week', 'production_models', 'cost_month',
-                   'template_drift', 'scan_error']
-PROJECT_FOLD = ('template_drift', 'uncommitted', 'owner')
-PROJECT_FIELDS = ('project', 'owner', 'repo', 'pipeline', 'branch', 'uncommitted', 'scanned_at', 'scan_error', 'last_run_at', 'failed_week',
-                  'production_models', 'cost_month')  # a project's card
+PROJECT_COLUMNS = ['project', 'owner', 'pipeline', 'branch', 'uncommitted', 'last_run_at', 'schedule', 'last_scheduled_at', 'next_scheduled_at',
+                   'failed_week', 'production_models', 'cost_month', 'template_drift', 'scan_error']
+PROJECT_FOLD = ('template_drift', 'uncommitted', 'owner', 'last_scheduled_at', 'next_scheduled_at')
+PROJECT_FIELDS = ('project', 'owner', 'repo', 'pipeline', 'branch', 'uncommitted', 'scanned_at', 'scan_error', 'last_run_at', 'schedule',
+                  'last_scheduled_at', 'next_scheduled_at', 'failed_week', 'production_models', 'cost_month')  # a project's card
 
 def project_summary(now: float | None = None, engine: Engine | None = None, live: Liveness | None = None) -> Rows:
     "One row per project: last run, failed runs this week, production models, machine cost this month, and its last scan"
     now, off = now or time.time(), (live or Liveness.here()).off_after_s
     r, s = runs.c, machine_sessions.c
     last = (sa.select(r.project, sa.func.max(r.started_at).label('last_run_at'),
+                      sa.func.max(sa.case((r.kind == 'schedule', r.started_at))).label('last_scheduled_at'),
                       sa.func.sum(sa.case(((r.status == 'failed') & (r.started_at >= now - 7 * 86400), 1), else_=0)).label('failed_week'))
             .group_by(r.project).subquery())
     prod = sa.select(models.c.project, sa.func.count().label('production_models')).where(models.c.stage == 'production').group_by(models.c.project).subquery()
     month = month_start(now)
     cost = (sa.select(s.project, sa.func.sum(cost_in(month, now, now, off)).label('cost_month'))
             .where(s.ended_at.is_(None) | (s.ended_at >= month)).group_by(s.project).subquery())
-    q = (sa.select(projects.c.name.label('project'), projects.c.owner, projects.c.repo, last.c.last_run_at, last.c.failed_week,
+    q = (sa.select(projects.c.name.label('project'), projects.c.owner, projects.c.repo, last.c.last_run_at, last.c.last_scheduled_at, last.c.failed_week,
                    prod.c.production_models, cost.c.cost_month)
          .select_from(projects.outerjoin(last, last.c.project == projects.c.name).outerjoin(prod, prod.c.project == projects.c.name)
                       .outerjoin(cost, cost.c.project == projects.c.name)).order_by(projects.c.name))
@@ -141,9 +142,16 @@ def project_summary(now: float | None = None, engine: Engine | None = None, live
         st = scan['state'] or {}
         row = rows.setdefault(scan['project'], dict(project=scan['project'], owner=None, repo=scan['repo'], last_run_at=None))
         row.update({k: st.get(k) for k in SCAN_FIELDS}, scan_error=st.get('error'), scanned_at=scan['scanned_at'], stages=st.get('stages') or {})
+    planned = {}
+    for sc in query(sa.select(schedules.c.project, schedules.c.trigger, schedules.c.paused, schedules.c.next_run_at).order_by(schedules.c.name), engine):
+        planned.setdefault(sc['project'], []).append(sc)
     for row in rows.values():
+        mine = planned.get(row['project'], [])
+        active = [sc for sc in mine if not sc['paused']]
         row.update(failed_week=row.get('failed_week') or 0, production_models=row.get('production_models') or 0,
-                   cost_month=round(row.get('cost_month') or 0, 6))
+                   cost_month=round(row.get('cost_month') or 0, 6), last_scheduled_at=row.get('last_scheduled_at'),
+                   schedule=(mine[0]['trigger'] + (' (paused)' if mine[0]['paused'] else '') if len(mine) == 1 else f"{len(mine)} schedules") if mine else None,
+                   next_scheduled_at=min((sc['next_run_at'] for sc in active if sc['next_run_at']), default=None))
         for k in (*SCAN_FIELDS, 'scan_error', 'scanned_at'): row.setdefault(k, None)
         row.setdefault('stages', {})
         if row['scanned_at'] is None: row.update(pipeline='not scanned', scan_error=NOT_SCANNED[row['repo'] is not None])
@@ -221,6 +229,25 @@ def project_detail(name: str, now: float | None = None, engine: Engine | None = 
                                   .order_by(m.name, m.version.desc()).limit(20), engine), ['name', 'version', 'stage', 'metrics', 'created_at'], 'models'),
                 services=services.like([sv for sv in services if sv['project'] == name]))
 
+# %% ../../nbs/api/06_ops.overview.ipynb #7c529e2c
+SCHEDULE_NOW_COLUMNS = ['name', 'project', 'trigger', 'paused', 'next_run_at', 'last_run_at', 'last_status', 'last_error']
+
+def schedules_now(engine: Engine | None = None) -> Rows:
+    "Every schedule in the store, with its next run and its last run (how it ended)"
+    sc, r = schedules.c, runs.c
+    latest = sa.select(r.name, r.started_at, r.status, r.error, sa.func.row_number().over(partition_by=r.name, order_by=r.started_at.desc()).label('rn')
+                       ).where(r.kind == 'schedule').subquery()
+    q = (sa.select(sc.name, sc.project, sc.trigger, sc.paused, sc.next_run_at, latest.c.started_at.label('last_run_at'),
+                   latest.c.status.label('last_status'), latest.c.error.label('last_error'))
+         .select_from(schedules.outerjoin(latest, (latest.c.name == sc.name) & (latest.c.rn == 1))).order_by(sc.name))
+    return Rows(query(q, engine), SCHEDULE_NOW_COLUMNS, 'schedules', ('last_error', 'project'))
+
+# %% ../../nbs/api/06_ops.overview.ipynb #491a426f
+def scheduler_ui(settings) -> str:
+    "Where Prefect's UI is: `[orchestrator] api_url` without its /api, else this machine's server"
+    o = settings.orchestrator
+    return o.api_url.rstrip('/').removesuffix('/api') if o.api_url else f"http://127.0.0.1:{o.port}"
+
 # %% ../../nbs/api/06_ops.overview.ipynb #7ec31429
 PROJECT_SORTS = {'project': False, 'pipeline': False, 'last_run_at': True, 'failed_week': True, 'cost_month': True}  # key -> descending
 
@@ -244,6 +271,6 @@ def panel(now: float | None = None, run_id: str | None = None,  # the run whose 
                 runs=list_runs(limit=50, engine=engine, live=live).titled('latest runs'),
                 failed_runs=list_runs(status='failed', limit=10, engine=engine, live=live).titled('failing runs'),
                 curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine, live),
-                cost_by_day=cost_by_project_day(14, now, engine, live), services=services_now(now, engine, live),
+                cost_by_day=cost_by_project_day(14, now, engine, live), services=services_now(now, engine, live), schedules=schedules_now(engine),
                 traffic=traffic(3600, now, engine), callers=top_callers(86400, 10, now, engine),
                 requests=recent_requests(20, engine=engine), logs=list_events(**(logs or {}), limit=100, engine=engine))

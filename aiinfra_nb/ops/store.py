@@ -16,8 +16,8 @@ from ..core import AiinfraError, Project, Rows, mask_secrets
 
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
-           'services', 'api_keys', 'audit', 'project_scans', 'schema_version', 'BUSY_TIMEOUT_MS', 'MIGRATIONS',
-           'VIEW_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'epoch_timestamp',
+           'services', 'api_keys', 'audit', 'project_scans', 'schedules', 'schema_version', 'BUSY_TIMEOUT_MS',
+           'MIGRATIONS', 'VIEW_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'epoch_timestamp',
            'ensure_schema', 'get_engine', 'writing', 'reading', 'query', 'insert_ignore', 'store_summary',
            'store_reference']
 
@@ -118,6 +118,14 @@ project_scans = sa.Table('project_scans', metadata,  # ops.projects; v7
     _col('repo', _Text, primary_key=True), _col('project', _Str), _col('scanned_at', _Float, nullable=False),
     _col('fingerprint', sa.String(128), comment='what the scan compares to skip an unchanged repository', nullable=False), _col('state', _JSON),
     comment="the portfolio scan's last result per repository")
+
+schedules = sa.Table('schedules', metadata,  # orchestrate: a mirror of the Prefect deployments, for %%sql and the panel; v10
+    _col('name', _Str, primary_key=True), _col('project', _Str, nullable=False), _col('repo', _Text, comment='the repository it runs'),
+    _col('trigger', _Str, comment="'every 10s', 'cron 0 3 * * *'"), _col('stages', _JSON, comment='the stages it reproduces (NULL: all)'),
+    _col('retries', _Int), _col('timeout_s', _Float), _col('pool', _Str, comment='the Prefect work pool that runs it'),
+    _col('deployment_id', sa.String(64), comment="its Prefect deployment's id"), _col('paused', sa.Boolean, nullable=False),
+    _col('created_at', _Float, nullable=False), _col('next_run_at', _Float, comment="its next run, as Prefect said when last asked"),
+    comment='the schedules of the projects\' pipelines (`aiinfra schedule add`): Prefect runs them, the runs are in runs')
 
 schema_version = sa.Table('schema_version', metadata, _col('version', _Int, nullable=False),
     comment="the store's schema version (one row)")
@@ -263,8 +271,17 @@ def _v9_audit_form(op):
     "v9: an audited call says how its body came (json, binary tensor data, compressed)"
     op.add_column('audit', sa.Column('form', sa.String(32)))
 
+def _v10_schedules(op):
+    "v10: the projects' schedules (orchestrate), mirrored from Prefect"
+    op.create_table('schedules', sa.Column('name', sa.String(255), primary_key=True), sa.Column('project', sa.String(255), nullable=False),
+                    sa.Column('repo', sa.Text), sa.Column('trigger', sa.String(255)), sa.Column('stages', sa.JSON), sa.Column('retries', sa.Integer),
+                    sa.Column('timeout_s', sa.Float), sa.Column('pool', sa.String(255)), sa.Column('deployment_id', sa.String(64)),
+                    sa.Column('paused', sa.Boolean, nullable=False), sa.Column('created_at', sa.Float, nullable=False),
+                    sa.Column('next_run_at', sa.Float))
+
 MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects,
-                                   7: _v7_project_scans, 8: _v8_bi_views, 9: _v9_audit_form}  # version -> step(op: alembic Operations) from version-1
+                                   7: _v7_project_scans, 8: _v8_bi_views, 9: _v9_audit_form,
+                                   10: _v10_schedules}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine

@@ -4,20 +4,20 @@
 
 # %% ../../nbs/api/30_serve.auth.ipynb #aeb5562d
 from __future__ import annotations
-import hashlib, re, secrets, time
+import hashlib, secrets, time
 from dataclasses import dataclass
 import sqlalchemy as sa
 from limits import parse as parse_rate
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, Rows
+from ..core import AiinfraError, Rows, parse_duration
 from ..ops.record import new_id
 from ..ops.store import api_keys, query, writing
 
 # %% auto #0
-__all__ = ['PERMISSIONS', 'ROLES', 'AuthError', 'parse_duration', 'hash_secret', 'create_key', 'list_keys', 'revoke_key', 'Key',
-           'KeyRing', 'RateLimits']
+__all__ = ['PERMISSIONS', 'ROLES', 'AuthError', 'hash_secret', 'create_key', 'list_keys', 'revoke_key', 'Key', 'KeyRing',
+           'RateLimits']
 
 # %% ../../nbs/api/30_serve.auth.ipynb #d5012793
 PERMISSIONS = ('read', 'predict', 'admin')
@@ -26,14 +26,7 @@ ROLES = {'read': {'read'}, 'predict': {'read', 'predict'}, 'admin': {'read', 'pr
 class AuthError(AiinfraError):
     "A bad key request: an unknown role, key or duration"
 
-_DURATION = re.compile(r'^(\d+)\s*([smhdw])$')
-_UNIT_S = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 
-def parse_duration(text: str) -> float:
-    "Seconds in '90d', '12h', '30m', '45s' or '2w'"
-    m = _DURATION.match(str(text).strip().lower())
-    if not m or int(m.group(1)) == 0: raise AuthError(f"duration {text!r}: expected a number and a unit, like 90d, 12h, 30m")
-    return int(m.group(1)) * _UNIT_S[m.group(2)]
 
 # %% ../../nbs/api/30_serve.auth.ipynb #da13eb96
 def hash_secret(secret: str) -> str:
@@ -51,7 +44,7 @@ def create_key(name: str,  # who or what holds it, e.g. 'billing-service'
     secret = 'aik_' + secrets.token_urlsafe(32)
     now = time.time()
     row = dict(id=new_id(), name=name, key_hash=hash_secret(secret), prefix=secret[:10], role=role, created_at=now,
-               models=sorted(set(models)) if models else None, expires_at=now + parse_duration(expires) if expires else None)
+               models=sorted(set(models)) if models else None, expires_at=now + parse_duration(expires, error=AuthError) if expires else None)
     with writing(engine) as conn: conn.execute(api_keys.insert().values(**row))
     return {**{k: v for k, v in row.items() if k != 'key_hash'}, 'secret': secret}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
 from IPython.display import display
-from ..core import TABLE_STYLE, cell_text, duration, fields_html, money
-from ..ops.overview import PROJECT_FIELDS, PROJECT_SORTS, panel, run_detail
+from ..core import TABLE_STYLE, Project, cell_text, duration, fields_html, money
+from ..ops.overview import PROJECT_FIELDS, PROJECT_SORTS, panel, run_detail, scheduler_ui
 from ..ops.projects import scan_projects
 from ..ops.record import LEVELS, list_runs
 
@@ -66,6 +66,9 @@ def _overview_html(d: dict) -> str:
 def _projects_html(d: dict) -> str:
     "The portfolio (pipeline state and scan problems from the last scan), and the chosen project's detail"
     out = d['projects'].html()
+    ui = html.escape(d.get('scheduler_ui') or '', quote=True)
+    out += d['schedules'].html('no schedule: `aiinfra schedule add PROJECT_DIR --every 1d` makes one') + (
+        f'<div>every scheduled run, its logs and its retries: <a href="{ui}" target="_blank" rel="noopener">Prefect</a></div>' if ui else '')
     if not (x := d.get('detail')): return out
     p = x['summary']
     return (out + fields_html({k: p.get(k) for k in PROJECT_FIELDS}, f"project {p['project']}")
@@ -122,7 +125,7 @@ class Dashboard:
 def _query(self: Dashboard) -> dict:
     logs = {k: w.value for k, w in self.log_filters.items() if w.value}
     d = panel(run_id=self.run.value, logs=logs, project=self.project.value, sort=self.sort.value, engine=self.engine)
-    d['run_id'] = self.run.value
+    d['run_id'], d['scheduler_ui'] = self.run.value, scheduler_ui(Project.here().settings)
     return d
 
 @patch

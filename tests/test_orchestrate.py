@@ -1,0 +1,178 @@
+"""The scheduler on a real Prefect server and worker (started here on a free port of 127.0.0.1, with a home of their own):
+a scaffolded project on an interval runs, with its stage runs and its model; a failing pipeline is retried exactly N times;
+two runs of one project never overlap; SIGTERM to the worker leaves the run interrupted and no worktree; a restart keeps
+the schedules; Prefect's own CLI sees what `list_schedules` says."""
+import os, signal, socket, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from aiinfra_nb.core import Project
+from aiinfra_nb.data.sources import package_file
+from aiinfra_nb.ops.store import get_engine, models, query, runs, schedules
+from aiinfra_nb.orchestrate import (SchedulerError, add_schedule, api_url, list_schedules, pause_schedule, prefect_env, remove_schedule,
+                                    run_schedule, scheduler_home, scheduler_status, start_scheduler, stop_scheduler)
+from aiinfra_nb.scaffold import new_project
+
+pytestmark = [pytest.mark.xdist_group('orchestrate'), pytest.mark.scheduler]  # one server and worker, the tests in order
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def operator(tmp_path_factory):
+    "The project whose settings name the scheduler: a Prefect server and worker of its own, stopped at the end"
+    home = tmp_path_factory.mktemp('scheduler')
+    project = Project.open(home, environ={'AIINFRA_HOME': str(home/'home'), 'AIINFRA_ORCHESTRATOR_PORT': str(free_port()),
+                                          'AIINFRA_ORCHESTRATOR_RETRY_DELAY_S': '1'})
+    start_scheduler(project)
+    yield project
+    stop_scheduler(project)
+
+
+def repo(path: Path, dvc_yaml: str, store: str) -> Path:
+    "A committed git + DVC repository with one dvc.yaml and its own store"
+    path.mkdir(parents=True)
+    (path/'settings.ini').write_text(f"[store]\nurl = sqlite:///{store}\n")
+    (path/'dvc.yaml').write_text(dvc_yaml)
+    git = lambda *a: subprocess.run(['git', '-C', str(path), *a], check=True, capture_output=True)
+    git('init', '-q'); subprocess.run(['dvc', 'init', '-q'], cwd=path, check=True)
+    git('add', '-A'); git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'first')
+    return path
+
+
+def schedule_runs(store: str, name: str | None = None) -> list[dict]:
+    q = sa.select(runs.c.id, runs.c.name, runs.c.status, runs.c.error, runs.c.started_at, runs.c.ended_at, runs.c.extra).where(
+        runs.c.kind == 'schedule').order_by(runs.c.started_at)
+    return query(q.where(runs.c.name == name) if name else q, get_engine(f"sqlite:///{store}"))
+
+
+def ended(store: str, n: int) -> list[dict] | None:
+    "The schedule runs of `store` once there are `n`, all ended"
+    got = schedule_runs(store)
+    return got if len(got) == n and all(r['status'] != 'running' for r in got) else None
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        if time.monotonic() > deadline: raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(1)
+    return got
+
+
+def test_a_scaffolded_project_runs_on_its_schedule(operator, tmp_path, monkeypatch):
+    store = tmp_path/'penguins.db'
+    monkeypatch.setenv('AIINFRA_DB_URL', f"sqlite:///{store}")  # new_project writes it into the project's settings.ini
+    made = new_project('penguins', package_file('palmerpenguins', 'data/penguins.csv'), 'species', dir=tmp_path/'penguins')
+    monkeypatch.delenv('AIINFRA_DB_URL')
+    root = Path(made.path)
+    added = add_schedule(root, every='10s', project=operator)
+    assert (added['name'], added['trigger'], added['pool']) == ('penguins', 'every 10s', 'aiinfra')
+    done = wait_for(lambda: [r for r in schedule_runs(store) if r['status'] == 'finished'][1:], 420, 'two finished scheduled runs')
+    pause_schedule('penguins', project=operator)
+    first = schedule_runs(store)[0]
+    assert first['status'] == 'finished', first
+    assert first['extra']['trigger'] == 'schedule' and len(first['extra']['commit']) == 40 and 'train:' in first['extra']['dvc_lock']
+    children = query(sa.select(runs.c.kind, runs.c.status).where(runs.c.parent_id == first['id']), get_engine(f"sqlite:///{store}"))
+    assert {c['kind'] for c in children} >= {'ingest', 'etl', 'train', 'evaluate'} and {c['status'] for c in children} == {'finished'}, children
+    model = query(sa.select(models.c.name, models.c.version, models.c.path), get_engine(f"sqlite:///{store}"))
+    assert model and model[0]['name'] == 'penguins', model
+    assert (root/'data/models/penguins'/str(model[0]['version'])/'model.safetensors').is_file()  # in the project's registry
+    assert Path(model[0]['path']).resolve() == (root/'data/models/penguins'/str(model[0]['version'])).resolve()
+    assert done[0]['extra']['dvc_lock']  # the second run too kept its lock
+    status = subprocess.run(['git', '-C', str(root), 'status', '--porcelain'], capture_output=True, text=True).stdout
+    assert status in ('', '?? data/models/\n'), status  # the working copy as it was, but for the registry's new versions
+    assert list((Path(operator.settings.store.home)/'worktrees').iterdir()) == []
+    mirrored = query(sa.select(schedules.c.name, schedules.c.trigger, schedules.c.paused), get_engine(f"sqlite:///{store}"))
+    assert mirrored == [dict(name='penguins', trigger='every 10s', paused=True)]  # readable in %%sql
+
+
+def test_a_failing_pipeline_is_retried_exactly_n_times(operator, tmp_path):
+    store = tmp_path/'broken.db'
+    root = repo(tmp_path/'broken', 'stages:\n  load:\n    cmd: python -c "import sys; sys.exit(\'the source is empty\')"\n', store)
+    add_schedule(root, cron='0 3 1 1 *', retries=2, project=operator)
+    run_schedule('broken', project=operator)
+    wait_for(lambda: ended(store, 3), 180, 'three tries')
+    time.sleep(3)  # and no fourth
+    tries = schedule_runs(store)
+    assert [(t['status'], t['extra']['trigger']) for t in tries] == [('failed', 'manual'), ('failed', 'retry'), ('failed', 'retry')]
+    assert all('the source is empty' in t['error'] for t in tries), tries
+    last = wait_for(lambda: next((r for r in list_schedules(operator) if r['name'] == 'broken' and r['last_state'] == 'Failed'), None), 60,
+                    'the flow run failed in Prefect')
+    assert last['retries'] == 2
+
+
+def test_two_runs_of_one_project_run_one_after_the_other(operator, tmp_path):
+    store = tmp_path/'busy.db'
+    root = repo(tmp_path/'busy', 'stages:\n  work:\n    cmd: python -c "import time; time.sleep(4)"\n', store)
+    add_schedule(root, cron='0 3 1 1 *', project=operator)
+    add_schedule(root, cron='0 4 1 1 *', name='busy-again', project=operator)  # another schedule of the same project
+    run_schedule('busy', project=operator); run_schedule('busy-again', project=operator)
+    both = wait_for(lambda: ended(store, 2), 180, 'both runs')
+    assert [r['status'] for r in both] == ['finished', 'finished'], both
+    assert both[1]['started_at'] >= both[0]['ended_at'], both  # never side by side
+
+
+def test_sigterm_to_the_worker_interrupts_the_run(operator, tmp_path):
+    store = tmp_path/'slow.db'
+    root = repo(tmp_path/'slow', 'stages:\n  wait:\n    cmd: python -c "import time; time.sleep(120)"\n', store)
+    add_schedule(root, cron='0 3 1 1 *', project=operator)
+    run_schedule('slow', project=operator)
+    wait_for(lambda: [r for r in schedule_runs(store) if r['status'] == 'running'], 120, 'the run started')
+    time.sleep(4)  # dvc repro is running its stage
+    worker = int((scheduler_home(operator.settings)/'worker.pid').read_text())
+    os.kill(worker, signal.SIGTERM)
+    (run,) = wait_for(lambda: [r for r in schedule_runs(store) if r['status'] != 'running'], 60, 'the run ended')
+    assert (run['status'], run['error']) == ('interrupted', 'SIGTERM'), run
+    assert list((Path(operator.settings.store.home)/'worktrees').iterdir()) == []
+    assert 'time.sleep(120)' not in subprocess.run(['ps', '-eo', 'args'], capture_output=True, text=True).stdout  # its stage stopped too
+    start_scheduler(operator)  # a worker again, for what follows
+
+
+def test_a_restart_keeps_the_schedules_and_prefect_sees_them(operator):
+    before = [r['name'] for r in list_schedules(operator)]
+    assert {'penguins', 'broken', 'busy', 'busy-again', 'slow'} <= set(before), before
+    assert stop_scheduler(operator) == dict(worker=True, server=True)
+    assert scheduler_status(operator)['up'] is False
+    with pytest.raises(SchedulerError, match='no scheduler answers at .*: start it with `aiinfra scheduler start`'): list_schedules(operator)
+    st = start_scheduler(operator)
+    assert st['up'] and st['worker_pid'] and [r['name'] for r in st['schedules']] == before
+    listed = subprocess.run([str(Path(sys.executable).parent/'prefect'), 'deployment', 'ls'], capture_output=True, text=True,
+                            env=prefect_env(operator.settings), timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert all(f"run_pipeline/{n}" in listed.stdout for n in before), listed.stdout  # Prefect's own client, the same schedules
+    remove_schedule('slow', project=operator)
+    assert 'slow' not in [r['name'] for r in list_schedules(operator)]
+
+
+def test_the_cli_says_one_line_and_makes_nothing(operator, tmp_path):
+    env = {**os.environ, 'AIINFRA_HOME': str(operator.settings.store.home), 'AIINFRA_ORCHESTRATOR_PORT': str(operator.settings.orchestrator.port)}
+    cli = lambda *a, **kw: subprocess.run([str(Path(sys.executable).parent/'aiinfra'), *a], capture_output=True, text=True, env={**env, **kw}, timeout=120)
+    root = repo(tmp_path/'ok', 'stages:\n  s:\n    cmd: "true"\n', tmp_path/'ok.db')
+    cases = [(['schedule', 'add', str(tmp_path/'nowhere'), '--every', '1m'], 'no project folder'),
+             (['schedule', 'add', str(tmp_path), '--every', '1m'], 'is not a git repository'),
+             (['schedule', 'add', str(root), '--cron', 'at dawn'], "cron 'at dawn' is not a cron expression"),
+             (['schedule', 'add', str(root), '--every', 'often'], "--every 'often': expected a number and a unit"),
+             (['schedule', 'add', str(root), '--every', '1m', '--stages', 'train'], "no stage 'train'"),
+             (['schedule', 'add', str(root)], 'exactly one trigger'),
+             (['schedule', 'add', str(root), '--every', '1m', '--name', 'broken'], "a schedule named 'broken' exists"),
+             (['schedule', 'run', 'nope'], "no schedule 'nope'")]
+    for args, said in cases:
+        r = cli(*args)
+        assert r.returncode == 1 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    assert 'ok' not in [s['name'] for s in list_schedules(operator)]  # nothing half-made
+    nobody = cli('schedule', 'list', AIINFRA_ORCHESTRATOR_PORT=str(free_port()))
+    assert nobody.returncode == 1 and 'start it with `aiinfra scheduler start`' in nobody.stderr, nobody.stderr
+    elsewhere = cli('scheduler', 'start', AIINFRA_ORCHESTRATOR_API_URL=f"http://127.0.0.1:{free_port()}/api")
+    assert elsewhere.returncode == 1 and 'does not answer: check [orchestrator] api_url' in elsewhere.stderr, elsewhere.stderr
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0)); taken.listen()
+        r = cli('scheduler', 'start', AIINFRA_HOME=str(tmp_path/'other-home'), AIINFRA_ORCHESTRATOR_PORT=str(taken.getsockname()[1]))
+    assert r.returncode == 1 and 'is taken by another program: set [orchestrator] port' in r.stderr, r.stderr
+    assert api_url(operator.settings).endswith(f":{operator.settings.orchestrator.port}/api")
