@@ -145,9 +145,9 @@ def filed_repositories(engine: Engine) -> list[Path]:
     "The repositories the store's projects name (`aiinfra new` files each), whether or not they are on this machine"
     return sorted({Path(r['repo']).resolve() for r in query(sa.select(projects.c.repo).where(projects.c.repo.is_not(None)), engine)})
 
-PORTFOLIO_COLUMNS = ['project', 'branch', 'uncommitted', 'pipeline', 'last_run_at', 'failed_week', 'production_models', 'cost_month',
-                     'template_drift', 'error']  # what a table of the scan shows
-PORTFOLIO_FOLD = ('template_drift', 'uncommitted', 'cost_month')
+PORTFOLIO_COLUMNS = ['project', 'branch', 'uncommitted', 'pipeline', 'last_run_at', 'schedule', 'next_scheduled_at', 'failed_week',
+                     'production_models', 'cost_month', 'template_drift', 'error']  # what a table of the scan shows
+PORTFOLIO_FOLD = ('template_drift', 'uncommitted', 'next_scheduled_at', 'cost_month')
 
 def scan_projects(root: str | Path | None = None,  # a folder of repositories; default: `[portfolio] root` and every repository a project names
                   workers: int = 8,
