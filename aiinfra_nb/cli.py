@@ -386,20 +386,20 @@ def _print_scheduler(st: dict):
 @scheduler_app.command('start')
 def scheduler_start():
     "Start the Prefect server (unless [orchestrator] api_url names one) and a worker on the work pool, in the background"
-    from aiinfra_nb.orchestrate import start_scheduler
+    from aiinfra_nb.orchestrate.scheduler import start_scheduler
     _print_scheduler(start_scheduler())
 
 @scheduler_app.command('stop')
 def scheduler_stop():
     "Stop this machine's worker and server (the schedules stay: a start brings them back)"
-    from aiinfra_nb.orchestrate import stop_scheduler
+    from aiinfra_nb.orchestrate.scheduler import stop_scheduler
     r = stop_scheduler()
     print(', '.join(f"{k} {'stopped' if v else 'was not running'}" for k, v in r.items()))
 
 @scheduler_app.command('status')
 def scheduler_status_(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "What runs: the server and its UI, the worker, the pool, each schedule's next run"
-    from aiinfra_nb.orchestrate import scheduler_status
+    from aiinfra_nb.orchestrate.scheduler import scheduler_status
     st = scheduler_status()
     if as_json: return print(json.dumps({**st, 'schedules': list(st['schedules'])}, default=str, indent=1))
     _print_scheduler(st)
@@ -414,37 +414,37 @@ def schedule_add(project_dir: Path = typer.Argument(..., help="the project's rep
                  name: str = typer.Option(None, help="default: the project's name"),
                  pool: str = typer.Option(None, help='a work pool (default: [orchestrator] pool)')):
     "Schedule a project's pipeline"
-    from aiinfra_nb.orchestrate import add_schedule
+    from aiinfra_nb.orchestrate.scheduler import add_schedule
     r = add_schedule(project_dir, cron, every, [x.strip() for x in stages.split(',') if x.strip()] if stages else None, retries, timeout, name, pool)
     print(f"scheduled {r['name']}: {r['trigger']}, dvc repro of {r['project']} on pool {r['pool']}")
 
 @schedule_app.command('list')
 def schedule_list(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Every schedule: project, trigger, stages, next and last run"
-    from aiinfra_nb.orchestrate import list_schedules
+    from aiinfra_nb.orchestrate.scheduler import list_schedules
     show(list_schedules(), as_json=as_json)
 
 @schedule_app.command('run')
 def schedule_run(name: str):
     "Run a schedule now"
-    from aiinfra_nb.orchestrate import run_schedule
+    from aiinfra_nb.orchestrate.scheduler import run_schedule
     r = run_schedule(name)
     print(f"{name}: flow run {r['flow_run']} ({r['flow_run_id']}) queued")
 
 @schedule_app.command('pause')
 def schedule_pause(name: str):
     "Stop a schedule from starting runs"
-    from aiinfra_nb.orchestrate import pause_schedule
+    from aiinfra_nb.orchestrate.scheduler import pause_schedule
     pause_schedule(name); print(f"{name}: paused")
 
 @schedule_app.command('resume')
 def schedule_resume(name: str):
     "Let a paused schedule start runs again"
-    from aiinfra_nb.orchestrate import resume_schedule
+    from aiinfra_nb.orchestrate.scheduler import resume_schedule
     resume_schedule(name); print(f"{name}: resumed")
 
 @schedule_app.command('remove')
 def schedule_remove(name: str):
     "Delete a schedule (its runs stay in the store)"
-    from aiinfra_nb.orchestrate import remove_schedule
+    from aiinfra_nb.orchestrate.scheduler import remove_schedule
     remove_schedule(name); print(f"{name}: removed")

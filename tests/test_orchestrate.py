@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from aiinfra_nb.core import Project
 from aiinfra_nb.data.sources import package_file
 from aiinfra_nb.ops.store import get_engine, models, query, runs, schedules
-from aiinfra_nb.orchestrate import (SchedulerError, add_schedule, api_url, list_schedules, pause_schedule, prefect_env, remove_schedule,
+from aiinfra_nb.orchestrate.scheduler import (SchedulerError, add_schedule, api_url, list_schedules, pause_schedule, prefect_env, remove_schedule,
                                     run_schedule, scheduler_home, scheduler_status, start_scheduler, stop_scheduler)
 from aiinfra_nb.scaffold import new_project
 
@@ -98,7 +98,7 @@ def test_a_failing_pipeline_is_retried_exactly_n_times(operator, tmp_path):
     root = repo(tmp_path/'broken', 'stages:\n  load:\n    cmd: python -c "import sys; sys.exit(\'the source is empty\')"\n', store)
     add_schedule(root, cron='0 3 1 1 *', retries=2, project=operator)
     run_schedule('broken', project=operator)
-    wait_for(lambda: ended(store, 3), 180, 'three tries')
+    wait_for(lambda: ended(store, 3), 400, 'three tries')
     time.sleep(3)  # and no fourth
     tries = schedule_runs(store)
     assert [(t['status'], t['extra']['trigger']) for t in tries] == [('failed', 'manual'), ('failed', 'retry'), ('failed', 'retry')]
@@ -114,7 +114,7 @@ def test_two_runs_of_one_project_run_one_after_the_other(operator, tmp_path):
     add_schedule(root, cron='0 3 1 1 *', project=operator)
     add_schedule(root, cron='0 4 1 1 *', name='busy-again', project=operator)  # another schedule of the same project
     run_schedule('busy', project=operator); run_schedule('busy-again', project=operator)
-    both = wait_for(lambda: ended(store, 2), 180, 'both runs')
+    both = wait_for(lambda: ended(store, 2), 400, 'both runs')
     assert [r['status'] for r in both] == ['finished', 'finished'], both
     assert both[1]['started_at'] >= both[0]['ended_at'], both  # never side by side
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import atexit, contextlib, contextvars, json, logging, math, os, signal, socket, sys, threading, time, traceback, uuid
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Project, Rows, fields_html, git_revision, mask_secrets
-from dataclasses import dataclass
 from .store import StoreError, audit, events, get_engine, insert_ignore, metrics, projects, query, runs, store_url, writing
 
 # %% auto #0
