@@ -2,6 +2,7 @@
 
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': '', 'lib_path': 'aiinfra_nb'},
   'syms': { 'aiinfra_nb.cli': { 'aiinfra_nb.cli._group': ('api/cli.html#_group', 'aiinfra_nb/cli.py'),
+                                'aiinfra_nb.cli._names': ('api/cli.html#_names', 'aiinfra_nb/cli.py'),
                                 'aiinfra_nb.cli._print_scheduler': ('api/cli.html#_print_scheduler', 'aiinfra_nb/cli.py'),
                                 'aiinfra_nb.cli.audit_': ('api/cli.html#audit_', 'aiinfra_nb/cli.py'),
                                 'aiinfra_nb.cli.contract_check': ('api/cli.html#contract_check', 'aiinfra_nb/cli.py'),

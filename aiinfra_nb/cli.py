@@ -37,6 +37,10 @@ def terminal_width() -> int:
     "The terminal's width (`COLUMNS` when set); 120 when the output is not a terminal"
     return shutil.get_terminal_size((120, 24)).columns
 
+def _names(text: str | None) -> list[str] | None:
+    "A comma-separated option ('train, evaluate') as a list; None when not given"
+    return [x.strip() for x in text.split(',') if x.strip()] or None if text else None
+
 # %% ../nbs/api/50_cli.ipynb #7725badd
 def show(rows: list[dict], columns: list[str] | None = None,  # default: the columns a `Rows` names
          title: str | None = None, as_json: bool = False):
@@ -169,7 +173,7 @@ def keys_create(name: str = typer.Option(..., help='who holds it'), role: str = 
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Create a key and print its secret, once"
     from aiinfra_nb.serve.auth import create_key
-    k = create_key(name, role, models=[m.strip() for m in models.split(',') if m.strip()] if models else None, expires=expires)
+    k = create_key(name, role, models=_names(models), expires=expires)
     if as_json: return print(json.dumps(k, default=str))
     print(f"key {k['id']} ({k['name']}, {k['role']}{', models ' + ','.join(k['models']) if k['models'] else ''}) created.")
     print(f"secret (shown this once; the store keeps only its hash):\n{k['secret']}")
@@ -415,7 +419,7 @@ def schedule_add(project_dir: Path = typer.Argument(..., help="the project's rep
                  pool: str = typer.Option(None, help='a work pool (default: [orchestrator] pool)')):
     "Schedule a project's pipeline"
     from aiinfra_nb.orchestrate.scheduler import add_schedule
-    r = add_schedule(project_dir, cron, every, [x.strip() for x in stages.split(',') if x.strip()] if stages else None, retries, timeout, name, pool)
+    r = add_schedule(project_dir, cron, every, _names(stages), retries, timeout, name, pool)
     print(f"scheduled {r['name']}: {r['trigger']}, dvc repro of {r['project']} on pool {r['pool']}")
 
 @schedule_app.command('list')
