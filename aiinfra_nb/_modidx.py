@@ -762,6 +762,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'aiinfra_nb/orchestrate/runs.py'),
                                              'aiinfra_nb.orchestrate.runs.check_project_dir': ( 'api/orchestrate.runs.html#check_project_dir',
                                                                                                 'aiinfra_nb/orchestrate/runs.py'),
+                                             'aiinfra_nb.orchestrate.runs.has_dvc_remote': ( 'api/orchestrate.runs.html#has_dvc_remote',
+                                                                                             'aiinfra_nb/orchestrate/runs.py'),
                                              'aiinfra_nb.orchestrate.runs.pipeline_stages': ( 'api/orchestrate.runs.html#pipeline_stages',
                                                                                               'aiinfra_nb/orchestrate/runs.py'),
                                              'aiinfra_nb.orchestrate.runs.run_in_child': ( 'api/orchestrate.runs.html#run_in_child',
