@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/00_core.ipynb #3379bf31
 from __future__ import annotations
-import ast, configparser, hashlib, html, math, os, re, subprocess, tempfile, time
+import ast, configparser, hashlib, html, math, os, re, signal, subprocess, tempfile, time
 from datetime import datetime
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +16,8 @@ __all__ = ['ROOT_MARKERS', 'DEFAULT_SETTINGS', 'SETTINGS_SCHEMA', 'ENV_ALIASES',
            'CUT_FIRST', 'CUT_LAST', 'SHORT_HEADERS', 'TABLE_STYLE', 'AiinfraError', 'SettingsError', 'FeatureError',
            'project_root', 'read_settings', 'mask_secrets', 'load_settings', 'clear_settings_cache', 'Project',
            'aiinfra_home', 'scratch_dir', 'atomic_file', 'atomic_write', 'stale_temporaries', 'file_hash',
-           'git_revision', 'run_tool', 'money', 'duration', 'cell_text', 'parse_duration', 'short_time', 'text_table',
-           'table_html', 'fields_html', 'Rows']
+           'git_revision', 'run_tool', 'stop_group', 'money', 'duration', 'cell_text', 'parse_duration', 'short_time',
+           'text_table', 'table_html', 'fields_html', 'Rows']
 
 # %% ../nbs/api/00_core.ipynb #811dcc25
 class AiinfraError(Exception):
@@ -460,17 +460,29 @@ def git_revision(root: str | Path | None = None) -> str | None:
 def run_tool(cmd: list,  # the program and its arguments (an argument vector: no shell)
              what: str | None = None,  # what is being done, for the error; default: the program and its first argument
              error: type[AiinfraError] = AiinfraError,  # the layer's error to raise
-             timeout: float | None = None, **kw) -> str:  # `subprocess.run` arguments: cwd, env...
+             timeout: float | None = None, **kw) -> str:  # `subprocess.Popen` arguments: cwd, env...
     "Run a command and return its output; a failure raises `error`: '<what> failed: <its last line>'"
     cmd = [str(c) for c in cmd]
     what = what or f"`{' '.join(cmd[:2])}`"
-    try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    try: p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
     except FileNotFoundError as e: raise error(f"{what}: no such program or folder here: {e.filename or cmd[0]}") from None  # the program, or cwd
-    except subprocess.TimeoutExpired: raise error(f"{what} did not finish within {timeout:g} s") from None
-    if r.returncode:
-        said = (r.stderr.strip() or r.stdout.strip()).splitlines()
-        raise error(f"{what} failed: {said[-1] if said else f'exit status {r.returncode}'}")
-    return r.stdout
+    try: out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_group(p)
+        raise error(f"{what} did not finish within {timeout:g} s and was stopped") from None
+    except BaseException: stop_group(p); raise  # interrupted: what it started goes with it
+    if p.returncode:
+        said = (err.strip() or out.strip()).splitlines()
+        raise error(f"{what} failed: {said[-1] if said else f'exit status {p.returncode}'}")
+    return out
+
+def stop_group(p: subprocess.Popen, grace_s: float = 10):
+    "Stop a process started in a session of its own and everything it started: SIGTERM, then SIGKILL after `grace_s`"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try: os.killpg(p.pid, sig)
+        except ProcessLookupError: return
+        try: p.wait(timeout=grace_s); return
+        except subprocess.TimeoutExpired: continue
 
 # %% ../nbs/api/00_core.ipynb #bcf5b4a0
 def money(v: float) -> str:

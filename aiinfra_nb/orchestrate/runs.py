@@ -4,16 +4,19 @@
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #72b5c345
 from __future__ import annotations
-import json, os, shutil, signal, subprocess, sys, tempfile
+import configparser, json, os, shutil, signal, subprocess, sys, tempfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 import sqlalchemy as sa
 import yaml
-from ..core import AiinfraError, Project, aiinfra_home, duration, run_tool
+from ..core import AiinfraError, Project, aiinfra_home, run_tool
 from ..ops.record import Run, recording, store_name
-from ..ops.store import models, writing
+from ..ops.store import models, query, writing
 
 # %% auto #0
-__all__ = ['SchedulerError', 'check_project_dir', 'pipeline_stages', 'has_dvc_remote', 'scheduled_run', 'run_in_child']
+__all__ = ['SchedulerError', 'check_project_dir', 'pipeline_stages', 'tools_env', 'has_dvc_remote', 'scheduled_run',
+           'run_in_child']
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #e56839fc
 class SchedulerError(AiinfraError):
@@ -38,85 +41,99 @@ def pipeline_stages(project: Project) -> list[str]:
     except yaml.YAMLError as e: raise SchedulerError(f"{project.root/'dvc.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #732610ae
-def _dvc(args: list, cwd: Path, env: dict, timeout_s: float | None = None, what: str | None = None) -> str:
-    "Run `dvc ARGS` in `cwd`, in a process group of its own that a timeout or an interruption stops whole"
-    what = what or f"dvc {args[0]}"
-    p = subprocess.Popen(['dvc', *map(str, args)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
-    try: out, _ = p.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(p)
-        raise SchedulerError(f"{what} timed out after {duration(timeout_s)} and was stopped (its timeout: `schedule add --timeout`)") from None
-    except BaseException: _kill_group(p); raise  # interrupted (SIGTERM): its stages go with it
-    if p.returncode:
-        said = [l for l in out.splitlines() if l.strip()]
-        raise SchedulerError(f"{what} failed: {said[-1] if said else f'exit status {p.returncode}'}")
-    return out
+def tools_env(**extra) -> dict:
+    "The environment of `dvc` and the stages it runs: this Python's programs first on PATH, no DVC analytics"
+    env = {k: v for k, v in os.environ.items() if k != 'AIINFRA_PROJECT_ROOT'}  # the stages find their project themselves
+    return env | dict(PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')]), DVC_NO_ANALYTICS='1', **extra)
 
-def _kill_group(p: subprocess.Popen):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try: os.killpg(p.pid, sig)
-        except ProcessLookupError: return
-        try: p.wait(timeout=10); return
-        except subprocess.TimeoutExpired: continue
+def _dvc(args: list, cwd: Path, env: dict, timeout_s: float | None = None) -> str:
+    "Run `dvc ARGS` in `cwd`; a timeout or an interruption stops it with its stages (`run_tool`)"
+    return run_tool([Path(sys.executable).parent/'dvc', *args], f"dvc {args[0]}", SchedulerError, timeout_s, cwd=cwd, env=env)
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #65936534
-def _keep_models(project: Project, work: Path) -> list[str]:
-    "Copy the model versions the run registered from the worktree's registry into the project's (a version at a time, atomically); the store rows follow"
-    src, dst, kept = work/'data'/'models', project.settings.data.dir/'models', []
-    if not src.is_dir(): return kept
-    for version in sorted(p for p in src.glob('*/*') if p.is_dir() and not p.name.startswith('.')):
-        target = dst/version.parent.name/version.name
+def _made_in(project: Project, work: Path) -> list[str]:
+    "The model versions registered in the checkout `work` (their store rows name a folder in it), as 'name/version'"
+    rows = query(sa.select(models.c.name, models.c.version).where(models.c.path.startswith(str(work), autoescape=True))
+                 .order_by(models.c.name, models.c.version), project.engine)
+    return [f"{r['name']}/{r['version']}" for r in rows]
+
+def _keep_models(project: Project, work: Path, made: list[str]):
+    "Copy the model versions `made` from the worktree's registry into the project's (a version at a time, atomically); the store rows follow"
+    src, dst = work/'data'/'models', project.settings.data.dir/'models'
+    for version in made:
+        target = dst/version
         if target.exists(): continue  # already there (a version is never rewritten)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(version, target.with_name(f'.{version.name}.tmp'), dirs_exist_ok=True)
-        os.replace(target.with_name(f'.{version.name}.tmp'), target)
-        kept.append(f"{version.parent.name}/{version.name}")
+        shutil.copytree(src/version, target.with_name(f'.{target.name}.tmp'), dirs_exist_ok=True)
+        os.replace(target.with_name(f'.{target.name}.tmp'), target)
     with writing(project.engine) as conn:
         conn.execute(models.update().where(models.c.path.startswith(str(work), autoescape=True))
-                     .values(path=sa.func.replace(models.c.path, str(work/'data'/'models'), str(dst))))
-    return kept
+                     .values(path=sa.func.replace(models.c.path, str(src), str(dst))))
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #a96fdeec
-def has_dvc_remote(root: Path) -> bool:
-    "Whether the project names a DVC remote (in .dvc/config or config.local), read without starting DVC (0.7 s)"
-    import configparser
+def has_dvc_remote(root: Path, committed: bool = False) -> bool:
+    "Whether the project names a DVC remote (in .dvc/config, or config.local unless `committed`), read without starting DVC (0.7 s)"
     cp = configparser.ConfigParser(interpolation=None)
-    cp.read([root/'.dvc'/'config', root/'.dvc'/'config.local'])
+    cp.read([root/'.dvc'/'config', *([] if committed else [root/'.dvc'/'config.local'])])
     return any(sec.strip("'").startswith('remote "') for sec in cp.sections())  # DVC writes ['remote "name"']
 
+# %% ../../nbs/api/48_orchestrate.runs.ipynb #3b1c0a7e
+@contextmanager
+def _worktree(project: Project, commit: str) -> Iterator[Path]:
+    "A fresh worktree of `commit` under `[store] home`/worktrees, its DVC pointed at the project's cache; removed after, whatever happens"
+    (base := aiinfra_home(project.settings)/'worktrees').mkdir(parents=True, exist_ok=True)
+    work, root = Path(tempfile.mkdtemp(prefix=f'{project.name}-', dir=base)), project.root
+    try:
+        run_tool(['git', '-C', root, 'worktree', 'add', '--quiet', '--detach', work, commit], error=SchedulerError)
+        (work/'.dvc'/'config.local').write_text(f"[cache]\n    dir = {root/'.dvc'/'cache'}\n")  # the project's cache, shared
+        yield work
+    finally:
+        subprocess.run(['git', '-C', str(root), 'worktree', 'remove', '--force', str(work)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(['git', '-C', str(root), 'worktree', 'prune'], capture_output=True)
+
+@contextmanager
+def _clone(repo: str, branch: str | None) -> Iterator[Path]:
+    "A fresh shallow clone of `repo` at `branch` (default: its default branch), in a temporary folder removed after"
+    work = Path(tempfile.mkdtemp(prefix='aiinfra-clone-'))
+    try:
+        run_tool(['git', 'clone', '--quiet', '--depth', '1', *(['--branch', branch] if branch else []), repo, work/'project'],
+                 f"git clone of {repo}" + (f" at {branch}" if branch else ''), SchedulerError, env=tools_env(GIT_TERMINAL_PROMPT='0'))
+        yield work/'project'
+    finally: shutil.rmtree(work, ignore_errors=True)
+
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #dcc5df8a
-def scheduled_run(project_dir: str | Path,  # the project's repository (its committed HEAD runs)
+def scheduled_run(project_dir: str | Path | None = None,  # the project's repository (its committed HEAD runs)
                   stages: list[str] | None = None,  # the stages to reproduce; None: all
                   schedule: str | None = None,  # the schedule's name (the run's name); default: the project's
                   timeout_s: float | None = None,  # stop `dvc repro` after this long and fail the run
                   trigger: str = 'manual',  # what started it: schedule, manual, retry
                   flow_run_id: str | None = None,  # Prefect's flow run, when Prefect started it
+                  repo: str | None = None,  # instead of `project_dir`: the repository's URL, cloned (a container's run)
+                  branch: str | None = None,  # with `repo`: the branch to run; default: the repository's default
                  ) -> dict:
-    "One run of a project's pipeline at its committed HEAD, in a worktree of its own, recorded as a `schedule` run"
-    project = check_project_dir(project_dir)
-    root, s = project.root, project.settings
-    commit = run_tool(['git', '-C', root, 'rev-parse', 'HEAD'], error=SchedulerError).strip()
-    remote = has_dvc_remote(root)
-    run = Run.start('schedule', name=schedule or project.name, project=project, params=dict(stages=stages or [], timeout_s=timeout_s),
-                    flow_run_id=flow_run_id, commit=commit, trigger=trigger)
-    with recording(run):
-        (base := aiinfra_home(s)/'worktrees').mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f'{project.name}-', dir=base))
-        run_tool(['git', '-C', root, 'worktree', 'add', '--quiet', '--detach', work, commit], error=SchedulerError)
-        try:
-            (work/'.dvc'/'config.local').write_text(f"[cache]\n    dir = {root/'.dvc'/'cache'}\n")  # the project's cache, shared
-            env = {k: v for k, v in os.environ.items() if k != 'AIINFRA_PROJECT_ROOT'} | dict(
-                AIINFRA_RUN_ID=run.id, AIINFRA_RUN_STORE=store_name(run.engine), DVC_NO_ANALYTICS='1')
-            _dvc(['pull' if remote else 'checkout', '--allow-missing'], work, env, timeout_s)  # what the cache lacks, the run makes
-            _dvc(['repro', *(stages or [])], work, env, timeout_s, 'dvc repro')
+    "One run of a project's pipeline at its committed HEAD, in a worktree (or a clone) of its own, recorded as a `schedule` run"
+    if (project_dir is None) == (repo is None): raise SchedulerError("a scheduled run needs either a project folder or a repository to clone")
+    with _clone(repo, branch) if repo else nullcontext() as clone:
+        project = check_project_dir(clone or project_dir)
+        commit = run_tool(['git', '-C', project.root, 'rev-parse', 'HEAD'], error=SchedulerError).strip()
+        remote = has_dvc_remote(project.root)
+        if clone and not remote:
+            raise SchedulerError(f"{repo} names no DVC remote in its committed .dvc/config: a run in a container has no other way to "
+                                 "the project's data (`dvc remote add -d NAME URL`, commit, push)")
+        run = Run.start('schedule', name=schedule or project.name, project=project, params=dict(stages=stages or [], timeout_s=timeout_s),
+                        flow_run_id=flow_run_id, commit=commit, trigger=trigger, **({'repo': repo} if repo else {}))
+        with recording(run), nullcontext(clone) if clone else _worktree(project, commit) as work:
+            env = tools_env(AIINFRA_RUN_ID=run.id, AIINFRA_RUN_STORE=store_name(run.engine))
+            if remote: _dvc(['repro', '--pull', *(stages or [])], work, env, timeout_s)  # with what the remote has: data, outputs of runs seen
+            else:  # the project's cache is the worktree's: check out what it has, the run makes the rest
+                _dvc(['checkout', '--allow-missing'], work, env, timeout_s)
+                _dvc(['repro', *(stages or [])], work, env, timeout_s)
+            made = _made_in(project, work)
+            if not clone: _keep_models(project, work, made)
             lock = (work/'dvc.lock').read_text() if (work/'dvc.lock').is_file() else None
-            run.update(extra=dict(dvc_lock=lock, models=_keep_models(project, work)))
-            if remote: _dvc(['push'], work, env, timeout_s)
-        finally:
-            subprocess.run(['git', '-C', str(root), 'worktree', 'remove', '--force', str(work)], capture_output=True)
-            shutil.rmtree(work, ignore_errors=True)
-            subprocess.run(['git', '-C', str(root), 'worktree', 'prune'], capture_output=True)
+            run.update(extra=dict(dvc_lock=lock, models=made))
+            if remote: _dvc(['push', '--run-cache'], work, env, timeout_s)  # the data, and which stage runs made it
     return dict(run_id=run.id, project=project.name, commit=commit, status=run.status)
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #c5ac4fbd
