@@ -22,8 +22,8 @@ __all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contrac
            'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_', 'projects', 'new_',
            'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check', 'image_build', 'image_push',
            'images_', 'registry_start', 'registry_stop', 'main', 'scheduler_start', 'scheduler_stop',
-           'scheduler_status_', 'schedule_add', 'schedule_list', 'schedule_run', 'schedule_pause', 'schedule_resume',
-           'schedule_remove']
+           'scheduler_status_', 'scheduler_pool', 'schedule_add', 'schedule_list', 'schedule_run', 'schedule_pause',
+           'schedule_resume', 'schedule_remove']
 
 # %% ../nbs/api/50_cli.ipynb #04afe1f0
 app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -315,7 +315,7 @@ def stages_check(root: Path = typer.Option(Path('.'), help="the project's root")
     print('dvc.yaml matches the pipeline notebooks')
 
 # %% ../nbs/api/50_cli.ipynb #6aa62f26
-image_app = typer.Typer(help="A project's model service as a layered OCI image: build, push.", no_args_is_help=True)
+image_app = typer.Typer(help="A project's model service (or its pipeline) as a layered OCI image: build, push.", no_args_is_help=True)
 app.add_typer(image_app, name='image')
 registry_app = typer.Typer(help="A local image registry on 127.0.0.1: start, stop.", no_args_is_help=True)
 app.add_typer(registry_app, name='registry')
@@ -324,21 +324,24 @@ app.add_typer(registry_app, name='registry')
 def image_build(project: Path = typer.Option(Path('.'), help="the project's folder"),
                 tag: str = typer.Option(None, help='default: <model>-v<version>-<commit>'),
                 no_cache: bool = typer.Option(False, '--no-cache', help='rebuild every layer but the base'),
+                pipeline: bool = typer.Option(False, '--pipeline', help="the pipeline image a Kubernetes or Docker work pool runs, not the service's"),
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
-    "Build the image of a project's service (the serve app and its production models), reusing unchanged layers"
+    "Build the image of a project's service (the serve app and its production models), or of its pipeline, reusing unchanged layers"
     from aiinfra_nb.images.build import build_image, layer_rows
-    b = build_image(project, tag, cache=not no_cache)
+    b = build_image(project, tag, cache=not no_cache, pipeline=pipeline)
     if as_json: return print(json.dumps(b, default=str))
-    print(f"built {b['image']} ({b['image_id'][:19]}, {b['mb']:,.1f} MB) in {b['seconds']:.1f} s, serving {', '.join(b['models'])}")
+    what = 'its scheduled runs' if pipeline else f"serving {', '.join(b['models'])}"
+    print(f"built {b['image']} ({b['image_id'][:19]}, {b['mb']:,.1f} MB) in {b['seconds']:.1f} s, for {what}")
     show(layer_rows(b))
 
 @image_app.command('push')
 def image_push(image: str = typer.Argument(None, help="a local image (default: this project's newest build)"),
                registry: str = typer.Option(None, help='host:port (default: [images] registry)'),
+               pipeline: bool = typer.Option(False, '--pipeline', help="with no IMAGE: the newest pipeline image, not the service's"),
                as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Push an image to the registry (its tag appears only once every layer is in)"
     from aiinfra_nb.images.registry import push_image
-    p = push_image(image, registry)
+    p = push_image(image, registry, pipeline=pipeline)
     if as_json: return print(json.dumps(p, default=str))
     print(f"pushed {p['destination']} ({p['digest'][:19]}) in {p['seconds']:.1f} s")
 
@@ -408,6 +411,16 @@ def scheduler_status_(as_json: bool = typer.Option(False, '--json', help='print 
     if as_json: return print(json.dumps({**st, 'schedules': list(st['schedules'])}, default=str, indent=1))
     _print_scheduler(st)
 
+@scheduler_app.command('pool')
+def scheduler_pool(kind: str = typer.Argument(..., help='kubernetes or docker'),
+                   name: str = typer.Argument(..., help="the pool's name (schedule add --pool NAME)"),
+                   store_url: str = typer.Option(None, help='the store its runs write to (default: [store] url; not a SQLite file)')):
+    "Make a Kubernetes or Docker work pool whose jobs run a project's pipeline image, the store's URL as a Prefect secret"
+    from aiinfra_nb.orchestrate.pools import create_pool
+    r = create_pool(kind, name, store_url)
+    print(f"{'updated' if r['updated'] else 'made'} the {r['type']} work pool {r['name']} (store URL in the secret {r['secret']}); "
+          f"its worker, where it can start containers: {r['worker']}")
+
 @schedule_app.command('add')
 def schedule_add(project_dir: Path = typer.Argument(..., help="the project's repository (its committed HEAD runs)"),
                  cron: str = typer.Option(None, help="a cron expression, e.g. '0 3 * * *'"),
@@ -416,11 +429,14 @@ def schedule_add(project_dir: Path = typer.Argument(..., help="the project's rep
                  retries: int = typer.Option(0, min=0, max=100, help='tries after a failure'),
                  timeout: str = typer.Option(None, help='stop and fail a run that takes longer, e.g. 30m'),
                  name: str = typer.Option(None, help="default: the project's name"),
-                 pool: str = typer.Option(None, help='a work pool (default: [orchestrator] pool)')):
+                 pool: str = typer.Option(None, help='a work pool (default: [orchestrator] pool)'),
+                 image: str = typer.Option(None, help="on a Kubernetes or Docker pool: the pipeline image (default: the project's newest pushed)")):
     "Schedule a project's pipeline"
     from aiinfra_nb.orchestrate.scheduler import add_schedule
-    r = add_schedule(project_dir, cron, every, _names(stages), retries, timeout, name, pool)
-    print(f"scheduled {r['name']}: {r['trigger']}, dvc repro of {r['project']} on pool {r['pool']}")
+    r = add_schedule(project_dir, cron, every, _names(stages), retries, timeout, name, pool, image)
+    print(f"scheduled {r['name']}: {r['trigger']}, dvc repro of {r['project']} on pool {r['pool']}"
+          + (f", in {r['image']} cloning {r['clones']}" if 'image' in r else ''))
+    if 'note' in r: print(f"note: {r['note']}")
 
 @schedule_app.command('list')
 def schedule_list(as_json: bool = typer.Option(False, '--json', help='print JSON')):

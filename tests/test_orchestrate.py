@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from aiinfra_nb.core import Project
 from aiinfra_nb.data.sources import package_file
 from aiinfra_nb.ops.store import get_engine, models, query, runs, schedules
-from aiinfra_nb.orchestrate.scheduler import (SchedulerError, add_schedule, api_url, list_schedules, pause_schedule, prefect_env, remove_schedule,
+from aiinfra_nb.orchestrate.scheduler import (SchedulerError, add_schedule, api_url, client, list_schedules, pause_schedule, prefect_env, remove_schedule,
                                     run_schedule, scheduler_home, scheduler_status, start_scheduler, stop_scheduler)
 from aiinfra_nb.scaffold import new_project
 
@@ -162,7 +162,10 @@ def test_the_cli_says_one_line_and_makes_nothing(operator, tmp_path):
              (['schedule', 'add', str(root), '--every', '1m', '--stages', 'train'], "no stage 'train'"),
              (['schedule', 'add', str(root)], 'exactly one trigger'),
              (['schedule', 'add', str(root), '--every', '1m', '--name', 'broken'], "a schedule named 'broken' exists"),
-             (['schedule', 'run', 'nope'], "no schedule 'nope'")]
+             (['schedule', 'run', 'nope'], "no schedule 'nope'"),
+             (['schedule', 'add', str(root), '--every', '1m', '--pool', 'nope'], "no work pool 'nope'"),
+             (['scheduler', 'pool', 'ecs', 'x'], "pool type 'ecs': one of kubernetes, docker"),
+             (['scheduler', 'pool', 'kubernetes', 'k8s'], "this project's store is a SQLite file here")]
     for args, said in cases:
         r = cli(*args)
         assert r.returncode == 1 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
@@ -176,3 +179,78 @@ def test_the_cli_says_one_line_and_makes_nothing(operator, tmp_path):
         r = cli('scheduler', 'start', AIINFRA_HOME=str(tmp_path/'other-home'), AIINFRA_ORCHESTRATOR_PORT=str(taken.getsockname()[1]))
     assert r.returncode == 1 and 'is taken by another program: set [orchestrator] port' in r.stderr, r.stderr
     assert api_url(operator.settings).endswith(f":{operator.settings.orchestrator.port}/api")
+
+
+def test_kubernetes_and_docker_pools_run_the_same_schedules_in_containers(operator, tmp_path, pg_url):
+    "Without a cluster: the pools are made, their jobs rendered by the Kubernetes and Docker workers' own code, and the Kubernetes job's command run"
+    import asyncio, json, shlex
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+    from aiinfra_nb.orchestrate.pools import create_pool
+    made = [create_pool(kind, f'{kind}-pool', store_url=pg_url, project=operator) for kind in ('kubernetes', 'docker')]
+    assert [(m['type'], m['secret'], m['updated']) for m in made] == [('kubernetes', 'aiinfra-store-kubernetes-pool', False),
+                                                                       ('docker', 'aiinfra-store-docker-pool', False)]
+    assert create_pool('kubernetes', 'kubernetes-pool', store_url=pg_url, project=operator)['updated']  # again: the template updated
+    with pytest.raises(SchedulerError, match="exists, of type kubernetes"): create_pool('docker', 'kubernetes-pool', store_url=pg_url, project=operator)
+
+    # a project as a cluster sees it: pushed to a git server (a bare repository) with a DVC remote in its committed config
+    store = tmp_path/'pods.db'  # its settings' store: the containers write to the pool's instead
+    root = repo(tmp_path/'pods', 'stages:\n  count:\n    cmd: python -c "open(\'n.txt\', \'w\').write(\'7\')"\n    deps: [seven.txt]\n    outs: [n.txt]\n', store)
+    (root/'seven.txt').write_text('7\n')
+    subprocess.run([str(Path(sys.executable).parent/'dvc'), 'remote', 'add', '-q', '-d', 'bucket', str(tmp_path/'bucket')], cwd=root, check=True)
+    git = lambda *a: subprocess.run(['git', '-C', str(root), '-c', 'user.name=t', '-c', 'user.email=t@t', *a], check=True, capture_output=True)
+    git('add', '-A'); git('commit', '-qm', 'a remote')
+    subprocess.run(['git', 'init', '-q', '--bare', str(tmp_path/'pods.git')], check=True)
+    git('remote', 'add', 'origin', str(tmp_path/'pods.git')); git('push', '-q', '-u', 'origin', 'HEAD')
+    image = 'registry.internal:5000/aiinfra/pods-pipeline:0123456789ab'
+    added = add_schedule(root, cron='0 3 1 1 *', pool='kubernetes-pool', image=image, project=operator)
+    assert (added['pool'], added['image'], 'note' not in added) == ('kubernetes-pool', image, True), added
+    add_schedule(root, cron='0 3 1 1 *', name='pods-docker', pool='docker-pool', image=image, project=operator)
+    alone = repo(tmp_path/'alone', 'stages:\n  s:\n    cmd: "true"\n', tmp_path/'alone.db')  # no git remote, no DVC remote, no image
+    with pytest.raises(SchedulerError, match="has no git remote 'origin': a container clones the project from where it is pushed"):
+        add_schedule(alone, cron='0 3 1 1 *', pool='kubernetes-pool', project=operator)
+    subprocess.run(['git', '-C', str(alone), 'remote', 'add', 'origin', str(tmp_path/'pods.git')], check=True)
+    with pytest.raises(SchedulerError, match='names no DVC remote: a container gets the project'): add_schedule(alone, cron='0 3 1 1 *', pool='kubernetes-pool', project=operator)
+    subprocess.run([str(Path(sys.executable).parent/'dvc'), 'remote', 'add', '-q', '-d', 'bucket', str(tmp_path/'bucket')], cwd=alone, check=True)
+    with pytest.raises(Exception, match=r'has no pipeline image built yet: `aiinfra image build --pipeline` first'):
+        add_schedule(alone, cron='0 3 1 1 *', pool='kubernetes-pool', project=operator)
+    assert 'alone' not in [r['name'] for r in list_schedules(operator)]  # nothing half-made
+
+    async def render(name: str, config_class):
+        "The job of a flow run of schedule `name`, as that pool's worker prepares it"
+        async with get_client() as c:
+            d = await c.read_deployment_by_name(f"run_pipeline/{name}")
+            fr = await c.create_flow_run_from_deployment(d.id)
+            return fr, await config_class.resolve_for_flow_run(fr, client=c, work_pool=await c.read_work_pool(d.work_pool_name),
+                                                                deployment=d, worker_name='test-worker')
+
+    url = api_url(operator.settings)
+    with temporary_settings({PREFECT_API_URL: url}):  # as in a worker's process
+        flow_run, k8s = asyncio.run(render('pods', KubernetesWorkerJobConfiguration))
+        _, docker = asyncio.run(render('pods-docker', DockerWorkerJobConfiguration))
+        assert Secret.load('aiinfra-store-kubernetes-pool').get() == pg_url
+    container = k8s.job_manifest['spec']['template']['spec']['containers'][0]
+    env = {e['name']: e['value'] for e in container['env']}
+    assert (container['image'], container['args'], env['AIINFRA_DB_URL'], env['PREFECT_API_URL']) == (image, ['prefect', 'flow-run', 'execute'], pg_url, url)
+    assert (docker.image, docker.command, docker.env['AIINFRA_DB_URL']) == (image, 'prefect flow-run execute', pg_url)
+    with client(operator.settings) as c:  # the URL is in the secret, not in the pool's template or the deployment
+        for name in ('kubernetes-pool', 'docker-pool'):
+            assert pg_url not in json.dumps(c.read_work_pool(name).base_job_template)
+        d = c.read_deployment_by_name('run_pipeline/pods')
+        assert pg_url not in json.dumps([d.parameters, d.job_variables])
+        assert d.parameters['repo'] == str(tmp_path/'pods.git') and d.job_variables == {'image': image}
+
+    # the Kubernetes job's command, run here as its container would run it (the toolkit of this environment for the image's)
+    home = tmp_path/'container-home'
+    job_env = {**env, 'PATH': f"{Path(sys.executable).parent}:{os.environ['PATH']}", 'HOME': str(home),
+               'AIINFRA_HOME': str(home/'.aiinfra'), 'PREFECT_HOME': str(home/'.prefect')}
+    done = subprocess.run(container['args'], env=job_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = query(sa.select(runs.c.name, runs.c.status, runs.c.extra).where(runs.c.kind == 'schedule'), get_engine(pg_url))
+    assert (run['name'], run['status'], run['extra']['repo'], run['extra']['flow_run_id']) == ('pods', 'finished', str(tmp_path/'pods.git'), str(flow_run.id))
+    assert any((tmp_path/'bucket').rglob('*')) and not (root/'n.txt').exists()  # pushed to the remote; the working copy untouched
+    assert schedule_runs(store) == []  # the pool's store, not the one the project's settings name
+    with client(operator.settings) as c: assert c.read_flow_run(flow_run.id).state.is_completed()

@@ -11,18 +11,21 @@ from tqdm.auto import tqdm
 from .tools import INSTALL_HINT, ImageError, image_exists, images_home, inspect_image, machine_images, tool, tool_env
 
 # %% auto #0
-__all__ = ['APP_UID', 'base_ref', 'ensure_base']
+__all__ = ['APP_UID', 'BASES', 'base_ref', 'ensure_base']
 
 # %% ../../nbs/api/47a_images.base.ipynb #083be7fc
 APP_UID = 10001  # the service's user in every image: not root
+BASES = {'base': ('python3', 'python3-venv'),  # a service's
+         'base-pipeline': ('python3', 'python3-venv', 'git', 'ca-certificates')}  # a pipeline's: it clones its project
 
-def base_ref() -> str: return f"localhost/aiinfra/base:{machine_images().base_suite}"
+def base_ref(name: str = 'base') -> str: return f"localhost/aiinfra/{name}:{machine_images().base_suite}"
 
-def ensure_base() -> tuple[str, bool]:
+def ensure_base(name: str = 'base',  # one of `BASES`
+               ) -> tuple[str, bool]:
     "The base image's name, and whether it was built just now (it is built once, then reused)"
-    ref = base_ref()
+    ref = base_ref(name)
     built = not image_exists(ref)
-    if built: _build_base(ref)
+    if built: _build_base(ref, BASES[name])
     python = inspect_image(ref)['Docker']['config'].get('Labels', {}).get('io.aiinfra.python')
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if python != here:
@@ -30,14 +33,14 @@ def ensure_base() -> tuple[str, bool]:
                          f"Debian suite whose python3 is {here} (bookworm: 3.11, trixie: 3.13)")
     return ref, built
 
-def _build_base(ref: str):
+def _build_base(ref: str, packages: tuple[str, ...]):
     s = machine_images()
     if not shutil.which('debootstrap'): raise ImageError(f"debootstrap is not installed here: {INSTALL_HINT}")
     if os.geteuid() != 0: raise ImageError(f"the base image {ref} is built once per machine by debootstrap, which needs root: run `aiinfra image build` as root once")
     work = Path(tempfile.mkdtemp(dir=images_home(), prefix='base.'))
     rootfs = work/'rootfs'
     try:
-        cmd = ['debootstrap', '--variant=minbase', '--include=python3,python3-venv', s.base_suite, str(rootfs), s.base_mirror]
+        cmd = ['debootstrap', '--variant=minbase', f"--include={','.join(packages)}", s.base_suite, str(rootfs), s.base_mirror]
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p, \
              tqdm(desc=f"base image: debootstrap {s.base_suite}", unit=' steps') as bar:
             lines = [bar.update(1) or line for line in p.stdout]

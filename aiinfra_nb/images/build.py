@@ -16,12 +16,13 @@ from ..ops.store import create_store_engine, ensure_schema
 from ..models.registry import Registry
 from .tools import ImageError, images_home, inspect_image, tool_env
 from .base import APP_UID, ensure_base
-from .lock import serving_lock
+from .lock import pipeline_requirements, serving_lock
 
 # %% auto #0
-__all__ = ['TAG', 'ENTRY_SCRIPT', 'LAYERS', 'HEALTH', 'LABEL', 'Service', 'check_tag', 'project_service', 'model_distributions',
-           'write_code', 'write_models', 'canonical_sqlite', 'containerfile', 'build_context', 'image_labels',
-           'layer_steps', 'build_image', 'layer_rows']
+__all__ = ['TAG', 'ENTRY_SCRIPT', 'LAYERS', 'HEALTH', 'PIPELINE_LAYERS', 'LABEL', 'Service', 'check_tag', 'project_service',
+           'Pipeline', 'project_pipeline', 'model_distributions', 'write_code', 'write_models', 'canonical_sqlite',
+           'containerfile', 'pipeline_containerfile', 'build_context', 'image_labels', 'layer_steps', 'build_image',
+           'layer_rows']
 
 # %% ../../nbs/api/47c_images.build.ipynb #09eeef3e
 @dataclass
@@ -77,6 +78,41 @@ def project_service(project: Project | str | Path = '.',  # the project, or its 
         raise ImageError(f"the files of {', '.join(missing)} are not in {registry.root}: `dvc pull` or `dvc repro` them first")
     return Service(project, [{k: r[k] for k in ('name', 'version', 'data_version', 'run_id')} for r in live], registry, rev)
 
+# %% ../../nbs/api/47c_images.build.ipynb #7d2c9e40
+@dataclass
+class Pipeline:
+    "What a project's pipeline image holds: the toolkit and the project's model packages, to run its scheduled runs"
+    project: Project  # the project: its folder, settings, store
+    git_rev: str | None  # the project's commit (with +dirty)
+    models = ()  # none: its runs train them
+
+    @property
+    def root(self) -> Path: return self.project.root
+
+    @property
+    def name(self) -> str: return self.project.name
+
+    @property
+    def repository(self) -> str: return f"aiinfra/{self.name.lower()}-pipeline"
+
+    def default_tag(self) -> str:
+        "The commit, e.g. 1a2b3c4d5e6f (-dirty with uncommitted changes)"
+        if not self.git_rev: return 'latest'
+        return check_tag(self.git_rev[:12] + ('-dirty' if self.git_rev.endswith('+dirty') else ''))
+
+def project_pipeline(project: Project | str | Path = '.',  # the project, or its folder
+                    ) -> Pipeline:
+    "The pipeline of `project`, checked: a project with a dvc.yaml in a git repository"
+    if not isinstance(project, Project):
+        root = Path(project).resolve()
+        if not (root/'settings.ini').is_file():
+            raise ImageError(f"{root} is not an aiinfra project (no settings.ini): run in a project made by `aiinfra new`, or pass --project")
+        project = Project.open(root)
+    if not (project.root/'dvc.yaml').is_file(): raise ImageError(f"{project.root} has no dvc.yaml: a pipeline image runs its pipeline")
+    rev = git_revision(project.root)
+    if rev is None: raise ImageError(f"{project.root} is not a git repository: a pipeline image's runs clone the project")
+    return Pipeline(project, rev)
+
 # %% ../../nbs/api/47c_images.build.ipynb #288975b9
 def _site(python: str) -> str: return f"opt/venv/lib/python{python}/site-packages"
 
@@ -113,15 +149,16 @@ def model_distributions() -> list[md.Distribution]:
 ENTRY_SCRIPT = "#!/opt/venv/bin/python\nimport sys\nfrom aiinfra_nb.cli import main\nsys.exit(main())\n"
 
 # %% ../../nbs/api/47c_images.build.ipynb #b6da8d69
-def write_code(service: Service, code: Path, python: str):
-    "The code layer's files under `code`: the toolkit and model packages, the `aiinfra` command, the project's settings"
+def write_code(spec: Service | Pipeline, code: Path, python: str):
+    "The code layer's files under `code`: the toolkit and model packages, the `aiinfra` command, a service's project settings"
     shutil.rmtree(code, ignore_errors=True)
     site = code/_site(python)
     for dist in model_distributions(): _copy_distribution(dist, site)
     (script := code/'opt/venv/bin/aiinfra').parent.mkdir(parents=True)
     script.write_text(ENTRY_SCRIPT); script.chmod(0o755)
-    (code/'srv/project').mkdir(parents=True)
-    shutil.copy2(service.root/'settings.ini', code/'srv/project/settings.ini')
+    if isinstance(spec, Service):  # a pipeline's runs read the settings of the commit they clone
+        (code/'srv/project').mkdir(parents=True)
+        shutil.copy2(spec.root/'settings.ini', code/'srv/project/settings.ini')
 
 # %% ../../nbs/api/47c_images.build.ipynb #6c7cb1a3
 def write_models(service: Service, models_dir: Path):
@@ -180,6 +217,26 @@ def containerfile(base: str, python: str) -> str:
         f"COPY --chown={APP_UID}:{APP_UID} models/ /srv/models/",  # the service's own: SQLite writes its lock files beside it
         ''])
 
+# %% ../../nbs/api/47c_images.build.ipynb #6e4f2a17
+PIPELINE_LAYERS = ('lock', 'dependencies', 'code')  # a pipeline image's layers on its base
+
+def pipeline_containerfile(base: str, python: str) -> str:
+    "The Containerfile of a project's pipeline image on `base`"
+    env = {'PATH': '/opt/venv/bin:/usr/local/bin:/usr/bin:/bin', 'HOME': '/home/app', 'AIINFRA_HOME': '/home/app/.aiinfra',
+           'PREFECT_HOME': '/home/app/.prefect', 'DVC_NO_ANALYTICS': '1', 'GIT_TERMINAL_PROMPT': '0', 'PYTHONUNBUFFERED': '1'}
+    return '\n'.join([
+        "# a project's pipeline (what its scheduled runs need), written by aiinfra_nb.images: layers ordered by how often they change",
+        f"FROM {base}",
+        "COPY requirements.lock /opt/aiinfra/requirements.lock",
+        "RUN --mount=type=bind,source=wheels,target=/wheels python3 -m venv /opt/venv && /opt/venv/bin/pip install --quiet "
+        "--no-index --no-deps --no-cache-dir --disable-pip-version-check --find-links /wheels -r /opt/aiinfra/requirements.lock",
+        "ENV " + ' '.join(f"{k}={v}" for k, v in env.items()),
+        "WORKDIR /home/app",
+        f"USER {APP_UID}:{APP_UID}",
+        'CMD ["prefect", "flow-run", "execute"]',  # what Prefect's workers run; they give it themselves
+        "COPY code/ /",
+        ''])
+
 # %% ../../nbs/api/47c_images.build.ipynb #5216129f
 def _wheels(lock: list[str], digest: str) -> Path:
     "A folder of wheels for `lock`, made once per lock"
@@ -189,22 +246,24 @@ def _wheels(lock: list[str], digest: str) -> Path:
     (tmp/'requirements.lock').write_text('\n'.join(lock) + '\n')
     cmd = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--disable-pip-version-check', '-w', str(tmp), '-r', str(tmp/'requirements.lock')]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p, \
-         tqdm(total=len(lock), desc='wheels of the serving install', unit=' wheels') as bar:
+         tqdm(total=len(lock), desc='wheels of the image', unit=' wheels') as bar:
         out = [bar.update(line.startswith('Saved ')) or line for line in p.stdout]
     if p.returncode:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ImageError(f"pip could not make the serving install's wheels: {next((l for l in reversed(out) if 'ERROR' in l), out[-1] if out else '').strip()}")
+        raise ImageError(f"pip could not make the image's wheels: {next((l for l in reversed(out) if 'ERROR' in l), out[-1] if out else '').strip()}")
     (tmp/'requirements.lock').unlink(); (tmp/'.complete').touch()
     shared.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(shared, ignore_errors=True); os.replace(tmp, shared)
     return shared
 
-def build_context(service: Service, base: str, python: str) -> Path:
-    "The folder buildah builds `service`'s image from"
-    ctx = images_home()/'context'/service.name
+def build_context(spec: Service | Pipeline, base: str, python: str) -> Path:
+    "The folder buildah builds the image of `spec` (a service or a pipeline) from"
+    pipeline = isinstance(spec, Pipeline)
+    ctx = images_home()/'context'/(spec.name + ('-pipeline' if pipeline else ''))
     ctx.mkdir(parents=True, exist_ok=True)
-    lock = serving_lock()
-    text = f"# the serving install of aiinfra_nb {md.version('aiinfra_nb')}: pinned as installed where the image was built\n" + '\n'.join(lock) + '\n'
+    lock = serving_lock(pipeline_requirements() if pipeline else None)
+    text = (f"# the {'pipeline' if pipeline else 'serving'} install of aiinfra_nb {md.version('aiinfra_nb')}: pinned as installed where the image "
+            "was built\n" + '\n'.join(lock) + '\n')
     digest = hashlib.sha256(text.encode()).hexdigest()
     wheels, there = _wheels(lock, digest), ctx/'wheels'
     if not (there/'.complete').exists() or (there/'.complete').read_text() != digest:
@@ -212,27 +271,29 @@ def build_context(service: Service, base: str, python: str) -> Path:
         for f in wheels.glob('*.whl'): os.link(f, there/f.name)
         (there/'.complete').write_text(digest)
     if not (ctx/'requirements.lock').exists() or (ctx/'requirements.lock').read_text() != text: (ctx/'requirements.lock').write_text(text)
-    (ctx/'Containerfile').write_text(containerfile(base, python))
-    write_code(service, ctx/'code', python)
-    write_models(service, ctx/'models')
+    (ctx/'Containerfile').write_text((pipeline_containerfile if pipeline else containerfile)(base, python))
+    write_code(spec, ctx/'code', python)
+    if not pipeline: write_models(spec, ctx/'models')
     return ctx
 
 # %% ../../nbs/api/47c_images.build.ipynb #ddc9b041
 LABEL = 'io.aiinfra'
 
-def image_labels(service: Service) -> dict:
-    "What an image says of itself: project, models, commit, data version"
-    join = lambda k: ','.join(str(m[k]) for m in service.models)
-    return {f'{LABEL}.project': service.name, f'{LABEL}.model.name': join('name'), f'{LABEL}.model.version': join('version'),
-            f'{LABEL}.data.version': ','.join(dict.fromkeys(str(m['data_version'] or '') for m in service.models)),
-            'org.opencontainers.image.revision': service.git_rev or '', 'org.opencontainers.image.title': service.repository}
+def image_labels(spec: Service | Pipeline) -> dict:
+    "What an image says of itself: project, what it is (service or pipeline), models, commit, data version"
+    join = lambda k: ','.join(str(m[k]) for m in spec.models)
+    return {f'{LABEL}.project': spec.name, f'{LABEL}.image': 'pipeline' if isinstance(spec, Pipeline) else 'service',
+            f'{LABEL}.model.name': join('name'), f'{LABEL}.model.version': join('version'),
+            f'{LABEL}.data.version': ','.join(dict.fromkeys(str(m['data_version'] or '') for m in spec.models)),
+            'org.opencontainers.image.revision': spec.git_rev or '', 'org.opencontainers.image.title': spec.repository}
 
 # %% ../../nbs/api/47c_images.build.ipynb #1caf9bf0
 def layer_steps(text: str) -> dict[str, int]:
-    "The step number of each of `LAYERS` in a Containerfile of ours (FROM is step 1)"
+    "The step number of each layer (of `LAYERS`, or of `PIPELINE_LAYERS`) in a Containerfile of ours (FROM is step 1), in order"
     steps = [l for l in text.splitlines() if l and not l.startswith('#')]
     starts = {'lock': 'COPY requirements.lock', 'dependencies': 'RUN ', 'code': 'COPY code/', 'model': 'COPY --chown'}
-    return {name: next(i for i, l in enumerate(steps, 1) if l.startswith(start)) for name, start in starts.items()}
+    found = {name: next((i for i, l in enumerate(steps, 1) if l.startswith(start)), None) for name, start in starts.items()}
+    return {name: step for name, step in found.items() if step is not None}
 
 def _buildah_build(ctx: Path, ref: str, labels: dict, cache: bool = True) -> dict[int, bool]:
     "Run the build with a progress bar; {step number: taken from the cache}"
@@ -257,7 +318,7 @@ def _buildah_build(ctx: Path, ref: str, labels: dict, cache: bool = True) -> dic
 def _layers(image: dict, base: str, steps: dict[str, int], cached: dict[int, bool], base_built: bool) -> list[dict]:
     "Each layer of the image: its name, digest, size and whether this build reused it"
     layers, n_base = json.loads(image['Manifest'])['layers'], len(json.loads(inspect_image(base)['Manifest'])['layers'])
-    names = ['base'] * n_base + list(LAYERS)
+    names = ['base'] * n_base + list(steps)
     if len(names) != len(layers): raise ImageError(f"the image has {len(layers)} layers, {len(names)} expected: is its Containerfile ours?")
     return [dict(layer=name, digest=l['digest'], mb=round(l['size']/1e6, 3),
                  reused=not base_built if name == 'base' else cached.get(steps[name], False)) for name, l in zip(names, layers)]
@@ -266,15 +327,16 @@ def _layers(image: dict, base: str, steps: dict[str, int], cached: dict[int, boo
 def build_image(project: Project | str | Path = '.',  # the project, or its folder
                 tag: str | None = None,  # default: <model>-v<version>-<commit>
                 cache: bool = True,  # False: rebuild every layer but the base
+                pipeline: bool = False,  # True: the project's pipeline image (what a Kubernetes or Docker work pool runs), not its service
                ) -> dict:  # the build: image, id, layers (name, digest, mb, reused), seconds (and per phase), run id
-    "Build the OCI image of a project's service, reusing every layer whose input did not change"
-    service = project_service(project)
+    "Build the OCI image of a project's service (or pipeline), reusing every layer whose input did not change"
+    service = project_pipeline(project) if pipeline else project_service(project)
     ref = f"localhost/{service.repository}:{check_tag(tag) if tag is not None else service.default_tag()}"  # '' is a bad tag, not "the default"
     labels = image_labels(service)
-    base, base_built = ensure_base()
+    base, base_built = ensure_base('base-pipeline' if pipeline else 'base')
     python = inspect_image(base)['Docker']['config']['Labels']['io.aiinfra.python']
     with start_run('image-build', name=ref, project=service.project, data_version=labels[f'{LABEL}.data.version'] or None,
-                   params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache}) as run:
+                   params={'project': str(service.root), 'tag': ref.rsplit(':', 1)[1], 'base': base, 'cache': cache, 'pipeline': pipeline}) as run:
         t = [time.monotonic()]
         ctx = build_context(service, base, python); t.append(time.monotonic())
         cached = _buildah_build(ctx, ref, labels, cache); t.append(time.monotonic())
@@ -282,11 +344,11 @@ def build_image(project: Project | str | Path = '.',  # the project, or its fold
         steps = layer_steps((ctx/'Containerfile').read_text())
         layers, image_id = _layers(image, base, steps, cached, base_built), 'sha256:' + image['FromImageID']; t.append(time.monotonic())
         phases = dict(zip(('context_s', 'buildah_s', 'inspect_s'), (round(b - a, 2) for a, b in zip(t, t[1:]))))
-        build = dict(image=ref, image_id=image_id, project=service.name, models=[f"{m['name']}:{m['version']}" for m in service.models],
+        build = dict(image=ref, image_id=image_id, project=service.name, pipeline=pipeline, models=[f"{m['name']}:{m['version']}" for m in service.models],
                      layers=layers, mb=round(sum(l['mb'] for l in layers), 1), seconds=round(t[-1] - t[0], 2), phases=phases, run_id=run.id)
         run.log_metrics({'image_mb': build['mb'], 'layers_reused': sum(l['reused'] for l in layers),
                          'layers_built': sum(not l['reused'] for l in layers), 'build_s': build['seconds'], **phases})
-        run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'models', 'layers', 'mb', 'phases')})
+        run.update(output=ref, extra={k: build[k] for k in ('image', 'image_id', 'pipeline', 'models', 'layers', 'mb', 'phases')})
     return build
 
 # %% ../../nbs/api/47c_images.build.ipynb #4523ce13

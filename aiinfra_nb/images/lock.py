@@ -10,32 +10,41 @@ from packaging.utils import canonicalize_name
 from .tools import ImageError
 
 # %% auto #0
-__all__ = ['SERVE_EXTRA', 'NOT_SERVING', 'serve_requirements', 'serving_lock']
+__all__ = ['SERVE_EXTRA', 'NOT_SERVING', 'serve_requirements', 'pipeline_requirements', 'serving_lock']
 
 # %% ../../nbs/api/47b_images.lock.ipynb #e90f7fe5
 SERVE_EXTRA = 'serve'  # the toolkit's extra that declares what the service imports (pyproject.toml)
 NOT_SERVING = ('jupyterlab', 'dvc', 'pytorch-lightning', 'lightning', 'papermill', 'ipykernel', 'voila', 'copier')
 
-def serve_requirements(toolkit: str = 'aiinfra_nb') -> tuple[str, ...]:
-    "The roots of the serving install: the toolkit's `[serve]` extra, as its installed metadata declares it"
+def _declared(toolkit: str, extra: str) -> tuple[str, ...]:
+    "The toolkit's requirements as its installed metadata declares them: those of `extra` alone, or with '' its own"
     try: reqs = [Requirement(r) for r in md.distribution(toolkit).requires or []]
     except md.PackageNotFoundError: raise ImageError(f"{toolkit} is not installed here: install it (pip install -e .) to build images") from None
-    roots = tuple(r.name + (f"[{','.join(sorted(r.extras))}]" if r.extras else '') for r in reqs
-                  if r.marker and r.marker.evaluate({'extra': SERVE_EXTRA}) and not r.marker.evaluate({'extra': ''}))
-    if not roots: raise ImageError(f"{toolkit} as installed declares no [{SERVE_EXTRA}] extra: reinstall it (pip install -e .)")
+    mine = lambda r: (r.marker is None or r.marker.evaluate({'extra': ''})) if not extra else \
+                     (r.marker is not None and r.marker.evaluate({'extra': extra}) and not r.marker.evaluate({'extra': ''}))
+    return tuple(r.name + (f"[{','.join(sorted(r.extras))}]" if r.extras else '') for r in reqs if mine(r))
+
+def serve_requirements(toolkit: str = 'aiinfra_nb') -> tuple[str, ...]:
+    "The roots of the serving install: the toolkit's `[serve]` extra, as its installed metadata declares it"
+    if not (roots := _declared(toolkit, SERVE_EXTRA)):
+        raise ImageError(f"{toolkit} as installed declares no [{SERVE_EXTRA}] extra: reinstall it (pip install -e .)")
     return roots
+
+def pipeline_requirements(toolkit: str = 'aiinfra_nb') -> tuple[str, ...]:
+    "The roots of a pipeline image's install: the toolkit's own requirements (DVC, papermill, Lightning, Prefect...), no extra"
+    return _declared(toolkit, '')
 
 # %% ../../nbs/api/47b_images.lock.ipynb #b0c16200
 def serving_lock(roots: tuple[str, ...] | None = None,  # requirements to pin; default: `serve_requirements()`
                 ) -> list[str]:
-    "`name==version` of every distribution the service needs, as installed here, sorted"
+    "`name==version` of every distribution the image needs (the service's by default), as installed here, sorted"
     seen: dict[str, tuple[md.Distribution, set]] = {}
     todo = [(Requirement(r), None) for r in roots or serve_requirements()]
     while todo:
         req, wanted_by = todo.pop()
         try: dist = md.distribution(req.name)
         except md.PackageNotFoundError:
-            raise ImageError(f"{req.name} (needed to serve{', by ' + wanted_by if wanted_by else ''}) is not installed here") from None
+            raise ImageError(f"{req.name} (needed {'by ' + wanted_by if wanted_by else 'in the image'}) is not installed here") from None
         key, extras = canonicalize_name(req.name), set(req.extras)
         if key in seen and extras <= seen[key][1]: continue
         extras |= seen.get(key, (None, set()))[1]

@@ -15,7 +15,7 @@ from .tools import INSTALL_HINT, ImageError, image_exists, images_home, inspect_
 
 # %% auto #0
 __all__ = ['LOOPBACK', 'registry_url', 'registry_catalog', 'start_registry', 'stop_registry', 'last_build', 'push_image',
-           'list_images', 'run_image']
+           'pipeline_image', 'list_images', 'run_image']
 
 # %% ../../nbs/api/47d_images.registry.ipynb #ff64dd25
 LOOPBACK = ('127.0.0.1', 'localhost', '[::1]')
@@ -107,22 +107,27 @@ def stop_registry() -> dict | None:
     return known
 
 # %% ../../nbs/api/47d_images.registry.ipynb #2ae1f285
-def last_build(project: Project) -> dict:
-    "The newest finished build's record of `project`"
+def last_build(project: Project,
+               pipeline: bool = False,  # the newest pipeline image's build instead of the service's
+              ) -> dict:
+    "The newest finished build's record of `project`'s service (or pipeline) image"
     rows = query(sa.select(runs.c.id, runs.c.output, runs.c.extra).where((runs.c.kind == 'image-build') & (runs.c.status == 'finished')
-                 & (runs.c.project == project.name)).order_by(runs.c.started_at.desc()).limit(1), project.engine)
-    if not rows: raise ImageError(f"project {project.name!r} has no image built yet: `aiinfra image build` first")
+                 & (runs.c.project == project.name)).order_by(runs.c.started_at.desc()), project.engine)
+    if not (rows := [r for r in rows if (r['extra'] or {}).get('pipeline', False) == pipeline]):
+        raise ImageError(f"project {project.name!r} has no {'pipeline ' if pipeline else ''}image built yet: "
+                         f"`aiinfra image build{' --pipeline' if pipeline else ''}` first")
     return {**(rows[0]['extra'] or {}), 'run_id': rows[0]['id']}
 
 # %% ../../nbs/api/47d_images.registry.ipynb #c4f1c455
 def push_image(image: str | None = None,  # a local image; default: this project's newest build
                registry: str | None = None,  # host:port; default `[images] registry`
                project: Project | None = None,  # whose image and store; default: the project here
+               pipeline: bool = False,  # with no `image`: the newest pipeline image instead of the service's
               ) -> dict:  # destination, digest (of the manifest in the registry), image id, seconds, run id
     "Push an image to the registry; its tag appears there only once every layer is in"
     project = project or Project.here()
     s = project.settings.images
-    registry, image = registry or s.registry, image or last_build(project)['image']
+    registry, image = registry or s.registry, image or last_build(project, pipeline)['image']
     if ':' not in image.rsplit('/', 1)[-1]: raise ImageError(f"image {image!r}: name it with its tag, e.g. localhost/aiinfra/<project>:<tag> (`aiinfra images` lists them)")
     if not image_exists(image): raise ImageError(f"no image {image} here: `aiinfra image build` makes one (`aiinfra images` lists them)")
     _get(registry, '/v2/')  # reachable, before anything is sent
@@ -140,6 +145,16 @@ def push_image(image: str | None = None,  # a local image; default: this project
         pushed = dict(destination=dest, digest=digest, image=image, image_id=image_id, seconds=round(time.monotonic() - started, 2), run_id=run.id)
         run.update(output=dest, extra={k: pushed[k] for k in ('destination', 'digest', 'image', 'image_id')})
     return pushed
+
+# %% ../../nbs/api/47d_images.registry.ipynb #5c1a7e28
+def pipeline_image(project: Project) -> str:
+    "Where the newest pipeline image of `project` was pushed (`registry/aiinfra/<project>-pipeline:<tag>`): what a cluster pulls"
+    build = last_build(project, pipeline=True)
+    pushed = query(sa.select(runs.c.output, runs.c.extra).where((runs.c.kind == 'image-push') & (runs.c.status == 'finished')
+                   & (runs.c.project == project.name)).order_by(runs.c.started_at.desc()), project.engine)
+    there = [r['output'] for r in pushed if (r['extra'] or {}).get('image_id') == build['image_id']]
+    if not there: raise ImageError(f"{build['image']} was never pushed, and a cluster pulls its images from a registry: `aiinfra image push --pipeline`")
+    return there[0]
 
 # %% ../../nbs/api/47d_images.registry.ipynb #15e32256
 def list_images(project: str | None = None,  # one project's; default: every project's

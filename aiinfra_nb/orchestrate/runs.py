@@ -15,8 +15,8 @@ from ..ops.record import Run, recording, store_name
 from ..ops.store import models, query, writing
 
 # %% auto #0
-__all__ = ['SchedulerError', 'check_project_dir', 'pipeline_stages', 'tools_env', 'has_dvc_remote', 'scheduled_run',
-           'run_in_child']
+__all__ = ['SchedulerError', 'check_project_dir', 'pipeline_stages', 'repository_of', 'tools_env', 'has_dvc_remote',
+           'scheduled_run', 'run_in_child']
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #e56839fc
 class SchedulerError(AiinfraError):
@@ -39,6 +39,19 @@ def pipeline_stages(project: Project) -> list[str]:
     "The stages of the project's dvc.yaml"
     try: return list((yaml.safe_load((project.root/'dvc.yaml').read_text()) or {}).get('stages') or {})
     except yaml.YAMLError as e: raise SchedulerError(f"{project.root/'dvc.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+# %% ../../nbs/api/48_orchestrate.runs.ipynb #2c7e4b90
+def repository_of(project: Project) -> dict:
+    "Where a container clones the project from: its branch's remote URL, the branch, and how many commits that remote lacks (None: never pushed)"
+    git = lambda *a: subprocess.run(['git', '-C', str(project.root), *a], capture_output=True, text=True).stdout.strip()
+    branch = git('symbolic-ref', '--short', '-q', 'HEAD')
+    if not branch: raise SchedulerError(f"{project.root} is on a detached HEAD: a container clones a branch, check one out")
+    remote = git('config', f'branch.{branch}.remote') or 'origin'
+    url = git('remote', 'get-url', remote)
+    if not url: raise SchedulerError(f"{project.root} has no git remote {remote!r}: a container clones the project from where it is pushed "
+                                     f"(`git remote add {remote} URL`, then `git push -u {remote} {branch}`)")
+    ahead = git('rev-list', '--count', f'refs/remotes/{remote}/{branch}..HEAD')
+    return dict(url=url, branch=branch, unpushed=int(ahead) if ahead.isdigit() else None)
 
 # %% ../../nbs/api/48_orchestrate.runs.ipynb #732610ae
 def tools_env(**extra) -> dict:

@@ -13,7 +13,7 @@ from prefect import flow, task
 from ..core import Project, Rows, aiinfra_home, parse_duration
 from ..ops.overview import scheduler_ui
 from ..ops.store import schedules, writing
-from .runs import SchedulerError, check_project_dir, pipeline_stages, run_in_child
+from .runs import SchedulerError, check_project_dir, has_dvc_remote, pipeline_stages, repository_of, run_in_child
 
 # %% auto #0
 __all__ = ['ENTRYPOINT', 'SCHEDULE_COLUMNS', 'SCHEDULE_FOLD', 'scheduler_home', 'api_url', 'prefect_env', 'running_pid',
@@ -184,11 +184,10 @@ def project_tag(name: str) -> str:
     return f"aiinfra-project:{name}"
 
 @task(name='dvc-repro', persist_result=False)
-def _attempt(project_dir: str, stages: list[str] | None, schedule: str, timeout_s: float | None, trigger: str, flow_run_id: str) -> dict:
+def _attempt(where: dict, stages: list[str] | None, schedule: str, timeout_s: float | None, trigger: str, flow_run_id: str) -> dict:
     from prefect.runtime import task_run
-    try: return run_in_child(project_dir=project_dir, stages=stages, schedule=schedule, timeout_s=timeout_s, flow_run_id=flow_run_id,
-                             trigger='retry' if task_run.run_count > 1 else trigger)
-    finally: _note_next_run(project_dir, schedule)
+    return run_in_child(**where, stages=stages, schedule=schedule, timeout_s=timeout_s, flow_run_id=flow_run_id,
+                        trigger='retry' if task_run.run_count > 1 else trigger)
 
 def _note_next_run(project_dir: str, name: str):
     "Write the schedule's next run into its project's store row (the flow's process has the API in PREFECT_API_URL)"
@@ -203,19 +202,39 @@ def _note_next_run(project_dir: str, name: str):
 
 # %% ../../nbs/api/48a_orchestrate.scheduler.ipynb #d7c368f6
 @flow(name='run_pipeline', persist_result=False)
-def run_pipeline(project_dir: str,  # the project's repository
+def run_pipeline(project_dir: str,  # the project's repository on the scheduler's machine
                  stages: list[str] | None = None,  # the stages to reproduce; None: all
                  schedule: str = '',  # the schedule's name
                  retries: int = 0,  # tries after the first, each `retry_delay_s` later
                  retry_delay_s: float = 10,
                  timeout_s: float | None = None,  # stop a try that runs longer, and fail it
+                 project: str | None = None,  # the project's name (its tag); default: read from `project_dir`
+                 repo: str | None = None,  # a container pool's: the repository's URL, cloned instead of `project_dir`
+                 branch: str | None = None,  # with `repo`: the branch to run
                 ) -> dict:
-    "A schedule's run: `dvc repro` of the project's committed HEAD, in a worktree, one at a time per project, retried"
+    "A schedule's run: `dvc repro` of the project's committed HEAD, in a worktree (in a container, a clone), one at a time per project, retried"
     from prefect.context import FlowRunContext
     fr = FlowRunContext.get().flow_run
-    name = check_project_dir(project_dir).name
+    name = project or check_project_dir(project_dir).name
+    where = dict(repo=repo, branch=branch) if repo else dict(project_dir=project_dir)
     attempt = _attempt.with_options(retries=retries, retry_delay_seconds=retry_delay_s, tags={project_tag(name)})
-    return attempt(project_dir, stages, schedule or name, timeout_s, 'schedule' if fr.auto_scheduled else 'manual', str(fr.id))
+    try: return attempt(where, stages, schedule or name, timeout_s, 'schedule' if fr.auto_scheduled else 'manual', str(fr.id))
+    finally:
+        if not repo: _note_next_run(project_dir, schedule or name)
+
+# %% ../../nbs/api/48a_orchestrate.scheduler.ipynb #6a0d2f95
+def _in_containers(target: Project, image: str | None) -> dict:
+    "What a schedule on a container pool adds: the repository to clone and the image to run, each checked"
+    from aiinfra_nb.images.registry import pipeline_image
+    where = repository_of(target)
+    if not has_dvc_remote(target.root, committed=True):
+        raise SchedulerError(f"{target.root}/.dvc/config names no DVC remote: a container gets the project's data from it "
+                             "(`dvc remote add -d NAME URL`, commit, push)")
+    image = image or pipeline_image(target)
+    said = dict(image=image, clones=f"{where['url']} ({where['branch']})")
+    if where['unpushed']: said['note'] = f"{where['unpushed']} commit(s) of {where['branch']} are not pushed: the pool runs what the remote has"
+    elif where['unpushed'] is None: said['note'] = f"{where['branch']} was never pushed to {where['url']}: the pool's runs will not find it"
+    return dict(parameters=dict(repo=where['url'], branch=where['branch']), job_variables={'image': image}, said=said)
 
 # %% ../../nbs/api/48a_orchestrate.scheduler.ipynb #e3ea0f05
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$')  # a schedule's name
@@ -241,6 +260,7 @@ def add_schedule(project_dir: str | Path, cron: str | None = None, every: str | 
                  retries: int = 0, timeout: str | None = None,  # e.g. '30m'
                  name: str | None = None,  # default: the project's name
                  pool: str | None = None,  # a work pool; default: `[orchestrator] pool`
+                 image: str | None = None,  # on a Kubernetes or Docker pool: the pipeline image; default: the project's newest pushed
                  project: Project | None = None,  # whose settings name the scheduler; default: here
                 ) -> dict:
     "Schedule a project's pipeline: a Prefect deployment of `run_pipeline`, and its row in the project's store"
@@ -257,19 +277,21 @@ def add_schedule(project_dir: str | Path, cron: str | None = None, every: str | 
     timeout_s = parse_duration(timeout, '--timeout', SchedulerError) if timeout else None
     name = name or target.name
     if not _NAME.match(name): raise SchedulerError(f"schedule name {name!r}: letters, digits, '_', '-', '.', up to 100")
+    params = dict(project_dir=str(target.root), stages=stages or None, schedule=name, retries=retries,
+                  retry_delay_s=s.orchestrator.retry_delay_s, timeout_s=timeout_s, project=target.name)
     with _connected(s) as c:
         try: c.read_deployment_by_name(f"run_pipeline/{name}"); taken = True
         except ObjectNotFound: taken = False
         if taken: raise SchedulerError(f"a schedule named {name!r} exists: pick another --name, or `aiinfra schedule remove {name}` first")
         pool = pool or ensure_pool(s)
-        try: c.read_work_pool(pool)
+        try: kind = c.read_work_pool(pool).type
         except ObjectNotFound: raise SchedulerError(f"no work pool {pool!r}: `aiinfra scheduler pool` makes one") from None
+        placed = _in_containers(target, image) if kind != 'process' else {}
         try: c.read_concurrency_limit_by_tag(project_tag(target.name))
         except ObjectNotFound: c.create_concurrency_limit(project_tag(target.name), 1)
-        params = dict(project_dir=str(target.root), stages=stages or None, schedule=name, retries=retries,
-                      retry_delay_s=s.orchestrator.retry_delay_s, timeout_s=timeout_s)
         deployment = c.create_deployment(c.create_flow_from_name('run_pipeline'), name, entrypoint=ENTRYPOINT, work_pool_name=pool,
-                                         parameters=params, schedules=[DeploymentScheduleCreate(schedule=schedule)],
+                                         parameters=params | placed.get('parameters', {}), job_variables=placed.get('job_variables'),
+                                         schedules=[DeploymentScheduleCreate(schedule=schedule)],
                                          concurrency_limit=1, concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
                                          tags=['aiinfra', project_tag(target.name)], description=f"{trigger}: dvc repro of {target.root}")
     with writing(target.engine) as conn:
@@ -277,7 +299,7 @@ def add_schedule(project_dir: str | Path, cron: str | None = None, every: str | 
         conn.execute(schedules.insert().values(name=name, project=target.name, repo=str(target.root), trigger=trigger, stages=stages or None,
                                                retries=retries, timeout_s=timeout_s, pool=pool, deployment_id=str(deployment), paused=False,
                                                created_at=time.time()))
-    return dict(name=name, project=target.name, trigger=trigger, pool=pool, deployment_id=str(deployment))
+    return dict(name=name, project=target.name, trigger=trigger, pool=pool, deployment_id=str(deployment), **placed.get('said', {}))
 
 # %% ../../nbs/api/48a_orchestrate.scheduler.ipynb #84487262
 def list_schedules(project: Project | None = None) -> Rows:
