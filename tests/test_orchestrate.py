@@ -183,7 +183,7 @@ def test_the_cli_says_one_line_and_makes_nothing(operator, tmp_path):
 
 def test_kubernetes_and_docker_pools_run_the_same_schedules_in_containers(operator, tmp_path, pg_url):
     "Without a cluster: the pools are made, their jobs rendered by the Kubernetes and Docker workers' own code, and the Kubernetes job's command run"
-    import asyncio, json, shlex
+    import asyncio, json
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
