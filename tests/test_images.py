@@ -135,6 +135,49 @@ def test_build_push_run_and_rebuild_only_what_changed(project, pg_url, tmp_path)
     assert len(builds(engine)) == 4
 
 
+def test_a_pipeline_image_runs_a_scheduled_run_from_a_clone(tmp_path, pg_url, monkeypatch):
+    """The image a Kubernetes or Docker work pool runs (`aiinfra image build --pipeline`): inside it, a scheduled run clones the project
+    from a git server, reproduces it with its DVC remote's data, trains, pushes back, and lands in the store"""
+    from aiinfra_nb.images.tools import inspect_image, tool, tool_env
+    monkeypatch.setenv('AIINFRA_DB_URL', pg_url)
+    proj, bucket, served = tmp_path/'pods', tmp_path/'bucket', tmp_path/'git'
+    aiinfra('new', 'pods', '--data', package_file('palmerpenguins', 'data/penguins.csv'), '--target', 'species', '--dir', proj)
+    bucket.mkdir()
+    in_project(['dvc', 'remote', 'add', '-q', '-d', 'bucket', bucket], proj)  # in the committed .dvc/config, as a cluster needs it
+    in_project(['dvc', 'push', '-q'], proj)
+    subprocess.run(['chmod', '-R', 'a+rwX', bucket], check=True)  # the container's user (uid 10001) writes there too
+    git = lambda *a: subprocess.run(['git', '-C', str(proj), '-c', 'user.name=t', '-c', 'user.email=t@t', *a], check=True, capture_output=True)
+    git('add', '-A'); git('commit', '-qm', 'a DVC remote')
+    served.mkdir(); subprocess.run(['git', 'clone', '-q', '--bare', str(proj), str(served/'pods.git')], check=True)
+    port = free_port()  # a git server on 127.0.0.1, which the container shares
+    daemon = subprocess.Popen(['git', 'daemon', '--reuseaddr', f'--base-path={served}', '--export-all', '--listen=127.0.0.1', f'--port={port}', str(served)])
+    try:
+        built = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--pipeline', '--json'], proj).stdout)
+        assert built['image'].startswith('localhost/aiinfra/pods-pipeline:') and built['pipeline'] and built['models'] == []
+        assert [l['layer'] for l in built['layers']][-3:] == ['lock', 'dependencies', 'code']
+        config = inspect_image(built['image'])['Docker']['config']
+        assert (config['User'], config.get('Entrypoint') or None, config['Cmd'], config['Labels']['io.aiinfra.image']) == \
+               ('10001:10001', None, ['prefect', 'flow-run', 'execute'], 'pipeline')  # no entry point: the worker gives the command
+        container = tool('buildah', 'from', '--pull-never', built['image']).strip()
+        try:
+            code = (f"import json; from aiinfra_nb.orchestrate.runs import scheduled_run; "
+                    f"print(json.dumps(scheduled_run(repo='git://127.0.0.1:{port}/pods.git', schedule='in-the-image')))")
+            ran = subprocess.run(['buildah', 'run', '-v', f'{bucket}:{bucket}', '--env', f'AIINFRA_DB_URL={pg_url}', container, '--', 'python', '-c', code],
+                                 capture_output=True, text=True, env=tool_env(), timeout=600)
+        finally: subprocess.run(['buildah', 'rm', container], capture_output=True, env=tool_env())
+    finally: daemon.terminate(); daemon.wait(10)
+    assert ran.returncode == 0 and json.loads(ran.stdout.splitlines()[-1])['status'] == 'finished', ran.stderr[-3000:]
+    engine = get_engine(pg_url)
+    (run,) = query(sa.select(runs.c.id, runs.c.status, runs.c.extra).where(runs.c.kind == 'schedule'), engine)
+    assert run['extra']['repo'] == f'git://127.0.0.1:{port}/pods.git' and run['extra']['models'] == ['pods/1'], run
+    stages = query(sa.select(runs.c.kind, runs.c.status).where(runs.c.parent_id == run['id']), engine)
+    assert {s['kind'] for s in stages} >= {'ingest', 'etl', 'train', 'evaluate'} and {s['status'] for s in stages} == {'finished'}, stages
+    assert query(sa.select(models.c.name, models.c.version, models.c.stage), engine) == [dict(name='pods', version=1, stage='production')]
+    import yaml  # the registry the run made is in the remote, under the hash its dvc.lock (kept with the run) names
+    (registry,) = [o['md5'] for o in yaml.safe_load(run['extra']['dvc_lock'])['stages']['train']['outs'] if o['path'] == 'data/models']
+    assert (bucket/'files/md5'/registry[:2]/registry[2:]).is_file(), registry
+
+
 def test_bad_input_is_one_clear_error(tmp_path, sqlite_url, monkeypatch):
     monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
     (tmp_path/'plain').mkdir()
@@ -185,7 +228,7 @@ def test_a_push_cut_off_or_unreachable_leaves_no_tag(tmp_path, sqlite_url, monke
     monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
     listed = subprocess.run(['buildah', 'images', '--format', '{{.Name}}:{{.Tag}}', '--filter', 'reference=localhost/aiinfra/*'],
                             capture_output=True, text=True).stdout.split()
-    images = [i for i in listed if not i.startswith('localhost/aiinfra/base:') and image_exists(i)]
+    images = [i for i in listed if not i.startswith(('localhost/aiinfra/base:', 'localhost/aiinfra/base-pipeline:')) and image_exists(i)]
     if not images: pytest.skip('no service image built here yet')
     with pytest.raises(ImageError, match=r'the image registry 127\.0\.0\.1:\d+ does not answer'):
         push_image(images[0], f'127.0.0.1:{free_port()}')

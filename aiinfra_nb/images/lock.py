@@ -10,11 +10,12 @@ from packaging.utils import canonicalize_name
 from .tools import ImageError
 
 # %% auto #0
-__all__ = ['SERVE_EXTRA', 'NOT_SERVING', 'serve_requirements', 'pipeline_requirements', 'serving_lock']
+__all__ = ['SERVE_EXTRA', 'NOT_SERVING', 'NOT_IN_PIPELINE', 'serve_requirements', 'pipeline_requirements', 'serving_lock']
 
 # %% ../../nbs/api/47b_images.lock.ipynb #e90f7fe5
 SERVE_EXTRA = 'serve'  # the toolkit's extra that declares what the service imports (pyproject.toml)
 NOT_SERVING = ('jupyterlab', 'dvc', 'pytorch-lightning', 'lightning', 'papermill', 'ipykernel', 'voila', 'copier')
+NOT_IN_PIPELINE = ('jupyterlab', 'voila')  # the faces a person opens: `dvc repro` runs papermill's kernels without them
 
 def _declared(toolkit: str, extra: str) -> tuple[str, ...]:
     "The toolkit's requirements as its installed metadata declares them: those of `extra` alone, or with '' its own"
@@ -31,8 +32,8 @@ def serve_requirements(toolkit: str = 'aiinfra_nb') -> tuple[str, ...]:
     return roots
 
 def pipeline_requirements(toolkit: str = 'aiinfra_nb') -> tuple[str, ...]:
-    "The roots of a pipeline image's install: the toolkit's own requirements (DVC, papermill, Lightning, Prefect...), no extra"
-    return _declared(toolkit, '')
+    "The roots of a pipeline image's install: the toolkit's own requirements (DVC, papermill, Lightning, Prefect...) but its faces"
+    return tuple(r for r in _declared(toolkit, '') if Requirement(r).name not in NOT_IN_PIPELINE)
 
 # %% ../../nbs/api/47b_images.lock.ipynb #b0c16200
 def serving_lock(roots: tuple[str, ...] | None = None,  # requirements to pin; default: `serve_requirements()`
