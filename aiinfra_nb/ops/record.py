@@ -16,10 +16,10 @@ from .store import StoreError, audit, events, get_engine, insert_ignore, metrics
 
 # %% auto #0
 __all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'RUN_COLUMNS', 'RUN_FOLD',
-           'EVENT_COLUMNS', 'EVENT_FOLD', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run', 'jsonable',
-           'store_name', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'Heartbeat', 'recording', 'start_run',
-           'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'Liveness', 'check_limit', 'list_runs',
-           'list_events', 'last_metrics']
+           'EVENT_COLUMNS', 'EVENT_FOLD', 'RowQueue', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run',
+           'jsonable', 'store_name', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'Heartbeat', 'recording',
+           'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'Liveness', 'check_limit',
+           'list_runs', 'list_events', 'last_metrics']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {t.name: tuple(c.name for c in t.columns if not c.primary_key) for t in (metrics, events, audit)}  # the tables' own, in order
@@ -32,33 +32,32 @@ def _insert_sql(engine: Engine, table: str) -> str:
     return f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join([ph] * len(cols))})"
 
 # %% ../../nbs/api/02_ops.record.ipynb #c1ab65c0
-class BatchWriter:
-    "A bounded queue of rows and a thread that commits them in batches"
-    def __init__(self, engine: Engine,  # the store
-                 queue_rows: int = 200_000,  # rows queued before `put` waits
-                 batch_rows: int = 20_000,  # rows per transaction, at most (a call is never split)
+class RowQueue:
+    "A bounded queue of rows and a thread that hands them, in batches, to `_commit` (what a subclass writes them to)"
+    def __init__(self, queue_rows: int = 200_000,  # rows queued before `put` waits
+                 batch_rows: int = 20_000,  # rows per batch, at most (a call is never split)
                  flush_s: float = 0.5,  # the longest a row waits before being written
                  put_wait_s: float = 1.0,  # the longest `put` waits for room before dropping its rows
-                 end_flush_s: float = 30.0):  # at exit, the longest the last rows may take to reach the store
-        self.engine, self.queue_rows, self.batch_rows, self.flush_s, self.put_wait_s = engine, queue_rows, batch_rows, flush_s, put_wait_s
+                 end_flush_s: float = 30.0,  # at exit, the longest the last rows may take to be written
+                 name: str = 'aiinfra-writer'):  # its thread's name
+        self.queue_rows, self.batch_rows, self.flush_s, self.put_wait_s = queue_rows, batch_rows, flush_s, put_wait_s
         self.end_flush_s = end_flush_s
-        self._sql = {t: _insert_sql(engine, t) for t in FAST_COLUMNS}
         self._items, self._cv = deque(), threading.Condition()
         self._queued = self._put_total = self._done_total = 0
         self._urgent = self._closed = False
         self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name='aiinfra-writer', daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, table: str, rows: list[tuple]) -> bool:
-        "Queue `rows` (tuples in `FAST_COLUMNS[table]` order) for `table`; False if they were dropped (queue full too long)"
+    def put(self, key, rows: list) -> bool:
+        "Queue `rows` under `key` (for a store, a table: tuples in `FAST_COLUMNS[table]` order); False if they were dropped (queue full too long)"
         if not rows: return True
         with self._cv:
-            if self._closed: raise AiinfraError("the store writer is closed (the process is exiting)")
+            if self._closed: raise AiinfraError("the writer is closed (the process is exiting)")
             if not self._cv.wait_for(lambda: self._queued < self.queue_rows, self.put_wait_s):
-                self._drop(len(rows), f"the queue stayed full for {self.put_wait_s}s (the store is down or slow)")
+                self._drop(len(rows), f"the queue stayed full for {self.put_wait_s}s (what it writes to is down or slow)")
                 return False
-            self._items.append((table, rows))
+            self._items.append((key, rows))
             self._queued += len(rows); self._put_total += len(rows)
             if self._queued >= self.batch_rows: self._cv.notify_all()
         return True
@@ -69,8 +68,9 @@ class BatchWriter:
         if before == 0 or before // 10_000 != self.dropped // 10_000:
             print(f"aiinfra: {self.dropped:,} rows dropped so far: {why}", file=sys.stderr)
             self._said = self.dropped
+
     def flush(self, timeout: float | None = None) -> bool:
-        "Wait until every row queued so far is committed; False on timeout"
+        "Wait until every row queued so far is written; False on timeout"
         with self._cv:
             target, self._urgent = self._put_total, True
             self._cv.notify_all()
@@ -84,9 +84,19 @@ class BatchWriter:
         if self.dropped > getattr(self, '_said', 0): print(f"aiinfra: {self.dropped:,} rows dropped in all", file=sys.stderr)
         return ok
 
+    def _commit(self, batch: list): raise NotImplementedError  # write [(key, rows), ...]; drop (and count) what cannot be written
+
+# %% ../../nbs/api/02_ops.record.ipynb #4b7d2e18
+class BatchWriter(RowQueue):
+    "A `RowQueue` that commits its rows to a store's tables, one transaction per batch"
+    def __init__(self, engine: Engine,  # the store
+                 queue_rows: int = 200_000, batch_rows: int = 20_000, flush_s: float = 0.5, put_wait_s: float = 1.0, end_flush_s: float = 30.0):
+        self.engine, self._sql = engine, {t: _insert_sql(engine, t) for t in FAST_COLUMNS}
+        super().__init__(queue_rows, batch_rows, flush_s, put_wait_s, end_flush_s)
+
 # %% ../../nbs/api/02_ops.record.ipynb #3e9234f6
 @patch
-def _take_batch(self: BatchWriter) -> list:
+def _take_batch(self: RowQueue) -> list:
     with self._cv:
         self._cv.wait_for(lambda: self._queued >= self.batch_rows or self._urgent or self._closed, self.flush_s)
         batch, n = [], 0
@@ -142,7 +152,7 @@ def _copy(conn, table: str, rows: list[tuple]):
         raise sa.exc.DBAPIError.instance(sql, None, e, dbapi.Error) from None
 
 @patch
-def _run(self: BatchWriter):
+def _run(self: RowQueue):
     while True:
         batch = self._take_batch()
         if batch: self._commit(batch)
