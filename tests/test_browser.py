@@ -80,7 +80,7 @@ def check_tabs(page, where: str, expect: dict):
 
 
 EXPECT = {'Overview': ['idle machines', 'failing runs'], 'Projects': ['fleet-00', 'production_models'], 'Runs': ['latest runs', 'fleet-01'],
-          'Machines & cost': ['gpu-node-7', 'cost per project and day'], 'Services': ['p95_ms', 'billing-key'], 'Logs': ['saved raw/table']}
+          'Machines & cost': ['gpu-node-7', 'machine cost per project and day'], 'Services': ['p95_ms', 'billing-key'], 'Logs': ['saved raw/table']}
 
 
 @pytest.fixture

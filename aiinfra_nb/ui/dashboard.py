@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #0e015f62
 from __future__ import annotations
-import asyncio, html, threading, time
+import asyncio, html, json, threading, time
 from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
@@ -15,7 +15,7 @@ from ..ops.projects import scan_projects
 from ..ops.record import LEVELS, list_runs
 
 # %% auto #0
-__all__ = ['TABS', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html', 'Dashboard', 'RunWatch',
+__all__ = ['TABS', 'Chart', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html', 'Dashboard', 'RunWatch',
            'panel_notebook', 'serve_panel']
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #4ba36174
@@ -27,6 +27,11 @@ def _store_problem(e: Exception) -> str:
     return f'<span class="aiinfra-bad">store: {html.escape(msg)}</span>'
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #19f3bbe2
+class Chart:
+    "A plotly figure shown as its JSON alone, which JupyterLab's and Voila's plotly renderer draws (plotly 5's notebook renderer would add 4.6 MB of plotly.js to the page)"
+    def __init__(self, fig): self.fig = fig
+    def _repr_mimebundle_(self, **kw) -> dict: return {'application/vnd.plotly.v1+json': json.loads(self.fig.to_json())}
+
 def cost_chart(cost_by_day: list[dict]):
     "Stacked bars: machine cost per project per day"
     import plotly.graph_objects as go
@@ -163,7 +168,7 @@ def _draw(self: Dashboard, d: dict):
         if self._drawn.get(name) == drawn: continue
         self._drawn[name] = drawn
         out.clear_output(wait=True)
-        with out: display(charts[name])
+        with out: display(Chart(charts[name]))
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #7ec476fc
 @patch
@@ -230,7 +235,7 @@ def refresh(self: RunWatch) -> bool:
         return True
     self.data, self.header.value = d, _watch_header(d)
     self.chart.outputs = ()
-    self.chart.append_display_data(curves_chart(d['curves'], d['name'] or d['id'][:8]))
+    self.chart.append_display_data(Chart(curves_chart(d['curves'], d['name'] or d['id'][:8])))
     return d['status'] == 'running'
 
 @patch
