@@ -148,6 +148,49 @@ retry_delay_s = 10
 # how long `scheduler start` waits for the server to answer (its first start builds its database)
 start_timeout_s = 180
 
+[monitor]
+# the prediction log of a model service (monitoring/<project>/<model>/ in the catalog): the share of served rows kept (0 to 1),
+# and whether their features are kept (false: the predictions only, for privacy; drift then cannot be measured)
+sample = 1.0
+features = true
+# its writer: rows queued at most (beyond: dropped and counted, never a request held up), seconds between files
+queue_rows = 200000
+flush_s = 5
+# `aiinfra monitor run`: the window it looks at (hours), and the fewest served rows it gives a verdict on
+window_h = 24
+min_rows = 200
+# how often the scheduler runs it (minutes; `aiinfra scheduler start` registers it)
+every_min = 5
+
+[alerts]
+# Apprise URLs of those who hear of alerts, one per line, optionally after the severities each takes (Apprise's text format),
+# e.g. "warning,critical=slack://TOKEN/#ml-alerts" or "critical=mailto://user:pass@smtp.example.com?to=oncall@example.com";
+# empty: alerts are only recorded (`aiinfra alerts`, the panel)
+notify =
+# an open alert is notified again after this many minutes
+renotify_min = 240
+# how often the scheduler checks the rules (minutes)
+every_min = 5
+# the rules' thresholds: a machine idle / on for longer; over the last 5 minutes of a service, its share of 5xx answers, its
+# p95 latency, and 401/403 answers to one client (someone trying keys); a model's drifted share of columns and its live
+# performance below its validation figure; a schedule's last successful run older than
+machine_idle_min = 60
+machine_on_h = 24
+error_rate = 0.05
+p95_ms = 1000
+auth_failures = 20
+drift_share = 0.5
+performance_margin = 0.05
+schedule_days = 2
+# what an alert does besides being told: on drift, `retrain` runs the project's schedule once per alert (its evaluate stage
+# still promotes only a better model); on an idle machine, `stop` stops it with [machines] stop_command; `none`: nothing
+on_drift = none
+on_idle = none
+
+[budget]
+# this project's machine cost a month (USD) past which an alert opens; 0: no budget
+month = 0
+
 [scaffold]
 # the project template of `aiinfra new` / `aiinfra upgrade`: a path or git URL of the aiinfra_nb repository;
 # empty: the repository this toolkit is installed from
@@ -187,6 +230,12 @@ SETTINGS_SCHEMA = {
     'portfolio': {'root': 'path'},
     'orchestrator': {'api_url': 'str', 'port': 'int 1..65535', 'pool': 'str', 'concurrency': 'int 1..1000', 'retry_delay_s': 'float 0..86400',
                      'start_timeout_s': 'float 1..3600'},
+    'monitor': {'sample': 'float 0..1', 'features': 'bool', 'queue_rows': 'int 1..', 'flush_s': 'float 0.01..3600', 'window_h': 'float 0.001..',
+                'min_rows': 'int 1..', 'every_min': 'float 0.1..'},
+    'alerts': {'notify': 'str', 'renotify_min': 'float 0..', 'every_min': 'float 0.1..', 'machine_idle_min': 'float 0..', 'machine_on_h': 'float 0..',
+               'error_rate': 'float 0..1', 'p95_ms': 'float 0..', 'auth_failures': 'int 1..', 'drift_share': 'float 0..1',
+               'performance_margin': 'float 0..', 'schedule_days': 'float 0..', 'on_drift': 'str', 'on_idle': 'str'},
+    'budget': {'month': 'float 0..'},
     'scaffold': {'template': 'str'},
     'data': {'dir': 'folder'},
     'train': {'checkpoints': 'path', 'shutdown_command': 'str', 'reproducible': 'bool', 'threads': 'int 1..1024'},

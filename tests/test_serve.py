@@ -73,6 +73,7 @@ def service(tmp_path, sqlite_url):
 V1 = {'instances': [{'distance': 1200, 'carrier': 'UA'}, {'distance': 90, 'carrier': 'AA'}]}
 V2 = {'id': 'q1', 'inputs': [{'name': 'distance', 'shape': [2], 'datatype': 'FP32', 'data': [1200, 90]},
                             {'name': 'carrier', 'shape': [2], 'datatype': 'BYTES', 'data': ['UA', 'AA']}]}
+FEEDBACK = {'labels': [{'id': 'q1', 'label': [1, 0]}]}  # the labels of V2's two rows
 PUBLIC = {'/v2/health/live', '/v2/health/ready', '/openapi.json', '/docs', '/docs/oauth2-redirect', '/redoc'}
 
 
@@ -103,7 +104,7 @@ def test_authorization_matrix(service):
             for method in ('GET', 'POST', 'PUT', 'DELETE'):
                 for who, secret in callers.items():
                     headers = {'Authorization': f'Bearer {secret}'} if secret else {}
-                    body = V2 if path.endswith('/infer') else V1 if path.endswith(':predict') else None
+                    body = V2 if path.endswith('/infer') else V1 if path.endswith(':predict') else FEEDBACK if path.endswith('/feedback') else None
                     url = concrete(path)
                     r = c.request(method, url, headers=headers, json=body)
                     matched, name = route_of(routes, url, method)  # the route the server matches (GET .../delay:predict is /v1/models/{name})

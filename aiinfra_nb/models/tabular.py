@@ -18,7 +18,7 @@ log = logging.getLogger('aiinfra.models')
 
 # %% auto #0
 __all__ = ['log', 'MODELS', 'MODEL_ENTRY_POINTS', 'SMALL_ROWS', 'FLOAT32_MAX', 'ModelError', 'embedding_size', 'TabularNet',
-           'model_class', 'Preprocessor']
+           'model_class', 'Preprocessor', 'predict']
 
 # %% ../../nbs/api/08a_models.tabular.ipynb #e26f0833
 class ModelError(AiinfraError):
@@ -155,3 +155,10 @@ def _check_numeric(df: pl.DataFrame, columns: list[str]):
         t = df.schema[c]
         if not (t.is_numeric() or t in (pl.Boolean, pl.Null)):
             raise FeatureError(f"column {c!r} must be numeric, not {t}: e.g. {df[c].drop_nulls().head(1).to_list()}")
+
+# %% ../../nbs/api/08a_models.tabular.ipynb #2e9d5b61
+@torch.inference_mode()
+def predict(model: nn.Module, pre: Preprocessor, task_name: str, frame: pl.DataFrame) -> list:
+    "Probabilities (binary: of the positive class; multiclass: one list per row) or values of `frame`'s rows"
+    x_num, x_cat = pre.transform(frame)
+    return task_named(task_name).activate(model(x_num, x_cat)).tolist()

@@ -16,23 +16,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 import prometheus_client as prom
-from ..core import AiinfraError, FeatureError, Project
+from ..core import AiinfraError, FeatureError, Project, SettingsError
 from ..ops.record import flush, log_event
+from ..ops.predictions import PredictionLog
 from ..ops.store import services, writing, insert_ignore
 from .audit import AuditMiddleware
 from .auth import Key, KeyRing, RateLimits
-from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_v1, read_v2
+from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_feedback, read_v1, read_v2
 from ..models.registry import Registry
-from ..models.tabular import Preprocessor
+from ..models.tabular import Preprocessor, predict as predict_rows
 from ..models.task import Task, task_named
 
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
 __all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'health_routes', 'v2_routes', 'v1_routes',
-           'admin_routes', 'Served', 'LiveModels', 'predict', 'infer', 'error', 'authorize', 'needs', 'Guard',
-           'body_of', 'v2_metadata', 'create_app', 'model_for', 'live', 'ready', 'server_metadata', 'model_metadata',
-           'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'metrics', 'serve']
+           'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict', 'infer', 'error',
+           'authorize', 'needs', 'Guard', 'body_of', 'v2_metadata', 'create_app', 'model_for', 'live', 'ready',
+           'server_metadata', 'model_metadata', 'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict',
+           'v1_feedback', 'metrics', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Served:
     def task(self) -> Task: return task_named(self.meta['architecture']['config'].get('task', 'binary'))
     @property
     def n_classes(self) -> int: return self.meta['architecture']['config'].get('n_classes', 2)
+    @property
+    def classes(self) -> list | None: return self.features.get('classes')
 
     def v2_outputs(self, values: list) -> list[dict]:
         "`predict`'s answer as the V2 output tensor of this model's task (a multiclass answer: rows of probabilities, flattened)"
@@ -91,21 +95,21 @@ class LiveModels:
             return self.pinned[(name, version)]
 
 # %% ../../nbs/api/32_serve.app.ipynb #f8887935
-@torch.inference_mode()
 def predict(served: Served, frame: pl.DataFrame) -> list:
     "Probabilities (binary: of the positive class; multiclass: one list per row) or values of `frame`'s rows"
-    x_num, x_cat = served.pre.transform(frame)
-    return served.task.activate(served.model(x_num, x_cat)).tolist()
+    return predict_rows(served.model, served.pre, served.task.name, frame)
 
 # %% ../../nbs/api/32_serve.app.ipynb #23b46ccf
 def infer(request: Request, served: Served, frame: pl.DataFrame,
           form: str = 'json',  # how the inputs came: json or binary (V2's binary tensor extension)
          ) -> list:
-    "The model's answer for `frame`'s rows, within the service's row limit, noted in the request's audit record"
+    "The model's answer for `frame`'s rows, within the service's row limit, noted in the request's audit record and its prediction log"
     if frame.height > (limit := request.app.state.max_rows): raise ServiceError(413, f"{frame.height:,} rows: at most {limit:,} per request")
     audit, enc = request.scope['state']['audit'], request.scope['state']['audit'].get('encoding')
     audit.update(rows=frame.height, form=form + (f'+{enc}' if enc and enc != 'identity' else ''))
-    return predict(served, frame)
+    values = predict(served, frame)
+    request.app.state.log.served(served.name, served.version, frame, values, audit['request_id'], audit.get('key_id'), served.classes)
+    return values
 
 # %% ../../nbs/api/32_serve.app.ipynb #9df631c1
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -218,6 +222,9 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
     "The model service: V2 and V1 protocols, keys, roles, limits, audit, hot swap"
     project = project or Project.here()
     s, name = project.settings, name or project.service
+    if not s.monitor.features and s.service.audit_payload == 'full':
+        raise SettingsError("[monitor] features = false keeps no feature value, but [service] audit_payload = full would keep every request's "
+                            "body in the audit: set audit_payload to hash or none")
     models = LiveModels(registry or (Registry.scratch(s.service.registry, project.name) if s.service.registry else project.registry))
 
     @asynccontextmanager
@@ -232,13 +239,14 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
             task.cancel()
             _service_beat(project, name, 'down')
             await asyncio.to_thread(flush, s.record.end_flush_s)
+            await asyncio.to_thread(app.state.log.close, s.record.end_flush_s)
 
     docs = dict(docs_url='/docs', redoc_url='/redoc') if s.service.docs else dict(docs_url=None, redoc_url=None)  # Swagger UI comes from a CDN
     app = FastAPI(title=f"aiinfra model service: {name}", version=__version__, lifespan=lifespan, redirect_slashes=False, **docs,
                   description="Open Inference Protocol (V2) and KServe V1 over the registry's production models. "
                               "Every route but health needs an API key: Authorization: Bearer <key> (or X-API-Key).")
     app.state.keys, app.state.limits = KeyRing(project.engine, s.service.key_cache_s), RateLimits(s.service.rate_limit, s.service.limits_url)
-    app.state.models, app.state.max_rows = models, s.service.max_rows
+    app.state.models, app.state.max_rows, app.state.log = models, s.service.max_rows, PredictionLog(project)
     app.state.max_body, app.state.body_timeout_s, app.state.store_ok = s.service.max_body_bytes, s.service.body_timeout_s, True
     for routes in (health_routes, v2_routes, v1_routes, admin_routes):  # their routes, not the routers: include_router nests a router
         app.router.routes.extend(_declare_permissions(routes).routes)  # that every request walks (FastAPI 0.165: 7% of a request)
@@ -376,11 +384,27 @@ async def v1_predict(request: Request, served: Predicting):
     values = infer(request, served, frame_from_v1(served.features, read_v1(await body_of(request))))
     return {'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}
 
+FEEDBACK_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {
+    'type': 'object', 'required': ['labels'], 'properties': {'labels': {'type': 'array', 'items': {'type': 'object', 'required': ['id', 'label'],
+        'properties': {'id': {'type': 'string'}, 'row': {'type': 'integer'}, 'label': {}}}}}}}}}}
+
+@v1_routes.post('/v1/models/{name}/feedback', openapi_extra=FEEDBACK_BODY)
+async def v1_feedback(request: Request, served: Predicting):
+    "Labels for answers given earlier, by their request id: what the monitor measures live performance with"
+    labels = read_feedback(await body_of(request), request.app.state.max_rows)
+    request.scope['state']['audit'].update(rows=len(labels), form='feedback')
+    if not request.app.state.log.feedback(served.name, labels, request.scope['state']['audit'].get('key_id')):
+        raise ServiceError(503, "the prediction log is full: send the labels again in a moment", {'Retry-After': '1'})
+    return {'model_name': served.name, 'accepted': len(labels)}
+
 # %% ../../nbs/api/32_serve.app.ipynb #afc441ef
 admin_routes = APIRouter(tags=['admin'])
 
+LOG_DROPPED = prom.Gauge('aiinfra_prediction_log_dropped', 'Served rows the prediction log dropped (its queue full), in this process', multiprocess_mode='sum')
+
 @admin_routes.get('/metrics', response_class=PlainTextResponse)
-async def metrics(key: Key = needs('admin')):
+async def metrics(request: Request, key: Key = needs('admin')):
+    LOG_DROPPED.set(request.app.state.log.dropped)
     registry = prom.REGISTRY
     if os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
         from prometheus_client import multiprocess

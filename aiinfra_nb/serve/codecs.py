@@ -12,7 +12,7 @@ from ..core import FeatureError
 
 # %% auto #0
 __all__ = ['MAX_DEPTH', 'DATATYPES', 'NUMERIC_TYPES', 'MAX_ELEMENTS', 'ServiceError', 'inflated', 'parse_json', 'check_values',
-           'Tensor', 'V2Request', 'read_v2', 'encode_v2', 'frame_from_v2', 'read_v1', 'frame_from_v1']
+           'Tensor', 'V2Request', 'read_v2', 'encode_v2', 'frame_from_v2', 'read_v1', 'frame_from_v1', 'read_feedback']
 
 # %% ../../nbs/api/31a_serve.codecs.ipynb #edfc7198
 class ServiceError(Exception):
@@ -262,3 +262,23 @@ def frame_from_v1(features: dict, instances: list[dict]) -> pl.DataFrame:
         if bad != 0: raise FeatureError(f"feature {c!r} must be text or null, got {json.dumps(bad)[:60]}")
         cols[c] = pl.Series(c, values, dtype=pl.String)
     return pl.DataFrame(cols)
+
+# %% ../../nbs/api/31a_serve.codecs.ipynb #6e0a3d92
+def read_feedback(body: bytes, max_rows: int) -> list[dict]:
+    "The labels of a feedback request, one per served row: [{'request_id', 'row' (None: the request's only row), 'label'}]"
+    req = parse_json(body)
+    if not isinstance(req, dict) or not isinstance(req.get('labels'), list) or not req['labels']:
+        raise ServiceError(422, 'feedback is an object with a list of labels: {"labels": [{"id": "<request id>", "label": ...}, ...]}')
+    out, scalar = [], lambda v: v is None or isinstance(v, (str, bool)) or isinstance(v, (int, float)) and math.isfinite(v)
+    for i, item in enumerate(req['labels']):
+        where = f"labels[{i}]"
+        if not isinstance(item, dict) or set(item) - {'id', 'label', 'row'}: raise ServiceError(422, f"{where}: an object with id, label and, optionally, row")
+        rid, label, row = item.get('id'), item.get('label'), item.get('row')
+        if not isinstance(rid, str) or not 0 < len(rid) <= 64: raise ServiceError(422, f"{where}.id: the request id the answer carried (X-Request-ID), 1 to 64 characters")
+        if row is not None and (not isinstance(row, int) or isinstance(row, bool) or row < 0): raise ServiceError(422, f"{where}.row: a row number (0, 1, ...)")
+        labels = label if isinstance(label, list) else [label]
+        if not labels or row is not None and len(labels) > 1 or not all(map(scalar, labels)):
+            raise ServiceError(422, f"{where}.label: a value (text, number, true/false), or a list of them, one per row of the request")
+        out += [dict(request_id=rid, row=r if isinstance(label, list) else row, label=v) for r, v in enumerate(labels)]
+        if len(out) > max_rows: raise ServiceError(413, f"more than {max_rows:,} labels: send them in parts")
+    return out
