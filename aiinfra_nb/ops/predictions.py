@@ -4,12 +4,12 @@
 
 # %% ../../nbs/api/02a_ops.predictions.ipynb #3d9a4f27
 from __future__ import annotations
-import itertools, os, random, sys, time
+import itertools, os, random, time
 from datetime import datetime, timezone
 from pathlib import Path
 import polars as pl
 from fastcore.basics import patch
-from ..core import AiinfraError, Project
+from ..core import Project
 from .record import RowQueue
 
 # %% auto #0
