@@ -11,7 +11,6 @@ from .core import AiinfraError, Project, Rows, file_hash
 from .ops.predictions import feature_column, log_dir, log_models, read_log
 from .ops.record import Run, recording
 from .models.tabular import Preprocessor, predict
-from .models.task import task_named
 
 # %% auto #0
 __all__ = ['PRIMARY', 'MONITOR_COLUMNS', 'MonitorError', 'reference', 'task_metrics', 'labelled', 'monitor_model', 'monitor_run']
