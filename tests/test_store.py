@@ -16,7 +16,7 @@ def test_schema_created_with_every_table(store_url):
     s = store_summary(eng)
     assert s['schema_version'] == LATEST
     assert set(s['rows']) == {'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
-                              'services', 'api_keys', 'audit', 'project_scans', 'schedules'}
+                              'services', 'api_keys', 'audit', 'project_scans', 'schedules', 'alerts'}
     assert all(n == 0 for n in s['rows'].values())
 
 

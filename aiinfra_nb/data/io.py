@@ -34,7 +34,7 @@ def check_name(name: str) -> str:
 class Catalog:
     "A folder of parquet datasets with metadata and contracts"
     def __init__(self, root: str | Path | None = None,  # default: `[data] dir` of the project here (a notebook's `Catalog()`)
-                 exclude: tuple[str, ...] = ('sample', 'runs')):  # top folders that are not datasets of this catalog
+                 exclude: tuple[str, ...] = ('sample', 'runs', 'monitoring')):  # top folders that are not datasets of this catalog (the prediction log: `ops.predictions`)
         self.root, self.exclude = Path(root) if root else Project.here().settings.data.dir, exclude
 
     def path(self, name: str) -> Path:

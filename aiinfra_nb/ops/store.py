@@ -16,7 +16,7 @@ from ..core import AiinfraError, Project, Rows, mask_secrets
 
 # %% auto #0
 __all__ = ['metadata', 'DEFAULT_PROJECT', 'projects', 'runs', 'metrics', 'events', 'machines', 'machine_sessions', 'models',
-           'services', 'api_keys', 'audit', 'project_scans', 'schedules', 'schema_version', 'BUSY_TIMEOUT_MS',
+           'services', 'api_keys', 'audit', 'project_scans', 'schedules', 'alerts', 'schema_version', 'BUSY_TIMEOUT_MS',
            'MIGRATIONS', 'VIEW_NOTES', 'StoreError', 'store_url', 'check_url', 'create_store_engine', 'epoch_timestamp',
            'ensure_schema', 'get_engine', 'writing', 'reading', 'query', 'insert_ignore', 'store_summary',
            'store_reference']
@@ -126,6 +126,22 @@ schedules = sa.Table('schedules', metadata,  # orchestrate: a mirror of the Pref
     _col('deployment_id', sa.String(64), comment="its Prefect deployment's id"), _col('paused', sa.Boolean, nullable=False),
     _col('created_at', _Float, nullable=False), _col('next_run_at', _Float, comment="its next run, as Prefect said when last asked"),
     comment='the schedules of the projects\' pipelines (`aiinfra schedule add`): Prefect runs them, the runs are in runs')
+
+alerts = sa.Table('alerts', metadata,  # ops.alerts; v11
+    _col('id', _Id, primary_key=True, autoincrement=True),
+    _col('rule', sa.String(64), nullable=False, comment='run_failed, run_stale, machine_idle, machine_on, budget, service_down, error_rate, latency, '
+                                                       'auth_failures, drift, performance, schedule_stale'),
+    _col('project', _Str), _col('subject', _Text, nullable=False, comment='what it is about: a run, machine, service, client, model or schedule'),
+    _col('severity', sa.String(16), nullable=False, comment='info, warning or critical'), _col('message', _Text, nullable=False),
+    _col('opened_at', _Float, nullable=False), _col('last_seen_at', _Float, nullable=False, comment='the last check that found it so'),
+    _col('resolved_at', _Float, comment='when the condition cleared (NULL: open)'), _col('acked_at', _Float), _col('acked_by', _Str),
+    _col('notified_at', _Float, comment='when every notifier last had it'),
+    _col('notify', _JSON, comment='per notifier (by a hash of its URL, never the URL): when it had it, or its error'),
+    _col('action', _JSON, comment='what was done about it: a retraining started, a machine stopped'),
+    sa.Index('uq_alerts_open', 'rule', 'subject', unique=True,  # one open alert per rule and subject
+             sqlite_where=sa.text('resolved_at IS NULL'), postgresql_where=sa.text('resolved_at IS NULL')),
+    sa.Index('ix_alerts_opened', 'opened_at'),
+    comment='what the alert rules found (`aiinfra alerts check`): opened, seen again, notified, acknowledged, resolved')
 
 schema_version = sa.Table('schema_version', metadata, _col('version', _Int, nullable=False),
     comment="the store's schema version (one row)")
@@ -279,9 +295,13 @@ def _v10_schedules(op):
                     sa.Column('paused', sa.Boolean, nullable=False), sa.Column('created_at', sa.Float, nullable=False),
                     sa.Column('next_run_at', sa.Float))
 
+def _v11_alerts(op):
+    "v11: the alerts the rules open and resolve (ops.alerts)"
+    alerts.create(op.get_bind())  # the table as declared above, its indexes (the partial unique one too) with it
+
 MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects,
                                    7: _v7_project_scans, 8: _v8_bi_views, 9: _v9_audit_form,
-                                   10: _v10_schedules}  # version -> step(op: alembic Operations) from version-1
+                                   10: _v10_schedules, 11: _v11_alerts}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine
