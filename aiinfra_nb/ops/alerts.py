@@ -4,14 +4,14 @@
 
 # %% ../../nbs/api/07a_ops.alerts.ipynb #6a2c8e95
 from __future__ import annotations
-import getpass, hashlib, json, logging, time
+import getpass, hashlib, logging, time
 from datetime import datetime, timezone
 import sqlalchemy as sa
 from fastcore.basics import AttrDict
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Project, Rows, SettingsError, duration, money
 from .record import Liveness, log_event
-from .store import alerts, audit, machine_sessions, machines, metrics, projects, query, runs, schedules, services, writing
+from .store import alerts, audit, machine_sessions, metrics, projects, query, runs, schedules, services, writing
 from .overview import cost_between, month_start
 
 # %% auto #0
