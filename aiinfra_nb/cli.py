@@ -17,16 +17,17 @@ from .ops.store import store_summary
 
 # %% auto #0
 __all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'image_app', 'registry_app',
-           'scheduler_app', 'schedule_app', 'terminal_width', 'show', 'status', 'runs', 'machines', 'machines_stop',
-           'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote', 'serve_', 'keys_create',
-           'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_', 'projects', 'new_',
-           'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check', 'image_build', 'image_push',
-           'images_', 'registry_start', 'registry_stop', 'main', 'scheduler_start', 'scheduler_stop',
-           'scheduler_status_', 'scheduler_pool', 'schedule_add', 'schedule_list', 'schedule_run', 'schedule_pause',
-           'schedule_resume', 'schedule_remove']
+           'scheduler_app', 'schedule_app', 'monitor_app', 'alerts_app', 'terminal_width', 'show', 'status', 'runs',
+           'machines', 'machines_stop', 'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote',
+           'serve_', 'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_',
+           'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check',
+           'image_build', 'image_push', 'images_', 'registry_start', 'registry_stop', 'main', 'scheduler_start',
+           'scheduler_stop', 'scheduler_status_', 'scheduler_pool', 'schedule_add', 'schedule_list', 'schedule_run',
+           'schedule_pause', 'schedule_resume', 'schedule_remove', 'monitor_run_', 'monitor_report', 'feedback',
+           'alerts_', 'alerts_check', 'alerts_ack']
 
 # %% ../nbs/api/50_cli.ipynb #04afe1f0
-app = typer.Typer(help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
+app = typer.Typer(rich_markup_mode=None, help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 @app.callback()
@@ -77,7 +78,7 @@ def runs(project: str = typer.Option(None, help='only this project'),
     rows = list_runs(project=project, status=status, kind=kind, limit=limit)
     show(rows, as_json=as_json)
 
-machines_app = typer.Typer(help="Machines: on or off, idle, hours and cost today; stop one (admin).")
+machines_app = typer.Typer(rich_markup_mode=None, help="Machines: on or off, idle, hours and cost today; stop one (admin).")
 app.add_typer(machines_app, name='machines')
 
 @machines_app.callback(invoke_without_command=True)
@@ -127,7 +128,7 @@ def datasets(as_json: bool = typer.Option(False, '--json', help='print JSON')):
     show(list_datasets(), as_json=as_json)
 
 # %% ../nbs/api/50_cli.ipynb #69516a4a
-models_app = typer.Typer(help="The model registry: versions, stages, promote.", no_args_is_help=True)
+models_app = typer.Typer(rich_markup_mode=None, help="The model registry: versions, stages, promote.", no_args_is_help=True)
 app.add_typer(models_app, name='models')
 
 @models_app.command('list')
@@ -156,7 +157,7 @@ def models_promote(name: str, version: int, stage: str = typer.Option('productio
     print(f"{r['name']} v{r['version']} is now {r['stage']}")
 
 # %% ../nbs/api/50_cli.ipynb #29510089
-keys_app = typer.Typer(help="API keys of the model service: create (the secret is shown once), list, revoke.", no_args_is_help=True)
+keys_app = typer.Typer(rich_markup_mode=None, help="API keys of the model service: create (the secret is shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name='keys')
 
 @app.command('serve')
@@ -217,7 +218,7 @@ def dashboard(host: str = typer.Option('127.0.0.1', help='bind address'), port: 
     raise typer.Exit(serve_panel(host, port, token, refresh_s))
 
 # %% ../nbs/api/50_cli.ipynb #2aed87fc
-demo_app = typer.Typer(help="Demo data for the control panel.", no_args_is_help=True)
+demo_app = typer.Typer(rich_markup_mode=None, help="Demo data for the control panel.", no_args_is_help=True)
 app.add_typer(demo_app, name='demo')
 
 @demo_app.command('fleet')
@@ -270,7 +271,7 @@ def upgrade_(path: Path = typer.Argument(Path('.'), help="the project's folder")
     for f in r['conflicts']: print(f"  conflict in {f}: resolve the <<<<<<< markers, then commit")
     if r['conflicts']: raise typer.Exit(1)
 
-contract_app = typer.Typer(help="Data contracts: infer one from a table, check a table against one.", no_args_is_help=True)
+contract_app = typer.Typer(rich_markup_mode=None, help="Data contracts: infer one from a table, check a table against one.", no_args_is_help=True)
 app.add_typer(contract_app, name='contract')
 
 @contract_app.command('infer')
@@ -295,7 +296,7 @@ def contract_check(data: Path = typer.Argument(..., help='a CSV, TSV or parquet 
     check(load_contract(contract), read_table(data).frame)
     print(f"{data}: keeps {contract}")
 
-stages_app = typer.Typer(help="dvc.yaml from the pipeline notebooks: sync writes it, check fails when it is behind.", no_args_is_help=True)
+stages_app = typer.Typer(rich_markup_mode=None, help="dvc.yaml from the pipeline notebooks: sync writes it, check fails when it is behind.", no_args_is_help=True)
 app.add_typer(stages_app, name='stages')
 
 @stages_app.command('sync')
@@ -315,9 +316,9 @@ def stages_check(root: Path = typer.Option(Path('.'), help="the project's root")
     print('dvc.yaml matches the pipeline notebooks')
 
 # %% ../nbs/api/50_cli.ipynb #6aa62f26
-image_app = typer.Typer(help="A project's model service (or its pipeline) as a layered OCI image: build, push.", no_args_is_help=True)
+image_app = typer.Typer(rich_markup_mode=None, help="A project's model service (or its pipeline) as a layered OCI image: build, push.", no_args_is_help=True)
 app.add_typer(image_app, name='image')
-registry_app = typer.Typer(help="A local image registry on 127.0.0.1: start, stop.", no_args_is_help=True)
+registry_app = typer.Typer(rich_markup_mode=None, help="A local image registry on 127.0.0.1: start, stop.", no_args_is_help=True)
 app.add_typer(registry_app, name='registry')
 
 @image_app.command('build')
@@ -380,9 +381,9 @@ def main():
         print(f"aiinfra: error: the store stopped answering: {str(e.orig).strip().splitlines()[0]}", file=sys.stderr); sys.exit(1)
 
 # %% ../nbs/api/50_cli.ipynb #1da05ec1
-scheduler_app = typer.Typer(help="The scheduler (Prefect): start, stop, status of this machine's server and worker.", no_args_is_help=True)
+scheduler_app = typer.Typer(rich_markup_mode=None, help="The scheduler (Prefect): start, stop, status of this machine's server and worker.", no_args_is_help=True)
 app.add_typer(scheduler_app, name='scheduler')
-schedule_app = typer.Typer(help="Schedules: a project's pipeline (dvc repro) on a cron or an interval, with retries and a timeout.", no_args_is_help=True)
+schedule_app = typer.Typer(rich_markup_mode=None, help="Schedules: a project's pipeline (dvc repro) on a cron or an interval, with retries and a timeout.", no_args_is_help=True)
 app.add_typer(schedule_app, name='schedule')
 
 def _print_scheduler(st: dict):
@@ -392,9 +393,13 @@ def _print_scheduler(st: dict):
 
 @scheduler_app.command('start')
 def scheduler_start():
-    "Start the Prefect server (unless [orchestrator] api_url names one) and a worker on the work pool, in the background"
+    "Start the Prefect server (unless [orchestrator] api_url names one) and a worker on the work pool, in the background; register the checks"
+    from aiinfra_nb.orchestrate.checks import register_checks
     from aiinfra_nb.orchestrate.scheduler import start_scheduler
-    _print_scheduler(start_scheduler())
+    st = start_scheduler()
+    checks = register_checks()
+    _print_scheduler(st)
+    print('checks: ' + ', '.join(f"{c['check']} every {c['every_min']:g} min" for c in checks))
 
 @scheduler_app.command('stop')
 def scheduler_stop():
@@ -468,3 +473,65 @@ def schedule_remove(name: str):
     "Delete a schedule (its runs stay in the store)"
     from aiinfra_nb.orchestrate.scheduler import remove_schedule
     remove_schedule(name); print(f"{name}: removed")
+
+# %% ../nbs/api/50_cli.ipynb #7a3d9e21
+monitor_app = typer.Typer(rich_markup_mode=None, help="What served models are asked, against what they were validated on: drift (Evidently), live performance.", no_args_is_help=True)
+app.add_typer(monitor_app, name='monitor')
+alerts_app = typer.Typer(rich_markup_mode=None, help="Alerts: the rules over the store, what they found, who was told. With no command: the alerts.", invoke_without_command=True)
+app.add_typer(alerts_app, name='alerts')
+
+@monitor_app.command('run')
+def monitor_run_(model: str = typer.Option(None, help='one model (default: every served one)'),
+                 since: str = typer.Option(None, help='the window, back from now: 24h, 7d (default [monitor] window_h)'),
+                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Check the project's served models: drift of what they were asked, live performance from the labels sent back; a monitor run each"
+    from aiinfra_nb.monitor import monitor_run
+    show(monitor_run(model=model, since_h=parse_duration(since, '--since') / 3600 if since else None), as_json=as_json)
+
+@monitor_app.command('report')
+def monitor_report(run: str = typer.Argument(..., help="a monitor run's id (or its first characters)")):
+    "Open the Evidently report of a monitor run (its path is printed where no browser opens)"
+    import webbrowser
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.monitor import report_of
+    path = report_of(Project.here(), run)
+    print(path)
+    webbrowser.open(path.as_uri())
+
+@app.command('feedback')
+def feedback(file: Path = typer.Argument(..., help='a CSV or parquet file: request_id (or id), label, and row for requests of several rows'),
+             model: str = typer.Option(..., help='the model that answered')):
+    "Labels for answers given earlier, by their request id: the monitor measures live performance with them"
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.monitor import load_feedback
+    print(f"{load_feedback(Project.here(), model, file):,} labels of {model} kept")
+
+@alerts_app.callback()
+def alerts_(ctx: typer.Context, open_only: bool = typer.Option(False, '--open', help='open alerts only'),
+            as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "The alerts, open ones first, the most severe first"
+    if ctx.invoked_subcommand is not None: return
+    from aiinfra_nb.ops.alerts import list_alerts
+    show(list_alerts(open_only=open_only), as_json=as_json)
+
+@alerts_app.command('check')
+def alerts_check(as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Evaluate every rule now: open, update and resolve alerts, notify, act ([alerts] on_drift, on_idle)"
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.ops.alerts import check_alerts
+    from aiinfra_nb.orchestrate.checks import act
+    project = Project.here()
+    r = check_alerts(project)
+    done = act(project)
+    if as_json: return print(json.dumps({**r, 'actions': done}, default=str))
+    print(f"{r['open']} open, {len(r['opened'])} opened, {len(r['resolved'])} resolved; {r['sent']} notices sent, {r['failed']} failed"
+          + (f"; {len(done)} actions" if done else ''))
+    for a in r['opened']: print(f"  #{a['id']} {a['severity']}: {a['message']}")
+    for d in done: print(f"  #{d['alert']} {d['rule']}: {d.get('retrain') or d.get('stopped') or d.get('why')}")
+
+@alerts_app.command('ack')
+def alerts_ack(alert: int = typer.Argument(..., help="the alert's number"), by: str = typer.Option(None, help='who (default: the OS user)')):
+    "Acknowledge an alert: no more reminders (it still resolves when its condition clears)"
+    from aiinfra_nb.ops.alerts import ack_alert
+    r = ack_alert(alert, by)
+    print(f"alert #{r['id']} acknowledged by {r['acked_by']}")

@@ -7,13 +7,16 @@ from __future__ import annotations
 import math, time
 from pathlib import Path
 import polars as pl
+import sqlalchemy as sa
 from .core import AiinfraError, Project, Rows, file_hash
 from .ops.predictions import feature_column, log_dir, log_models, read_log
 from .ops.record import Run, recording
+from .ops.store import query, runs
 from .models.tabular import Preprocessor, predict
 
 # %% auto #0
-__all__ = ['PRIMARY', 'MONITOR_COLUMNS', 'MonitorError', 'reference', 'task_metrics', 'labelled', 'monitor_model', 'monitor_run']
+__all__ = ['PRIMARY', 'MONITOR_COLUMNS', 'MonitorError', 'reference', 'task_metrics', 'labelled', 'monitor_model', 'monitor_run',
+           'load_feedback', 'report_of']
 
 # %% ../nbs/api/35_monitor.ipynb #1a5c7f93
 class MonitorError(AiinfraError):
@@ -157,3 +160,33 @@ def monitor_run(project: Project | None = None,  # default: the project here
                         drift_prediction=mm.get('drift/prediction'), performance=f"{primary.split('/')[1]} {mm[primary]:.3f} (validation {mm['validation/' + primary.split('/')[1]]:.3f})" if primary else None,
                         labels=mm.get('labels'), note=r['note'], run_id=r['run_id'], report=r['report']))
     return Rows(out, MONITOR_COLUMNS, f'monitor of {project.name}', ('report', 'run_id'))
+
+# %% ../nbs/api/35_monitor.ipynb #6c1e9a42
+def load_feedback(project: Project, model: str, path: str | Path) -> int:
+    "Put the labels of a CSV or parquet file (request_id or id, label, optionally row) in `model`'s feedback log; how many"
+    from aiinfra_nb.ops.predictions import PredictionLog
+    path = Path(path)
+    if model not in {r['name'] for r in project.registry.list()}: raise MonitorError(f"no model {model!r} in project {project.name!r}")
+    if not path.is_file(): raise MonitorError(f"no file {str(path)!r}: give a CSV or parquet file of request_id and label")
+    try: df = pl.read_parquet(path) if path.suffix == '.parquet' else pl.read_csv(path, infer_schema_length=0)  # CSV: every value as text
+    except Exception as e: raise MonitorError(f"{path} is not a readable CSV or parquet table: {str(e).splitlines()[0][:200]}") from None
+    df = df.rename({'id': 'request_id'}) if 'request_id' not in df.columns and 'id' in df.columns else df
+    if missing := [c for c in ('request_id', 'label') if c not in df.columns]:
+        raise MonitorError(f"{path} has no column {', '.join(map(repr, missing))}: it needs request_id (or id) and label, and row for requests of several rows")
+    if bad := df.filter(pl.col('request_id').is_null() | (pl.col('request_id').cast(pl.String).str.len_chars() == 0)).height:
+        raise MonitorError(f"{path}: {bad:,} rows have no request_id")
+    rows = df.select(pl.col('request_id').cast(pl.String), pl.col('label').cast(pl.String),
+                     (pl.col('row').cast(pl.Int32, strict=False) if 'row' in df.columns else pl.lit(None, pl.Int32)).alias('row'))
+    log = PredictionLog(project)
+    try:
+        if not log.feedback(model, rows.to_dicts()): raise MonitorError(f"the feedback log did not take {rows.height:,} labels: send them in parts")
+    finally: log.close()
+    return rows.height
+
+def report_of(project: Project, run_id: str) -> Path:
+    "The Evidently report of monitor run `run_id` (a prefix will do)"
+    found = query(sa.select(runs.c.id, runs.c.output, runs.c.extra).where((runs.c.kind == 'monitor') & runs.c.id.startswith(run_id, autoescape=True)), project.engine)
+    if len(found) != 1: raise MonitorError(f"{'no' if not found else 'more than one'} monitor run {run_id!r}: `aiinfra runs --kind monitor` lists them")
+    if not found[0]['output']: raise MonitorError(f"monitor run {found[0]['id']} made no report: {(found[0]['extra'] or {}).get('note') or 'no verdict'}")
+    if not Path(found[0]['output']).is_file(): raise MonitorError(f"the report of {found[0]['id']} is not on this machine: {found[0]['output']}")
+    return Path(found[0]['output'])
