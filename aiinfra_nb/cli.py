@@ -511,7 +511,7 @@ def alerts_(ctx: typer.Context, open_only: bool = typer.Option(False, '--open', 
             as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "The alerts, open ones first, the most severe first"
     if ctx.invoked_subcommand is not None: return
-    from aiinfra_nb.ops.alerts import list_alerts
+    from aiinfra_nb.ops.overview import list_alerts
     show(list_alerts(open_only=open_only), as_json=as_json)
 
 @alerts_app.command('check')

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, random, signal, socket, subprocess, sys, time
 from pathlib import Path
-from .core import AiinfraError
+from .core import AiinfraError, Project
 from .data.sources import package_file
 from .ops.record import new_id
 from .ops.store import get_engine, machine_sessions, machines, writing
@@ -77,8 +77,9 @@ def demo_fleet(root: str | Path,  # an absent or empty folder for the projects
                projects: int = 50, run: int = 4,  # how many projects run their pipeline (the last of those fails)
                services: int = 2, calls: int = 200,  # services started (among the ones that ran), calls to each
                keep_serving: bool = False, progress: bool = True) -> dict:
-    "Make a demo company: projects, pipelines (one failing), an idle machine, services and API traffic; the portfolio scanned"
+    "Make a demo company: projects, pipelines (one failing), an idle machine, services and API traffic; the portfolio scanned, the alerts checked"
     from tqdm.auto import tqdm
+    from aiinfra_nb.ops.alerts import check_alerts
     from aiinfra_nb.ops.projects import scan_projects
     from aiinfra_nb.serve.auth import create_key
     root = Path(root).resolve()
@@ -105,5 +106,6 @@ def demo_fleet(root: str | Path,  # an absent or empty folder for the projects
     if not keep_serving:
         for proc in live: proc.send_signal(signal.SIGTERM); proc.wait(60)
     scan_projects(root)  # the panel opens on a scanned portfolio: pipeline, branch and drift of every project
+    alerts = check_alerts(Project.open(made[0])) if made else None  # and on the alerts its failures and idle machine open
     return dict(root=str(root), projects=[p.name for p in made], pipelines=ran, traffic=traffic,
-                services=[p.pid for p in live] if keep_serving else [])
+                services=[p.pid for p in live] if keep_serving else [], alerts=[a['rule'] for a in alerts['opened']] if alerts else [])

@@ -12,6 +12,8 @@ from .core import AiinfraError, Project, Rows, file_hash
 from .ops.predictions import feature_column, log_dir, log_models, read_log
 from .ops.record import Run, recording
 from .ops.store import query, runs
+from .data.io import Catalog  # noqa: F401  (gives a Project its `catalog`)
+from .models.registry import Registry  # noqa: F401  (and its `registry`)
 from .models.tabular import Preprocessor, predict
 
 # %% auto #0

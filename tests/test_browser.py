@@ -13,7 +13,7 @@ from test_serve import free_port
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
 ARTIFACTS = ROOT/'.test-artifacts'
-TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
+TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Alerts', 'Logs')
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
          '--disable-sync', '--no-first-run']
 
@@ -80,7 +80,8 @@ def check_tabs(page, where: str, expect: dict):
 
 
 EXPECT = {'Overview': ['idle machines', 'failing runs'], 'Projects': ['fleet-00', 'production_models'], 'Runs': ['latest runs', 'fleet-01'],
-          'Machines & cost': ['gpu-node-7', 'machine cost per project and day'], 'Services': ['p95_ms', 'billing-key'], 'Logs': ['saved raw/table']}
+          'Machines & cost': ['gpu-node-7', 'machine cost per project and day'], 'Services': ['p95_ms', 'billing-key'],
+          'Alerts': ['machine_idle', 'latest check of each model'], 'Logs': ['saved raw/table']}
 
 
 @pytest.fixture

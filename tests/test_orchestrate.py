@@ -254,3 +254,40 @@ def test_kubernetes_and_docker_pools_run_the_same_schedules_in_containers(operat
     assert any((tmp_path/'bucket').rglob('*')) and not (root/'n.txt').exists()  # pushed to the remote; the working copy untouched
     assert schedule_runs(store) == []  # the pool's store, not the one the project's settings name
     with client(operator.settings) as c: assert c.read_flow_run(flow_run.id).state.is_completed()
+
+
+def test_the_checks_run_on_the_scheduler_and_a_drift_alert_retrains_once(operator, tmp_path):
+    "scheduler start registers the monitor and the alert checks; a drift alert with on_drift = retrain runs the project's schedule, once"
+    from prefect.client.schemas.objects import StateType
+    from aiinfra_nb.ops.alerts import check_alerts
+    from aiinfra_nb.ops.overview import list_alerts
+    from aiinfra_nb.ops.store import metrics, writing
+    from aiinfra_nb.orchestrate.checks import act
+    env = {**os.environ, 'AIINFRA_HOME': str(operator.settings.store.home), 'AIINFRA_ORCHESTRATOR_PORT': str(operator.settings.orchestrator.port)}
+    started = subprocess.run([str(Path(sys.executable).parent/'aiinfra'), 'scheduler', 'start'], capture_output=True, text=True, env=env, timeout=300)
+    assert started.returncode == 0 and 'checks: aiinfra-monitor every 5 min, aiinfra-alerts every 5 min' in started.stdout, started.stderr
+    with client(operator.settings) as c:
+        for name in ('aiinfra-monitor', 'aiinfra-alerts'):
+            d = c.read_deployment_by_name(f"{name}/{name}")
+            assert d.schedules[0].schedule.interval.total_seconds() == 300 and d.tags == ['aiinfra-checks']
+            run = c.create_flow_run_from_deployment(d.id)
+            state = wait_for(lambda: (s := c.read_flow_run(run.id).state) and s.is_final() and s, 240, f'{name} ran')
+            assert state.type == StateType.COMPLETED, (name, state)
+    assert not {'aiinfra-monitor', 'aiinfra-alerts'} & {r['name'] for r in list_schedules(operator)}  # not the projects' schedules
+
+    store = tmp_path/'drifting.db'
+    root = repo(tmp_path/'drifting', 'stages:\n  fit:\n    cmd: python -c "print(1)"\n', store)
+    add_schedule(root, cron='0 3 1 1 *', project=operator)
+    project = Project.open(root, environ={**env, 'AIINFRA_ALERTS_ON_DRIFT': 'retrain'})
+    now = time.time()
+    with writing(project.engine) as c:  # the last check of its model found most of its features drifted
+        c.execute(runs.insert().values(id='check-1', project='drifting', kind='monitor', name='m', status='finished', started_at=now, ended_at=now,
+                                       extra=dict(task='binary', version=1, rows=500, drifted=['a', 'b'])))
+        c.execute(metrics.insert().values(run_id='check-1', key='drift/share', value=1.0, time=now))
+    (alert,) = check_alerts(project)['opened']
+    (done,) = act(project)
+    assert (alert['rule'], done['rule'], done['retrain']) == ('drift', 'drift', 'drifting'), done
+    assert act(project) == []  # once per alert
+    (retrained,) = wait_for(lambda: ended(store, 1), 300, 'the retraining')
+    assert (retrained['status'], retrained['extra']['trigger'], retrained['extra']['flow_run_id']) == ('finished', 'manual', done['flow_run_id'])
+    assert list_alerts(engine=project.engine)[0]['action']['retrain'] == 'drifting'

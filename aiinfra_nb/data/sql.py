@@ -12,6 +12,7 @@ from sqlglot import exp
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError
 from .io import Catalog
+from ..ops.predictions import LOG, read_logs
 from ..ops.store import epoch_timestamp, get_engine, metadata, reading
 
 # %% auto #0
@@ -84,6 +85,7 @@ def tables(catalog: Catalog | None = None) -> dict[str, str]:
     "SQL table name -> what it is (a dataset, or a store table)"
     cat = catalog or Catalog()
     out = {table_name(n): f'dataset {n}' for n in (cat.names() if cat.root.exists() else [])}
+    if (cat.root/LOG).is_dir(): out |= {'predictions': 'log predictions', 'feedback': 'log feedback'}  # the served rows, the labels sent back
     return {**out, **{t: 'store' for t in STORE_TABLES}}
 
 def _polars_type(column: sa.Column):
@@ -179,11 +181,11 @@ def where_it_runs(query: str, catalog: Catalog | str | None = None, engine: Engi
     return 'store' if _route(query, catalog if isinstance(catalog, Catalog) else Catalog(catalog), engine)[2] is not None else 'polars'
 
 def _answer(query: str, sources: dict[str, tuple[str, str]]) -> bytes:
-    "In the worker: `query` over `sources` (spelled -> ('parquet', path) or ('store', url, table)), its answer as Arrow IPC bytes"
+    "In the worker: `query` over `sources` (spelled -> ('parquet', path), ('log', catalog, kind) or ('store', url, table)), its answer as Arrow IPC bytes"
     import io as _io
     ctx = pl.SQLContext()
     for spelled, (kind, *where) in sources.items():
-        ctx.register(spelled, pl.scan_parquet(where[0]) if kind == 'parquet' else _store_frame(where[1], get_engine(where[0])))
+        ctx.register(spelled, pl.scan_parquet(where[0]) if kind == 'parquet' else read_logs(*where) if kind == 'log' else _store_frame(where[1], get_engine(where[0])))
     out = ctx.execute(query, eager=True)
     if out.height > MAX_ROWS: raise SQLError(f"the answer has more than {MAX_ROWS:,} rows: aggregate it, or add LIMIT")
     buf = _io.BytesIO(); out.write_ipc(buf)
@@ -261,8 +263,9 @@ def sql(query: str,  # one SELECT / WITH statement
             if 'no such function' not in said: raise SQLError(f"the store refused the query: {said[:200]}") from None
         except pl.exceptions.PolarsError: pass  # a column polars cannot type: the polars path below reads it as it can
     store = lambda: (engine or get_engine()).url.render_as_string(hide_password=False)
-    sources = {spelled: ('parquet', str(cat.path(known[name].removeprefix('dataset ')))) if known[name].startswith('dataset') else ('store', store(), name)
-               for spelled, name in used.items()}
+    source = lambda name: (('parquet', str(cat.path(known[name].removeprefix('dataset ')))) if known[name].startswith('dataset') else
+                           ('log', str(cat.root), known[name].removeprefix('log ')) if known[name].startswith('log') else ('store', store(), name))
+    sources = {spelled: source(name) for spelled, name in used.items()}
     try: return _worker.run(query.strip().rstrip(';'), sources, deadline, timeout_s, memory_mb)
     except QueryFailed as e:
         msg = str(e)

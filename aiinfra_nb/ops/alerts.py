@@ -9,19 +9,17 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from fastcore.basics import AttrDict
 from sqlalchemy.engine import Engine
-from ..core import AiinfraError, Project, Rows, SettingsError, duration, money
+from ..core import AiinfraError, Project, SettingsError, duration, money
 from .record import Liveness, log_event
 from .store import alerts, audit, machine_sessions, metrics, projects, query, runs, schedules, services, writing
 from .overview import cost_between, month_start
 
 # %% auto #0
-__all__ = ['SEVERITIES', 'RECENT_S', 'TRAFFIC_S', 'MIN_REQUESTS', 'PRIMARY', 'RULES', 'ALERT_COLUMNS', 'ALERT_FOLD', 'AlertError',
-           'run_failed', 'run_stale', 'machine_idle', 'machine_on', 'budget', 'service_down', 'error_rate', 'latency',
-           'auth_failures', 'drift', 'performance', 'schedule_stale', 'findings', 'notifiers', 'check_alerts',
-           'list_alerts', 'ack_alert']
+__all__ = ['RECENT_S', 'TRAFFIC_S', 'MIN_REQUESTS', 'PRIMARY', 'RULES', 'AlertError', 'run_failed', 'run_stale', 'machine_idle',
+           'machine_on', 'budget', 'service_down', 'error_rate', 'latency', 'auth_failures', 'drift', 'performance',
+           'schedule_stale', 'findings', 'notifiers', 'check_alerts', 'ack_alert']
 
 # %% ../../nbs/api/07a_ops.alerts.ipynb #2e8c6f10
-SEVERITIES = ('info', 'warning', 'critical')
 RECENT_S = 7 * 86400  # how far back a failed run still counts
 TRAFFIC_S = 300  # the window of the services' rules
 MIN_REQUESTS = 20  # fewer requests in that window say nothing of a rate or a percentile
@@ -262,22 +260,6 @@ def check_alerts(project: Project | None = None,  # whose store and settings; de
     return dict(open=len(found), opened=opened, resolved=resolved, **_notify(engine, tell, s, now))
 
 # %% ../../nbs/api/07a_ops.alerts.ipynb #2a6c8e41
-ALERT_COLUMNS = ['id', 'severity', 'rule', 'project', 'subject', 'message', 'opened_at', 'last_seen_at', 'resolved_at', 'acked_by', 'notified_at', 'action']
-ALERT_FOLD = ('action', 'notified_at', 'last_seen_at', 'subject', 'acked_by')
-
-def list_alerts(open_only: bool = False, project: str | None = None, limit: int = 200, engine: Engine | None = None) -> Rows:
-    "Alerts, open ones first, the most severe first, newest first"
-    a = alerts.c
-    rank = sa.case(*((a.severity == sev, i) for i, sev in enumerate(reversed(SEVERITIES))), else_=len(SEVERITIES))
-    q = sa.select(*[a[c] for c in ALERT_COLUMNS], a.notify).order_by(a.resolved_at.is_not(None), rank, a.opened_at.desc(), a.id.desc()).limit(limit)
-    if open_only: q = q.where(a.resolved_at.is_(None))
-    if project: q = q.where(a.project == project)
-    rows = query(q, engine)
-    for r in rows:
-        failing = [v['error'] for v in (r.pop('notify') or {}).values() if 'error' in v]
-        if failing: r['notified_at'] = f"failing: {failing[0]}"
-    return Rows(rows, ALERT_COLUMNS, 'open alerts' if open_only else 'alerts', ALERT_FOLD)
-
 def ack_alert(alert_id: int, by: str | None = None, engine: Engine | None = None) -> dict:
     "Acknowledge alert `alert_id`: no more reminders"
     with writing(engine) as conn:

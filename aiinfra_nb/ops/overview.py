@@ -11,14 +11,15 @@ from sqlalchemy.engine import Engine
 from ..core import Rows, duration
 from .machines import cost_in, seconds_in, today_start
 from .record import Liveness, Run, check_limit, list_events, list_runs
-from .store import audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, schedules, services
+from .store import alerts, audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, schedules, services
 
 # %% auto #0
 __all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'PROJECT_COLUMNS', 'PROJECT_FOLD', 'PROJECT_FIELDS', 'MACHINE_COLUMNS',
-           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'SCHEDULE_NOW_COLUMNS', 'PROJECT_SORTS',
-           'month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail',
-           'project_summary', 'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail',
-           'schedules_now', 'scheduler_ui', 'sort_projects', 'panel']
+           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'SCHEDULE_NOW_COLUMNS', 'SEVERITIES',
+           'ALERT_COLUMNS', 'ALERT_FOLD', 'CHECK_COLUMNS', 'FIGURES', 'PROJECT_SORTS', 'month_start', 'overview',
+           'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary',
+           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail', 'schedules_now',
+           'list_alerts', 'model_checks', 'scheduler_ui', 'sort_projects', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def month_start(now: float | None = None) -> float:
@@ -46,7 +47,9 @@ def overview(now: float | None = None, engine: Engine | None = None, live: Liven
             s.ended_at.is_(None) | (s.ended_at >= month)).scalar_subquery().label('cost_month'),
         sa.select(sa.func.count()).where(audit.c.time >= day).scalar_subquery().label('api_calls_today'),
         sa.select(sa.func.count()).where((services.c.status == 'up') & (services.c.last_seen_at >= now - m.off_after_s)).scalar_subquery().label('services_up'),
-        sa.select(sa.func.count()).select_from(services).scalar_subquery().label('services'))
+        sa.select(sa.func.count()).select_from(services).scalar_subquery().label('services'),
+        sa.select(sa.func.count()).where(alerts.c.resolved_at.is_(None)).scalar_subquery().label('alerts_open'),
+        sa.select(sa.func.count()).where(alerts.c.resolved_at.is_(None) & (alerts.c.severity == 'critical')).scalar_subquery().label('alerts_critical'))
     return query(q, engine)[0]
 
 # %% ../../nbs/api/06_ops.overview.ipynb #1699fd88
@@ -242,6 +245,46 @@ def schedules_now(engine: Engine | None = None) -> Rows:
          .select_from(schedules.outerjoin(latest, (latest.c.name == sc.name) & (latest.c.rn == 1))).order_by(sc.name))
     return Rows(query(q, engine), SCHEDULE_NOW_COLUMNS, 'schedules', ('last_error', 'project'))
 
+# %% ../../nbs/api/06_ops.overview.ipynb #1e5b9d30
+SEVERITIES = ('info', 'warning', 'critical')
+ALERT_COLUMNS = ['id', 'severity', 'rule', 'project', 'subject', 'message', 'opened_at', 'last_seen_at', 'resolved_at', 'acked_by', 'notified_at', 'action']
+ALERT_FOLD = ('action', 'notified_at', 'last_seen_at', 'subject', 'acked_by')
+
+def list_alerts(open_only: bool = False, project: str | None = None, limit: int = 200, engine: Engine | None = None) -> Rows:
+    "Alerts, open ones first, the most severe first, newest first"
+    a = alerts.c
+    rank = sa.case(*((a.severity == sev, i) for i, sev in enumerate(reversed(SEVERITIES))), else_=len(SEVERITIES))
+    q = sa.select(*[a[c] for c in ALERT_COLUMNS], a.notify).order_by(a.resolved_at.is_not(None), rank, a.opened_at.desc(), a.id.desc()).limit(check_limit(limit))
+    if open_only: q = q.where(a.resolved_at.is_(None))
+    if project: q = q.where(a.project == project)
+    rows = query(q, engine)
+    for r in rows:
+        failing = [v['error'] for v in (r.pop('notify') or {}).values() if 'error' in v]
+        if failing: r['notified_at'] = f"failing: {failing[0]}"
+    return Rows(rows, ALERT_COLUMNS, 'open alerts' if open_only else 'alerts', ALERT_FOLD)
+
+# %% ../../nbs/api/06_ops.overview.ipynb #7b2f0e64
+CHECK_COLUMNS = ['at', 'project', 'model', 'version', 'rows', 'drift_share', 'drifted', 'figure', 'live', 'validation', 'run_id', 'report']
+FIGURES = {'binary': 'auc', 'multiclass': 'f1_macro', 'regression': 'rmse'}  # the task's figure the checks compare
+
+def model_checks(days: float = 30, now: float | None = None, engine: Engine | None = None) -> Rows:
+    "Every monitor check of the last `days`, oldest first: per model, its drift and its live figure against its validation one"
+    now, r, mt = now or time.time(), runs.c, metrics.c
+    found = query(sa.select(r.id, r.project, r.name, r.started_at, r.output, r.extra).where(
+        (r.kind == 'monitor') & (r.status == 'finished') & (r.started_at >= now - days * 86400)).order_by(r.started_at), engine)
+    values: dict = {}
+    for chunk in range(0, len(found), 500):
+        for m in query(sa.select(mt.run_id, mt.key, mt.value).where(mt.run_id.in_([x['id'] for x in found[chunk:chunk + 500]])), engine):
+            values.setdefault(m['run_id'], {})[m['key']] = m['value']
+    out = []
+    for x in found:
+        e, v = x['extra'] or {}, values.get(x['id'], {})
+        figure = FIGURES.get(e.get('task'))
+        out.append(dict(at=x['started_at'], project=x['project'], model=x['name'], version=e.get('version'), rows=e.get('rows'),
+                        drift_share=v.get('drift/share'), drifted=', '.join(e.get('drifted') or []), figure=figure,
+                        live=v.get(f'performance/{figure}'), validation=v.get(f'validation/{figure}'), run_id=x['id'], report=x['output']))
+    return Rows(out, CHECK_COLUMNS, 'model checks', ('report', 'run_id', 'figure', 'version'))
+
 # %% ../../nbs/api/06_ops.overview.ipynb #491a426f
 def scheduler_ui(settings) -> str:
     "Where Prefect's UI is: `[orchestrator] api_url` without its /api, else this machine's server"
@@ -273,4 +316,5 @@ def panel(now: float | None = None, run_id: str | None = None,  # the run whose 
                 curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine, live),
                 cost_by_day=cost_by_project_day(14, now, engine, live), services=services_now(now, engine, live), schedules=schedules_now(engine),
                 traffic=traffic(3600, now, engine), callers=top_callers(86400, 10, now, engine),
-                requests=recent_requests(20, engine=engine), logs=list_events(**(logs or {}), limit=100, engine=engine))
+                requests=recent_requests(20, engine=engine), logs=list_events(**(logs or {}), limit=100, engine=engine),
+                alerts=list_alerts(limit=100, engine=engine), checks=model_checks(30, now, engine))

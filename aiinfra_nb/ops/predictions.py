@@ -14,7 +14,7 @@ from .record import RowQueue
 
 # %% auto #0
 __all__ = ['LOG', 'SERVED', 'FEEDBACK', 'feature_column', 'log_dir', 'answers', 'PredictionLog', 'log_models', 'log_files',
-           'read_log']
+           'read_log', 'read_logs']
 
 # %% ../../nbs/api/02a_ops.predictions.ipynb #5f1a2c84
 LOG = 'monitoring'  # the catalog folder of the prediction log
@@ -151,3 +151,13 @@ def read_log(root: str | Path, project: str, model: str, kind: str = 'prediction
     if since is not None: lf = lf.filter(when >= datetime.fromtimestamp(since, timezone.utc))
     if until is not None: lf = lf.filter(when <= datetime.fromtimestamp(until, timezone.utc))
     return lf
+
+# %% ../../nbs/api/02a_ops.predictions.ipynb #8f4b1e36
+def read_logs(root: str | Path, kind: str = 'predictions') -> pl.LazyFrame:
+    "Every model's served rows (or feedback) in the catalog `root`, with their project and model"
+    base, parts = Path(root)/LOG, []
+    for project in sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+        for model in log_models(root, project):
+            parts.append(read_log(root, project, model, kind).with_columns(pl.lit(project).alias('project'), pl.lit(model).alias('model')))
+    if not parts: return pl.LazyFrame(schema={'project': pl.String, 'model': pl.String, **(FEEDBACK if kind == 'feedback' else SERVED)})
+    return pl.concat(parts, how='diagonal_relaxed').select('project', 'model', pl.exclude('project', 'model'))

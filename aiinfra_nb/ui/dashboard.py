@@ -5,6 +5,7 @@
 # %% ../../nbs/api/41_ui.dashboard.ipynb #0e015f62
 from __future__ import annotations
 import asyncio, html, json, threading, time
+from datetime import datetime, timezone
 from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
@@ -15,11 +16,11 @@ from ..ops.projects import scan_projects
 from ..ops.record import LEVELS, list_runs
 
 # %% auto #0
-__all__ = ['TABS', 'Chart', 'cost_chart', 'curves_chart', 'latency_chart', 'tab_html', 'snapshot_html', 'Dashboard', 'RunWatch',
-           'panel_notebook', 'serve_panel']
+__all__ = ['TABS', 'Chart', 'cost_chart', 'curves_chart', 'checks_chart', 'latency_chart', 'tab_html', 'snapshot_html',
+           'Dashboard', 'RunWatch', 'panel_notebook', 'serve_panel']
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #4ba36174
-TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Logs')
+TABS = ('Overview', 'Projects', 'Runs', 'Machines & cost', 'Services', 'Alerts', 'Logs')
 
 def _store_problem(e: Exception) -> str:
     "What went wrong with the store, as one line of HTML for a panel's status"
@@ -49,6 +50,21 @@ def curves_chart(curves: dict[str, list[tuple]], run_id: str | None):
     for key, points in sorted(curves.items()): fig.add_scatter(x=[s for s, _ in points], y=[v for _, v in points], mode='lines+markers', name=key)
     return fig
 
+def checks_chart(checks: list[dict]):
+    "Per model, over time: the drifted share of its features, and its live figure (dotted: its validation figure)"
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2, subplot_titles=('drifted share of features', 'live figure (dotted: validation)'))
+    fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30), title='model checks')
+    for key in sorted({(c['project'], c['model']) for c in checks}):
+        mine, name = [c for c in checks if (c['project'], c['model']) == key], '/'.join(key)
+        at = [datetime.fromtimestamp(c['at'], timezone.utc) for c in mine]
+        fig.add_trace(go.Scatter(x=at, y=[c['drift_share'] for c in mine], mode='lines+markers', name=name, legendgroup=name), 1, 1)
+        if any(c['live'] is not None for c in mine):
+            fig.add_trace(go.Scatter(x=at, y=[c['live'] for c in mine], mode='lines+markers', name=f"{name} {mine[-1]['figure']}", legendgroup=name), 1, 2)
+            fig.add_trace(go.Scatter(x=at, y=[c['validation'] for c in mine], mode='lines', line=dict(dash='dot'), showlegend=False, legendgroup=name), 1, 2)
+    return fig
+
 def latency_chart(traffic: list[dict]):
     "p50 and p95 latency of each service and model over the last hour"
     import plotly.graph_objects as go
@@ -64,7 +80,8 @@ def _overview_html(d: dict) -> str:
     cards = [('projects', f"{o['projects']:,}"), ('runs today', f"{o['runs_today']:,}"), ('failed today', bad(o['failed_today'])),
              ('running', f"{o['running']:,}"), ('machines on', f"{o['machines_on']:,}"), ('idle machines', bad(o['machines_idle'])),
              ('cost today', money(o['cost_today'])), ('cost this month', money(o['cost_month'])),
-             ('API calls today', f"{o['api_calls_today']:,}"), ('services up', f"{o['services_up']} of {o['services']}")]
+             ('API calls today', f"{o['api_calls_today']:,}"), ('services up', f"{o['services_up']} of {o['services']}"),
+             ('open alerts', bad(o['alerts_open'])), ('critical alerts', bad(o['alerts_critical']))]
     row = ''.join(f'<td style="padding:6px 14px"><div style="font-size:11px;color:#666">{k}</div><div style="font-size:20px">{v}</div></td>' for k, v in cards)
     return f'<table><tr>{row}</tr></table>' + d['failed_runs'].html('no failed run')
 
@@ -79,6 +96,13 @@ def _projects_html(d: dict) -> str:
     return (out + fields_html({k: p.get(k) for k in PROJECT_FIELDS}, f"project {p['project']}")
             + x['stages'].html(p['scan_error'] or 'no stage has run yet') + x['runs'].html() + x['models'].html() + x['services'].html())
 
+def _alerts_html(d: dict) -> str:
+    "The alerts (open first, the most severe first), and each served model's latest check"
+    latest = {(c['project'], c['model']): c for c in d['checks']}  # oldest first: the last one stays
+    return (d['alerts'].html('no alert: `aiinfra alerts check` evaluates the rules (the scheduler does, every few minutes)')
+            + d['checks'].like(sorted(latest.values(), key=lambda c: (c['project'], c['model']))).titled('latest check of each model')
+              .html('no model checked: `aiinfra monitor run` checks the served ones'))
+
 def tab_html(name: str, d: dict) -> str:
     "One tab of the panel as HTML (tables only; the charts are added by the caller)"
     if name == 'Overview': return _overview_html(d)
@@ -86,12 +110,14 @@ def tab_html(name: str, d: dict) -> str:
     if name == 'Runs': return d['runs'].html()
     if name == 'Machines & cost': return d['machines'].html() + d['cost_by_day'].like(d['cost_by_day'][-30:]).html()
     if name == 'Services': return d['services'].html() + d['traffic'].html() + d['callers'].html() + d['requests'].html()
+    if name == 'Alerts': return _alerts_html(d)
     if name == 'Logs': return d['logs'].html()
     raise ValueError(f"no tab {name!r}: {', '.join(TABS)}")
 
 def snapshot_html(d: dict) -> str:
     "Every tab, one after another, with the charts: what a notebook run without a frontend keeps"
-    charts = {'Runs': curves_chart(d['curves'], d.get('run_id')), 'Machines & cost': cost_chart(d['cost_by_day']), 'Services': latency_chart(d['traffic'])}
+    charts = {'Runs': curves_chart(d['curves'], d.get('run_id')), 'Machines & cost': cost_chart(d['cost_by_day']), 'Services': latency_chart(d['traffic']),
+              'Alerts': checks_chart(d['checks'])}
     parts, js = [TABLE_STYLE, f"<h3>aiinfra control panel, {html.escape(cell_text('time', d['at']))}</h3>"], True
     for name in TABS:
         parts.append(f'<h3>{name}</h3>' + tab_html(name, d))
@@ -113,12 +139,15 @@ class Dashboard:
         self.log_filters = dict(project=W.Text(description='project'), service=W.Text(description='service'),
                                 level=W.Dropdown(description='level', options=['', *LEVELS]), grep=W.Text(description='text'))
         self.html = {name: W.HTML() for name in TABS}
-        self.charts = {'Runs': W.Output(), 'Machines & cost': W.Output(), 'Services': W.Output()}
+        self.charts = {'Runs': W.Output(), 'Machines & cost': W.Output(), 'Services': W.Output(), 'Alerts': W.Output()}
+        self.report, self.report_view = W.Dropdown(description='report', options=[('', None)], layout=W.Layout(width='520px')), W.HTML()
+        self.report.observe(lambda change: self._show_report(change['new']), names='value')
         refresh, stop = W.Button(description='Refresh'), W.Button(description='Stop')
         refresh.on_click(lambda _: self.refresh(scan=True)); stop.on_click(lambda _: self.close())
         for w in (self.run, self.project, self.sort, *self.log_filters.values()): w.observe(lambda _: self.refresh(), names='value')
         extra = {'Projects': [W.HBox([self.sort, self.project])], 'Runs': [self.run], 'Logs': [W.HBox(list(self.log_filters.values()))]}
-        self.tabs = W.Tab(children=[W.VBox(extra.get(n, []) + [self.html[n]] + ([self.charts[n]] if n in self.charts else [])) for n in TABS])
+        after = {'Alerts': [self.report, self.report_view]}
+        self.tabs = W.Tab(children=[W.VBox(extra.get(n, []) + [self.html[n]] + ([self.charts[n]] if n in self.charts else []) + after.get(n, [])) for n in TABS])
         for i, n in enumerate(TABS): self.tabs.set_title(i, n)
         self.widget = W.VBox([W.HTML(TABLE_STYLE), W.HBox([W.HTML('<b>aiinfra control panel</b>&nbsp;&nbsp;'), self.status, refresh, stop]), self.tabs])
         self.refresh(scan=True)
@@ -154,7 +183,9 @@ def refresh(self: Dashboard, data: dict | None = None,
     self.status.value = f"refreshed {html.escape(cell_text('time', d['at']))}" + (f"; {html.escape(self.scan_note)}" if self.scan_note else '')
     for name in TABS: self.html[name].value = tab_html(name, d)
     runs = [(f"{r['project']} / {r['name'] or r['kind']} / {r['id'][:8]}", r['id']) for r in d['runs']]
-    for pick, choices in ((self.run, runs), (self.project, [(p['project'], p['project']) for p in sorted(d['projects'], key=lambda p: p['project'])])):
+    reports = [(f"{c['project']} / {c['model']} v{c['version']} / {cell_text('time', c['at'])}", c['run_id']) for c in reversed(d['checks']) if c['report']]
+    for pick, choices in ((self.run, runs), (self.project, [(p['project'], p['project']) for p in sorted(d['projects'], key=lambda p: p['project'])]),
+                          (self.report, reports[:50])):
         if [v for _, v in pick.options if v] != [v for _, v in choices]:
             with pick.hold_trait_notifications(): pick.options = [('', None), *choices]
     self._draw(d)
@@ -162,13 +193,23 @@ def refresh(self: Dashboard, data: dict | None = None,
 @patch
 def _draw(self: Dashboard, d: dict):
     "Redraw the charts whose data changed (a figure is large: an unchanged one is not sent to the page again)"
-    charts = {'Runs': curves_chart(d['curves'], d.get('run_id')), 'Machines & cost': cost_chart(d['cost_by_day']), 'Services': latency_chart(d['traffic'])}
+    charts = {'Runs': curves_chart(d['curves'], d.get('run_id')), 'Machines & cost': cost_chart(d['cost_by_day']), 'Services': latency_chart(d['traffic']),
+              'Alerts': checks_chart(d['checks'])}
     for name, out in self.charts.items():
         drawn = charts[name].to_json()
         if self._drawn.get(name) == drawn: continue
         self._drawn[name] = drawn
         out.clear_output(wait=True)
         with out: display(Chart(charts[name]))
+
+@patch
+def _show_report(self: Dashboard, run_id: str | None):
+    "The chosen check's Evidently report, in a frame of the tab"
+    check = next((c for c in (self.data or {}).get('checks', []) if c['run_id'] == run_id), None)
+    if check is None: self.report_view.value = ''; return
+    path = Path(check['report'])
+    if not path.is_file(): self.report_view.value = f'<div>the report of {html.escape(run_id)} is not on this machine: {html.escape(str(path))}</div>'; return
+    self.report_view.value = f'<iframe srcdoc="{html.escape(path.read_text(errors="replace"), quote=True)}" style="width:100%;height:900px;border:1px solid #ddd"></iframe>'
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #7ec476fc
 @patch

@@ -51,6 +51,8 @@ ANSWERS = {
     'projects': _call('aiinfra_nb.ops.overview', 'project_summary'),
     'services': _call('aiinfra_nb.ops.overview', 'services_now'),
     'audit': _call('aiinfra_nb.serve.audit', 'list_audit'),
+    'alerts': _call('aiinfra_nb.ops.overview', 'list_alerts'),
+    'checks': _call('aiinfra_nb.ops.overview', 'model_checks'),
     'tables': _tables,
     'dashboard': _dashboard,
 }
@@ -94,5 +96,5 @@ class AiinfraMagics(Magics):
 
     @line_magic
     def aiinfra(self, line: str = ''):
-        "`%aiinfra [status|runs|machines|logs|datasets|models|projects|services|audit|tables|dashboard] [key=value ...]`"
+        "`%aiinfra [status|runs|machines|logs|datasets|models|projects|services|audit|alerts|checks|tables|dashboard] [key=value ...]`"
         return aiinfra_answer(line)
