@@ -80,20 +80,23 @@ class PredictionLog(RowQueue):
 
 # %% ../../nbs/api/02a_ops.predictions.ipynb #6d9b3e52
 def _served_frame(requests: list[_Request], features: bool) -> pl.DataFrame:
-    "The log's rows of some requests of one model"
-    parts = []
+    "The log's rows of some requests of one model: one frame built column by column (a batch holds thousands of requests)"
+    n = [len(r.values) for r in requests]
+    prediction, predicted = [], []
     for r in requests:
-        n = len(r.values)
-        prediction, predicted = answers(r.values, r.classes)
-        fixed = pl.DataFrame({'served_at': [datetime.fromtimestamp(r.at, timezone.utc)] * n, 'request_id': [r.request_id] * n,
-                              'row': list(range(n)), 'key_id': [r.key_id] * n, 'model_version': [r.version] * n,
-                              'prediction': prediction, 'predicted': predicted}, schema=SERVED)
-        if features and r.frame is not None and r.frame.height == n:
-            f = r.frame.rename({c: feature_column(c) for c in r.frame.columns})
-            fixed = pl.concat([fixed, f.with_columns([pl.col(c).cast(pl.Float64) if f.schema[c].is_numeric() else pl.col(c).cast(pl.String)
-                                                      for c in f.columns])], how='horizontal')
-        parts.append(fixed)
-    return pl.concat(parts, how='diagonal_relaxed')
+        p, c = answers(r.values, r.classes)
+        prediction += p; predicted += c
+    fixed = pl.DataFrame({'served_at': [r.at for r, k in zip(requests, n) for _ in range(k)], 'request_id': [r.request_id for r, k in zip(requests, n) for _ in range(k)],
+                          'row': [i for k in n for i in range(k)], 'key_id': [r.key_id for r, k in zip(requests, n) for _ in range(k)],
+                          'model_version': [r.version for r, k in zip(requests, n) for _ in range(k)], 'prediction': prediction, 'predicted': predicted},
+                         schema={**SERVED, 'served_at': pl.Float64})
+    fixed = fixed.with_columns((pl.col('served_at') * 1e6).cast(pl.Int64).cast(SERVED['served_at']))
+    frames = [r.frame for r in requests if r.frame is not None and r.frame.height == len(r.values)] if features else []
+    if len(frames) != len(requests): return fixed  # no features kept (or a frame that does not match its answers: none then)
+    f = pl.concat(frames, how='diagonal_relaxed')
+    f = f.rename({c: feature_column(c) for c in f.columns})
+    return pl.concat([fixed, f.with_columns([pl.col(c).cast(pl.Float64) if f.schema[c].is_numeric() else pl.col(c).cast(pl.String)
+                                             for c in f.columns])], how='horizontal')
 
 @patch
 def _commit(self: PredictionLog, batch: list):
