@@ -24,7 +24,7 @@ __all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contrac
            'image_build', 'image_push', 'images_', 'registry_start', 'registry_stop', 'main', 'scheduler_start',
            'scheduler_stop', 'scheduler_status_', 'scheduler_pool', 'schedule_add', 'schedule_list', 'schedule_run',
            'schedule_pause', 'schedule_resume', 'schedule_remove', 'monitor_run_', 'monitor_report', 'feedback',
-           'alerts_', 'alerts_check', 'alerts_ack']
+           'alerts_', 'alerts_check', 'alerts_ack', 'trace']
 
 # %% ../nbs/api/50_cli.ipynb #04afe1f0
 app = typer.Typer(rich_markup_mode=None, help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -171,12 +171,16 @@ def serve_(host: str = typer.Option(None, help='default [service] host (127.0.0.
 def keys_create(name: str = typer.Option(..., help='who holds it'), role: str = typer.Option(..., help='read, predict or admin'),
                 models: str = typer.Option(None, help='comma-separated models it may use (default: all)'),
                 expires: str = typer.Option(None, help='e.g. 90d, 12h (default: never)'),
+                project: str = typer.Option(None, help="the one project it is valid for (default: the project here)"),
+                all_projects: bool = typer.Option(False, '--all-projects', help='valid for every project of the company'),
                 as_json: bool = typer.Option(False, '--json', help='print JSON')):
     "Create a key and print its secret, once"
-    from aiinfra_nb.serve.auth import create_key
-    k = create_key(name, role, models=_names(models), expires=expires)
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.serve.auth import AuthError, create_key
+    if project and all_projects: raise AuthError("a key is for one project (--project) or for all (--all-projects), not both")
+    k = create_key(name, role, models=_names(models), expires=expires, project=None if all_projects else project or Project.here().name)
     if as_json: return print(json.dumps(k, default=str))
-    print(f"key {k['id']} ({k['name']}, {k['role']}{', models ' + ','.join(k['models']) if k['models'] else ''}) created.")
+    print(f"key {k['id']} ({k['name']}, {k['role']}, {k['project'] or 'all projects'}{', models ' + ','.join(k['models']) if k['models'] else ''}) created.")
     print(f"secret (shown this once; the store keeps only its hash):\n{k['secret']}")
 
 @keys_app.command('list')
@@ -535,3 +539,17 @@ def alerts_ack(alert: int = typer.Argument(..., help="the alert's number"), by: 
     from aiinfra_nb.ops.alerts import ack_alert
     r = ack_alert(alert, by)
     print(f"alert #{r['id']} acknowledged by {r['acked_by']}")
+
+# %% ../nbs/api/50_cli.ipynb #5b8e2f17
+@app.command('trace')
+def trace(request_id: str = typer.Argument(None, help="the request id an answer carried (X-Request-ID)"),
+          model: str = typer.Option(None, help='start from a model instead: its name'),
+          version: int = typer.Option(None, help='with --model: the version (default: the production one)'),
+          as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "One answer (or one model version) traced: the request, the model version, its training, data, commit and promotion"
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.governance.lineage import TraceError, lineage, model_lineage, trace_text
+    project = Project.here()
+    if (request_id is None) == (model is None): raise TraceError("give a request id, or --model NAME (and --version V)")
+    d = lineage(request_id, project) if request_id else model_lineage(project, model, version or project.registry._resolve(model, None, 'production'))
+    print(json.dumps(d, default=str, indent=1) if as_json else trace_text(d))

@@ -34,7 +34,7 @@ def check_name(name: str) -> str:
 class Catalog:
     "A folder of parquet datasets with metadata and contracts"
     def __init__(self, root: str | Path | None = None,  # default: `[data] dir` of the project here (a notebook's `Catalog()`)
-                 exclude: tuple[str, ...] = ('sample', 'runs', 'monitoring')):  # top folders that are not datasets of this catalog (the prediction log: `ops.predictions`)
+                 exclude: tuple[str, ...] = ('sample', 'runs', 'monitoring', 'cards', 'reports')):  # top folders that are not datasets: the prediction log, model cards, reports
         self.root, self.exclude = Path(root) if root else Project.here().settings.data.dir, exclude
 
     def path(self, name: str) -> Path:
@@ -100,7 +100,7 @@ def save(self: Catalog, data: pl.DataFrame | pl.LazyFrame,  # the dataset
     atomic_write(self._side(name, 'meta'), json.dumps(meta, indent=1) + '\n')
     if run:
         run.log_metrics({f'rows/{name}': rows})
-        log_event(f"saved {name}: {rows:,} rows", logger='aiinfra.data', run=run, dataset=name, rows=rows)
+        log_event(f"saved {name}: {rows:,} rows", logger='aiinfra.data', run=run, dataset=name, rows=rows, sha256=digest)  # which run wrote which version
         flush()  # a kernel may be shut down right after its last cell
     return meta
 

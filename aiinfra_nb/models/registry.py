@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from sqlalchemy.engine import Engine
 from torch.overrides import TorchFunctionMode
 from ..core import AiinfraError, Project, Rows, file_hash, git_revision
+from ..ops.record import audit_action, current_run
 from ..ops.store import StoreError, get_engine, models, query, writing
 from .tabular import ModelError, model_class
 
@@ -248,8 +249,10 @@ def _checked_dir(self: Registry, name: str, version: int) -> Path:
 
 # %% ../../nbs/api/09_models.registry.ipynb #772382bc
 @patch
-def promote(self: Registry, name: str, version: int, stage: str = 'production') -> dict:
-    "Put `version` of model `name` in `stage` (the previous production version is archived)"
+def promote(self: Registry, name: str, version: int, stage: str = 'production',
+            by: str | None = None,  # who, for the audit; default: the run doing it (an evaluation), else the OS user
+           ) -> dict:
+    "Put `version` of model `name` in `stage` (the previous production version is archived); audited"
     if stage not in STAGES: raise RegistryError(f"stage {stage!r}: expected one of {STAGES}")
     version = self._resolve(name, version, None)
     if stage != 'archived': self.load(name, version)  # a version whose files are missing or altered never goes live
@@ -259,7 +262,18 @@ def promote(self: Registry, name: str, version: int, stage: str = 'production') 
             conn.execute(models.update().where(self._of(name) & (models.c.stage == stage) & (models.c.version != version))
                          .values(stage='archived' if stage == 'production' else None))
         conn.execute(models.update().where(self._of(name) & (models.c.version == version)).values(stage=stage))
+    run = current_run(self.engine)
+    audit_action(self.engine, 'models.promote', f"{name} v{version} -> {stage}", by or (f"run {run.id} ({run.kind})" if run else None),
+                 self.project, name, version)
     return dict(name=name, version=version, stage=stage)
+
+@patch
+def lineage(self: Registry, name: str, version: int) -> dict:
+    "What the store says made a version: its training run, commit, data version, when; its stage"
+    row = query(sa.select(models.c.run_id, models.c.git_rev, models.c.data_version, models.c.created_at, models.c.stage)
+                .where(self._of(name) & (models.c.version == int(version))), self.engine)
+    if not row: raise RegistryError(f"no version {version} of model {name!r} in the registry")
+    return row[0]
 
 @patch
 def set_metrics(self: Registry, name: str, version: int, metrics: dict) -> dict:
@@ -287,3 +301,8 @@ def list(self: Registry, name: str | None = None) -> Rows:
 def _repr_html_(self: Registry) -> str:
     "In a notebook, a registry shows its models"
     return self.list()._repr_html_()
+
+@patch
+def card_path(self: Registry, name: str, version: int) -> Path:
+    "Where the card of a version is kept (`governance.cards`): beside the registry's folder, cards/<name>/v<version>.html"
+    return self.root.parent/'cards'/check_model_name(name)/f'v{int(version)}.html'

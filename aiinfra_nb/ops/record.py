@@ -18,8 +18,8 @@ from .store import StoreError, audit, events, get_engine, insert_ignore, metrics
 __all__ = ['FAST_COLUMNS', 'MASKED', 'RUN_STATUSES', 'LEVELS', 'STORE_RETRY_S', 'MAX_LIMIT', 'RUN_COLUMNS', 'RUN_FOLD',
            'EVENT_COLUMNS', 'EVENT_FOLD', 'RowQueue', 'BatchWriter', 'writer', 'flush', 'RecordError', 'new_id', 'Run',
            'jsonable', 'store_name', 'current_run', 'error_text', 'Terminated', 'on_sigterm', 'Heartbeat', 'recording',
-           'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'Liveness', 'check_limit',
-           'list_runs', 'list_events', 'last_metrics']
+           'start_run', 'log_metrics', 'check_level', 'log_event', 'StoreHandler', 'operator', 'audit_action',
+           'Liveness', 'check_limit', 'list_runs', 'list_events', 'last_metrics']
 
 # %% ../../nbs/api/02_ops.record.ipynb #d517f5e6
 FAST_COLUMNS = {t.name: tuple(c.name for c in t.columns if not c.primary_key) for t in (metrics, events, audit)}  # the tables' own, in order
@@ -472,6 +472,23 @@ class StoreHandler(logging.Handler):
             if not self._retry_at: print(f"aiinfra: log records are being dropped: {e}", file=sys.stderr)
             self._retry_at = time.monotonic() + STORE_RETRY_S
         except Exception: self.handleError(record)
+
+# %% ../../nbs/api/02_ops.record.ipynb #3d7f0b92
+def operator() -> str:
+    "Who runs this process, for the record: the operating system's user"
+    import getpass
+    try: return f"os:{getpass.getuser()}"
+    except (KeyError, OSError): return f"os:uid-{os.getuid()}"
+
+def audit_action(engine: Engine, action: str,  # e.g. 'keys.create', 'keys.revoke', 'models.promote'
+                 subject: str,  # what it acted on, e.g. 'key 3fa8c1 (billing, predict)' or 'churn v4 -> production'
+                 by: str | None = None,  # who: an admin key's name, a run; default: the OS user (`operator`)
+                 project: str | None = None, model: str | None = None, model_version: int | None = None) -> dict:
+    "Record an administrative action in the store's audit, at once"
+    row = dict(time=time.time(), service='admin', request_id=new_id(), key_name=by or operator(), role='admin', method='ADMIN', route=action,
+               path=f"{action} {subject}"[:2000], status_code=200, project=project, model=model, model_version=model_version)
+    with writing(engine) as conn: conn.execute(audit.insert().values(**row))
+    return row
 
 # %% ../../nbs/api/02_ops.record.ipynb #e04091dd
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ audit = sa.Table('audit', metadata,
     _col('project', _Str, comment='the project whose service answered'),  # v6
     _col('form', sa.String(32), comment="how the body came: json or binary (V2's binary tensor data), +gzip/+deflate"),  # v9
     sa.Index('ix_audit_time', 'time'), sa.Index('ix_audit_key_time', 'key_id', 'time'),
-    comment='every API call, refused ones included: who, what, the answer, how long')
+    sa.Index('ix_audit_request', 'request_id'),  # v12: `aiinfra trace REQUEST_ID`
+    comment='every API call, refused ones included: who, what, the answer, how long; and the administrative actions (service admin)')
 
 project_scans = sa.Table('project_scans', metadata,  # ops.projects; v7
     _col('repo', _Text, primary_key=True), _col('project', _Str), _col('scanned_at', _Float, nullable=False),
@@ -299,9 +300,13 @@ def _v11_alerts(op):
     "v11: the alerts the rules open and resolve (ops.alerts)"
     alerts.create(op.get_bind())  # the table as declared above, its indexes (the partial unique one too) with it
 
+def _v12_audit_request(op):
+    "v12: an audited request found by its id (`aiinfra trace`)"
+    op.create_index('ix_audit_request', 'audit', ['request_id'])
+
 MIGRATIONS: dict[int, Callable] = {2: _v2_run_parents, 3: _v3_one_production, 4: _v4_run_heartbeats, 5: _v5_service, 6: _v6_projects,
                                    7: _v7_project_scans, 8: _v8_bi_views, 9: _v9_audit_form,
-                                   10: _v10_schedules, 11: _v11_alerts}  # version -> step(op: alembic Operations) from version-1
+                                   10: _v10_schedules, 11: _v11_alerts, 12: _v12_audit_request}  # version -> step(op: alembic Operations) from version-1
 _PG_SCHEMA_LOCK = 0x5_1A_1F_0B  # arbitrary, fixed: the advisory lock id of schema changes
 
 def ensure_schema(engine: Engine,  # a store engine

@@ -4,8 +4,10 @@
 
 # %% ../../nbs/api/33_serve.admin.ipynb #d6d0cea8
 from __future__ import annotations
+import sqlalchemy as sa
 from ..core import Project
 from ..ops.machines import refuse_stop, stop_machine
+from ..ops.store import machine_sessions, query
 from .auth import KeyRing
 
 # %% auto #0
@@ -18,8 +20,15 @@ def stop_with_key(name: str,  # the machine, as `aiinfra machines` lists it
                  ) -> dict:
     "Stop machine `name` (`ops.machines.stop_machine`) for the holder of an admin API key; returns what was done"
     project = project or Project.here()
-    key, why = KeyRing(project.engine, ttl=0).check(secret)
+    key, why = KeyRing(project.engine, ttl=0, project=project.name).check(secret)
     refusal = (f"{why}: stopping a machine needs an admin API key (--key, or AIINFRA_API_KEY)", 401) if why else \
               (f"key {key.name!r} has the {key.role} role: stopping a machine needs an admin key", 403) if key.role != 'admin' else None
+    if not refusal and key.project and (others := _others(project, name, key.project)):
+        refusal = (f"key {key.name!r} is an admin of project {key.project!r} only, and {name} works for {', '.join(others)}", 403)
     if refusal: refuse_stop(name, project, f"key {key.name!r}" if key and not why else 'no valid key', *refusal)
     return stop_machine(name, project, by=key.name)
+
+def _others(project: Project, machine: str, mine: str) -> list[str]:
+    "The projects other than `mine` that open sessions of `machine` name: a project's admin may not stop their machine"
+    s = machine_sessions.c
+    return sorted({r['project'] for r in query(sa.select(s.project).where((s.machine == machine) & s.ended_at.is_(None) & s.project.is_not(None)), project.engine)} - {mine})

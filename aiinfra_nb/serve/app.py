@@ -21,7 +21,7 @@ from ..ops.record import flush, log_event
 from ..ops.predictions import PredictionLog
 from ..ops.store import services, writing, insert_ignore
 from .audit import AuditMiddleware
-from .auth import Key, KeyRing, RateLimits
+from .auth import UNKNOWN, Key, KeyRing, RateLimits
 from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_feedback, read_v1, read_v2
 from ..models.registry import Registry
 from ..models.tabular import Preprocessor, predict as predict_rows
@@ -31,10 +31,10 @@ __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not i
 
 # %% auto #0
 __all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'health_routes', 'v2_routes', 'v1_routes',
-           'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict', 'infer', 'error',
-           'authorize', 'needs', 'Guard', 'body_of', 'v2_metadata', 'create_app', 'model_for', 'live', 'ready',
-           'server_metadata', 'model_metadata', 'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict',
-           'v1_feedback', 'metrics', 'serve']
+           'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict', 'infer',
+           'lineage_parameters', 'error', 'authorize', 'needs', 'Guard', 'body_of', 'v2_metadata', 'create_app',
+           'model_for', 'live', 'ready', 'server_metadata', 'model_metadata', 'model_ready', 'v2_infer', 'v1_models',
+           'v1_model', 'v1_predict', 'v1_feedback', 'metrics', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Served:
     model: torch.nn.Module
     meta: dict
     pre: Preprocessor
+    lineage: dict  # what made it, as each answer's headers say: X-Model-Name, X-Model-Version, X-Data-Version, X-Code-Revision
 
     @property
     def features(self) -> dict: return self.meta.get('features') or {}
@@ -68,7 +69,10 @@ class LiveModels:
 
     def _load(self, name: str, version: int) -> Served:
         model, meta = self.registry.load(name, version)
-        return Served(name, version, model, meta, Preprocessor.from_dict(meta['preprocessing']))
+        made = self.registry.lineage(name, version)
+        lineage = {'X-Model-Name': name, 'X-Model-Version': str(version), 'X-Data-Version': made['data_version'] or meta.get('data_version') or 'unknown',
+                   'X-Code-Revision': made['git_rev'] or 'unknown'}
+        return Served(name, version, model, meta, Preprocessor.from_dict(meta['preprocessing']), lineage)
 
     def refresh(self) -> list[str]:
         "Load what was promoted since the last call; returns what changed, as sentences"
@@ -111,13 +115,18 @@ def infer(request: Request, served: Served, frame: pl.DataFrame,
     request.app.state.log.served(served.name, served.version, frame, values, audit['request_id'], audit.get('key_id'), served.classes)
     return values
 
+def lineage_parameters(request: Request, served: Served) -> dict:
+    "The lineage an answer's V2 body carries in its `parameters`: the data and the code the model was trained on, the request"
+    return {'data_version': served.lineage['X-Data-Version'], 'code_revision': served.lineage['X-Code-Revision'],
+            'request_id': request.scope['state']['audit']['request_id']}
+
 # %% ../../nbs/api/32_serve.app.ipynb #9df631c1
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({'error': message}, status_code=status, headers=headers)
 
 # %% ../../nbs/api/32_serve.app.ipynb #c4db3cc7
 async def authorize(request: Request, permission: str) -> Key:
-    "The request's key, if it may `permission`: else 401 (no key or a bad one), 403 (its role may not) or 429 (its rate spent)"
+    "The request's key, if it may `permission`: else 401 (no key, a bad one, another project's), 403 (its role may not) or 429 (its rate spent)"
     auth = request.headers.get('authorization', '')
     secret = auth[7:].strip() if auth[:7].lower() == 'bearer ' else request.headers.get('x-api-key')
     limits = request.app.state.limits
@@ -127,7 +136,7 @@ async def authorize(request: Request, permission: str) -> Key:
     key, why = request.app.state.keys.check(secret)
     audit = request.scope.setdefault('state', {}).setdefault('audit', {})
     if key: audit.update(key_id=key.id, key_name=key.name, role=key.role)
-    if key is None and secret: await limits.hit(client)  # a guess costs its address, so guessing cannot hammer the store
+    if (key is None or why == UNKNOWN) and secret: await limits.hit(client)  # a guess costs its address (another project's key is a guess here)
     if why: raise ServiceError(401, why, {'WWW-Authenticate': 'Bearer'})
     if not key.can(permission): raise ServiceError(403, f"the {key.role} role may not {permission}")
     if (wait := await request.app.state.limits.hit(key.id)) is not None:
@@ -245,7 +254,7 @@ def create_app(registry: Registry | None = None,  # default: `[service] registry
     app = FastAPI(title=f"aiinfra model service: {name}", version=__version__, lifespan=lifespan, redirect_slashes=False, **docs,
                   description="Open Inference Protocol (V2) and KServe V1 over the registry's production models. "
                               "Every route but health needs an API key: Authorization: Bearer <key> (or X-API-Key).")
-    app.state.keys, app.state.limits = KeyRing(project.engine, s.service.key_cache_s), RateLimits(s.service.rate_limit, s.service.limits_url)
+    app.state.keys, app.state.limits = KeyRing(project.engine, s.service.key_cache_s, project.name), RateLimits(s.service.rate_limit, s.service.limits_url)
     app.state.models, app.state.max_rows, app.state.log = models, s.service.max_rows, PredictionLog(project)
     app.state.max_body, app.state.body_timeout_s, app.state.store_ok = s.service.max_body_bytes, s.service.body_timeout_s, True
     for routes in (health_routes, v2_routes, v1_routes, admin_routes):  # their routes, not the routers: include_router nests a router
@@ -366,8 +375,9 @@ async def model_ready(served: Reading): return {'name': served.name, 'ready': Tr
 async def v2_infer(request: Request, served: Predicting):
     req = read_v2(await body_of(request), request.headers.get('inference-header-content-length'))
     values = infer(request, served, frame_from_v2(served.features, req), req.form)
-    body, headers = encode_v2({'model_name': served.name, 'model_version': str(served.version), 'id': req.id}, served.v2_outputs(values), req)
-    return Response(body, headers=headers)
+    answer = {'model_name': served.name, 'model_version': str(served.version), 'id': req.id, 'parameters': lineage_parameters(request, served)}
+    body, headers = encode_v2(answer, served.v2_outputs(values), req)
+    return Response(body, headers={**headers, **served.lineage})
 
 # %% ../../nbs/api/32_serve.app.ipynb #62ab5e09
 v1_routes = APIRouter(tags=['v1'])
@@ -382,7 +392,7 @@ async def v1_model(served: Reading): return {'name': served.name, 'ready': True,
 @v1_routes.post('/v1/models/{name}:predict', openapi_extra=V1_BODY)
 async def v1_predict(request: Request, served: Predicting):
     values = infer(request, served, frame_from_v1(served.features, read_v1(await body_of(request))))
-    return {'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}
+    return JSONResponse({'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}, headers=served.lineage)
 
 FEEDBACK_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {
     'type': 'object', 'required': ['labels'], 'properties': {'labels': {'type': 'array', 'items': {'type': 'object', 'required': ['id', 'label'],

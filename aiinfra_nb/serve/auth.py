@@ -12,12 +12,12 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Rows, parse_duration
-from ..ops.record import new_id
-from ..ops.store import api_keys, query, writing
+from ..ops.record import audit_action, new_id
+from ..ops.store import api_keys, audit, get_engine, query, writing
 
 # %% auto #0
-__all__ = ['PERMISSIONS', 'ROLES', 'AuthError', 'hash_secret', 'create_key', 'list_keys', 'revoke_key', 'Key', 'KeyRing',
-           'RateLimits']
+__all__ = ['PERMISSIONS', 'ROLES', 'KEY_COLUMNS', 'UNKNOWN', 'AuthError', 'hash_secret', 'create_key', 'list_keys', 'revoke_key',
+           'Key', 'KeyRing', 'RateLimits']
 
 # %% ../../nbs/api/30_serve.auth.ipynb #d5012793
 PERMISSIONS = ('read', 'predict', 'admin')
@@ -37,31 +37,39 @@ def create_key(name: str,  # who or what holds it, e.g. 'billing-service'
                role: str,  # read, predict or admin
                models: list[str] | None = None,  # the models it may use; None: all
                expires: str | None = None,  # e.g. '90d'; None: never
+               project: str | None = None,  # the one project it is valid for; None: every project of the company
+               by: str | None = None,  # who makes it, for the audit: an admin key's name; default: the OS user
                engine=None) -> dict:  # the key's row, with its `secret` (shown once)
     "Create an API key; its secret is returned once and stored only as a hash"
     if role not in ROLES: raise AuthError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     if not name or len(name) > 100: raise AuthError(f"key name {name!r}: expected 1 to 100 characters")
+    if project is not None and not (isinstance(project, str) and 0 < len(project) <= 255): raise AuthError(f"project {project!r}: a project's name")
     secret = 'aik_' + secrets.token_urlsafe(32)
     now = time.time()
-    row = dict(id=new_id(), name=name, key_hash=hash_secret(secret), prefix=secret[:10], role=role, created_at=now,
+    row = dict(id=new_id(), name=name, key_hash=hash_secret(secret), prefix=secret[:10], role=role, created_at=now, project=project,
                models=sorted(set(models)) if models else None, expires_at=now + parse_duration(expires, error=AuthError) if expires else None)
     with writing(engine) as conn: conn.execute(api_keys.insert().values(**row))
+    audit_action(engine or get_engine(), 'keys.create', f"key {row['id']} ({name}, {role}, {project or 'all projects'})", by, project)
     return {**{k: v for k, v in row.items() if k != 'key_hash'}, 'secret': secret}
 
-def list_keys(engine=None) -> Rows:
-    "Every key, newest first, without its hash"
-    c = api_keys.c
-    return Rows(query(sa.select(c.id, c.name, c.prefix, c.role, c.models, c.created_at, c.expires_at, c.revoked_at, c.last_used_at)
-                      .order_by(c.created_at.desc()), engine),
-                ['id', 'name', 'prefix', 'role', 'models', 'created_at', 'expires_at', 'revoked_at'], 'API keys', ('revoked_at', 'expires_at'))
+KEY_COLUMNS = ['id', 'name', 'prefix', 'project', 'role', 'models', 'created_at', 'expires_at', 'revoked_at', 'last_used_at']
 
-def revoke_key(key_id: str, engine=None) -> dict:
+def list_keys(engine=None) -> Rows:
+    "Every key, newest first, without its hash: its project (or all), role, models, expiry, and last use (from the audit)"
+    c, a = api_keys.c, audit.c
+    used = sa.select(sa.func.max(a.time)).where(a.key_id == c.id).scalar_subquery()  # the audit's index on (key_id, time)
+    rows = query(sa.select(*[c[k] for k in KEY_COLUMNS if k != 'last_used_at'], used.label('last_used_at')).order_by(c.created_at.desc()), engine)
+    for r in rows: r['project'] = r['project'] or 'all projects'
+    return Rows(rows, KEY_COLUMNS, 'API keys', ('revoked_at', 'expires_at', 'prefix', 'models'))
+
+def revoke_key(key_id: str, by: str | None = None, engine=None) -> dict:
     "Revoke a key by id (or its prefix): it stops working in every worker within `[service] key_cache_s`"
     with writing(engine) as conn:
-        rows = conn.execute(sa.select(api_keys.c.id, api_keys.c.name).where(
+        rows = conn.execute(sa.select(api_keys.c.id, api_keys.c.name, api_keys.c.project).where(
             (api_keys.c.id == key_id) | (api_keys.c.prefix == key_id))).all()
         if len(rows) != 1: raise AuthError(f"no key {key_id!r}" if not rows else f"{key_id!r} names {len(rows)} keys: give the id")
         conn.execute(api_keys.update().where(api_keys.c.id == rows[0].id).values(revoked_at=time.time()))
+    audit_action(engine or get_engine(), 'keys.revoke', f"key {rows[0].id} ({rows[0].name})", by, rows[0].project)
     return dict(id=rows[0].id, name=rows[0].name, revoked=True)
 
 # %% ../../nbs/api/30_serve.auth.ipynb #0241fcbb
@@ -73,15 +81,19 @@ class Key:
     role: str
     models: tuple | None  # None: every model
     expires_at: float | None
+    project: str | None = None  # None: every project
 
     def can(self, permission: str) -> bool: return permission in ROLES[self.role]
     def may_use(self, model: str) -> bool: return self.models is None or model in self.models
 
+UNKNOWN = 'unknown API key'
+
 class KeyRing:
-    "The keys of the store, looked up by secret and trusted for `ttl` seconds"
+    "The keys of the store valid for a project, looked up by secret and trusted for `ttl` seconds"
     def __init__(self, engine: Engine,  # the store whose `api_keys` these are
-                 ttl: float):  # seconds a looked-up key is trusted (`[service] key_cache_s`)
-        self.engine, self.ttl = engine, ttl
+                 ttl: float,  # seconds a looked-up key is trusted (`[service] key_cache_s`)
+                 project: str | None = None):  # the project whose server asks: another project's keys are unknown here
+        self.engine, self.ttl, self.project = engine, ttl, project
         self._cache: dict[str, tuple] = {}  # hash -> (row or None, fetched at)
 
     def check(self, secret: str | None) -> tuple[Key | None, str | None]:
@@ -92,11 +104,12 @@ class KeyRing:
         if now - at > self.ttl:
             rows = query(sa.select(api_keys).where(api_keys.c.key_hash == h), self.engine)
             r = rows[0] if rows else None
-            key = Key(r['id'], r['name'], r['role'], tuple(r['models']) if r['models'] else None, r['expires_at']) if r else None
+            key = Key(r['id'], r['name'], r['role'], tuple(r['models']) if r['models'] else None, r['expires_at'], r['project']) if r else None
             revoked = bool(r and r['revoked_at'])
             if len(self._cache) > 10_000: self._cache.clear()  # garbage keys must not grow it without bound
             self._cache[h] = (key, revoked, now)
-        if key is None: return None, 'unknown API key'
+        if key is None: return None, UNKNOWN
+        if self.project and key.project not in (None, self.project): return key, UNKNOWN  # another project's: as if unknown (the audit knows)
         if revoked: return key, 'this API key was revoked'
         if key.expires_at and key.expires_at < time.time(): return key, 'this API key has expired'
         return key, None
