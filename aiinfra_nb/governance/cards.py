@@ -4,7 +4,7 @@
 
 # %% ../../nbs/api/36a_governance.cards.ipynb #9a4d6f13
 from __future__ import annotations
-import json, os, tempfile, time
+import tempfile, time
 from pathlib import Path
 import polars as pl
 import sqlalchemy as sa

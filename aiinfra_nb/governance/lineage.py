@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
-from ..core import AiinfraError, Project, Rows, fields_html, money
+from ..core import AiinfraError, Project, money
 from ..data.io import Catalog, DatasetError
-from ..models.registry import Registry, RegistryError
+from ..models.registry import Registry, RegistryError  # noqa: F401  (Registry gives a Project its `registry`)
 from ..ops.predictions import read_log
 from ..ops.record import last_metrics
 from ..ops.store import audit, events, machine_sessions, models, projects, query, runs
