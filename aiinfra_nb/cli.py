@@ -19,12 +19,12 @@ from .ops.store import store_summary
 __all__ = ['app', 'machines_app', 'models_app', 'keys_app', 'demo_app', 'contract_app', 'stages_app', 'image_app', 'registry_app',
            'scheduler_app', 'schedule_app', 'monitor_app', 'alerts_app', 'terminal_width', 'show', 'status', 'runs',
            'machines', 'machines_stop', 'logs', 'sql_', 'datasets', 'models_list', 'models_show', 'models_promote',
-           'serve_', 'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard', 'demo_fleet_',
-           'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check', 'stages_sync', 'stages_check',
-           'image_build', 'image_push', 'images_', 'registry_start', 'registry_stop', 'main', 'scheduler_start',
-           'scheduler_stop', 'scheduler_status_', 'scheduler_pool', 'schedule_add', 'schedule_list', 'schedule_run',
-           'schedule_pause', 'schedule_resume', 'schedule_remove', 'monitor_run_', 'monitor_report', 'feedback',
-           'alerts_', 'alerts_check', 'alerts_ack', 'trace']
+           'models_card', 'serve_', 'keys_create', 'keys_list', 'keys_revoke', 'audit_', 'services_', 'dashboard',
+           'demo_fleet_', 'projects', 'new_', 'upgrade_', 'contract_infer', 'contract_check', 'stages_sync',
+           'stages_check', 'image_build', 'image_push', 'images_', 'registry_start', 'registry_stop', 'main',
+           'scheduler_start', 'scheduler_stop', 'scheduler_status_', 'scheduler_pool', 'schedule_add', 'schedule_list',
+           'schedule_run', 'schedule_pause', 'schedule_resume', 'schedule_remove', 'monitor_run_', 'monitor_report',
+           'feedback', 'alerts_', 'alerts_check', 'alerts_ack', 'trace', 'report']
 
 # %% ../nbs/api/50_cli.ipynb #04afe1f0
 app = typer.Typer(rich_markup_mode=None, help="aiinfra: runs, machines, costs and logs of every ML project, from the ops store.",
@@ -41,6 +41,15 @@ def terminal_width() -> int:
 def _names(text: str | None) -> list[str] | None:
     "A comma-separated option ('train, evaluate') as a list; None when not given"
     return [x.strip() for x in text.split(',') if x.strip()] or None if text else None
+
+def _parameters(args: list[str]) -> list[tuple[str, str]]:
+    "Papermill's `-p NAME VALUE` (also `--parameter`), repeated, from a command's extra arguments"
+    from aiinfra_nb.core import AiinfraError
+    pairs, rest = [], list(args)
+    while rest:
+        if rest[0] not in ('-p', '--parameter') or len(rest) < 3: raise AiinfraError(f"{' '.join(rest)[:80]!r}: parameters are -p NAME VALUE")
+        pairs.append((rest[1], rest[2])); rest = rest[3:]
+    return pairs
 
 # %% ../nbs/api/50_cli.ipynb #7725badd
 def show(rows: list[dict], columns: list[str] | None = None,  # default: the columns a `Rows` names
@@ -151,10 +160,21 @@ def models_show(name: str, version: int = typer.Option(None, help='default: the 
 
 @models_app.command('promote')
 def models_promote(name: str, version: int, stage: str = typer.Option('production', help='staging, production or archived')):
-    "Move a version to a stage (the previous production version is archived)"
-    from aiinfra_nb.models.registry import Registry
-    r = Registry().promote(name, version, stage)
-    print(f"{r['name']} v{r['version']} is now {r['stage']}")
+    "Move a version to a stage (the previous production version is archived); a version promoted to production gets its card"
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.governance.cards import card_after_promotion
+    project = Project.here()
+    r = project.registry.promote(name, version, stage)
+    card = card_after_promotion(project, name, r['version']) if stage == 'production' else None
+    print(f"{r['name']} v{r['version']} is now {r['stage']}" + (f"; its card: {card}" if card else ''))
+
+@models_app.command('card')
+def models_card(name: str, version: int = typer.Option(None, help='default: the production version'),
+                out: Path = typer.Option(None, help='also write the page here')):
+    "Make a version's model card: an HTML page without code (use, data, features, training, evaluation, drift, lineage)"
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.governance.cards import render_card
+    print(render_card(Project.here(), name, version, out))
 
 # %% ../nbs/api/50_cli.ipynb #29510089
 keys_app = typer.Typer(rich_markup_mode=None, help="API keys of the model service: create (the secret is shown once), list, revoke.", no_args_is_help=True)
@@ -430,8 +450,8 @@ def scheduler_pool(kind: str = typer.Argument(..., help='kubernetes or docker'),
     print(f"{'updated' if r['updated'] else 'made'} the {r['type']} work pool {r['name']} (store URL in the secret {r['secret']}); "
           f"its worker, where it can start containers: {r['worker']}")
 
-@schedule_app.command('add')
-def schedule_add(project_dir: Path = typer.Argument(..., help="the project's repository (its committed HEAD runs)"),
+@schedule_app.command('add', context_settings={'allow_extra_args': True, 'ignore_unknown_options': True})
+def schedule_add(ctx: typer.Context, project_dir: Path = typer.Argument(None, help="the project's repository (its committed HEAD runs); with --report: default here"),
                  cron: str = typer.Option(None, help="a cron expression, e.g. '0 3 * * *'"),
                  every: str = typer.Option(None, help='an interval: 10s, 30m, 6h, 1d'),
                  stages: str = typer.Option(None, help='some stages, comma-separated (default: all)'),
@@ -439,9 +459,20 @@ def schedule_add(project_dir: Path = typer.Argument(..., help="the project's rep
                  timeout: str = typer.Option(None, help='stop and fail a run that takes longer, e.g. 30m'),
                  name: str = typer.Option(None, help="default: the project's name"),
                  pool: str = typer.Option(None, help='a work pool (default: [orchestrator] pool)'),
-                 image: str = typer.Option(None, help="on a Kubernetes or Docker pool: the pipeline image (default: the project's newest pushed)")):
-    "Schedule a project's pipeline"
-    from aiinfra_nb.orchestrate.scheduler import add_schedule
+                 image: str = typer.Option(None, help="on a Kubernetes or Docker pool: the pipeline image (default: the project's newest pushed)"),
+                 report: Path = typer.Option(None, help='instead of the pipeline: a report of this notebook (aiinfra report)'),
+                 to: str = typer.Option('html', help='with --report: html or pdf'),
+                 notify: list[str] = typer.Option(None, help='with --report: an Apprise URL to send it to (repeatable)')):
+    "Schedule a project's pipeline (or a report: --report NOTEBOOK, its parameters as -p NAME VALUE)"
+    from aiinfra_nb.orchestrate.scheduler import SchedulerError, add_schedule
+    if report is not None:
+        from aiinfra_nb.core import Project
+        from aiinfra_nb.governance.reports import parse_parameters
+        from aiinfra_nb.orchestrate.checks import add_report_schedule
+        r = add_report_schedule(project_dir or Project.here().root, report, cron, every, parse_parameters(_parameters(ctx.args)), to, notify, name)
+        return print(f"scheduled {r['name']}: {r['trigger']}, the report {r['report']} of {r['project']}, sent to {r['notify']} URL(s)")
+    if ctx.args: raise SchedulerError(f"unexpected {' '.join(ctx.args)[:80]!r}: -p NAME VALUE goes with --report")
+    if project_dir is None: raise SchedulerError("give the project's folder: aiinfra schedule add PROJECT_DIR (--cron EXPR | --every DURATION)")
     r = add_schedule(project_dir, cron, every, _names(stages), retries, timeout, name, pool, image)
     print(f"scheduled {r['name']}: {r['trigger']}, dvc repro of {r['project']} on pool {r['pool']}"
           + (f", in {r['image']} cloning {r['clones']}" if 'image' in r else ''))
@@ -553,3 +584,15 @@ def trace(request_id: str = typer.Argument(None, help="the request id an answer 
     if (request_id is None) == (model is None): raise TraceError("give a request id, or --model NAME (and --version V)")
     d = lineage(request_id, project) if request_id else model_lineage(project, model, version or project.registry._resolve(model, None, 'production'))
     print(json.dumps(d, default=str, indent=1) if as_json else trace_text(d))
+
+# %% ../nbs/api/50_cli.ipynb #8a2c6e19
+@app.command('report', context_settings={'allow_extra_args': True, 'ignore_unknown_options': True})
+def report(ctx: typer.Context, notebook: Path = typer.Argument(..., help='an analytics notebook with a parameters cell'),
+           to: str = typer.Option('html', help='html or pdf'),
+           out: Path = typer.Option(None, help="where to write it (default: the catalog's reports/)"),
+           as_json: bool = typer.Option(False, '--json', help='print JSON')):
+    "Run a notebook through the papermill engine (a run in the store) and export it without code: a report for people; parameters as -p NAME VALUE"
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.governance.reports import parse_parameters, run_report
+    r = run_report(Project.here(), notebook, parse_parameters(_parameters(ctx.args)), to, out)
+    print(json.dumps(r, default=str) if as_json else f"report {r['report']} (run {r['run_id']})")

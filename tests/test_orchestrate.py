@@ -85,6 +85,7 @@ def test_a_scaffolded_project_runs_on_its_schedule(operator, tmp_path, monkeypat
     assert model and model[0]['name'] == 'penguins', model
     assert (root/'data/models/penguins'/str(model[0]['version'])/'model.safetensors').is_file()  # in the project's registry
     assert Path(model[0]['path']).resolve() == (root/'data/models/penguins'/str(model[0]['version'])).resolve()
+    assert 'model card' in (root/'data/cards/penguins'/f"v{model[0]['version']}.html").read_text()  # the card the evaluate stage made, kept too
     assert done[0]['extra']['dvc_lock']  # the second run too kept its lock
     status = subprocess.run(['git', '-C', str(root), 'status', '--porcelain'], capture_output=True, text=True).stdout
     assert status in ('', '?? data/models/\n'), status  # the working copy as it was, but for the registry's new versions

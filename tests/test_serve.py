@@ -58,7 +58,9 @@ class Service:
 def service(tmp_path, sqlite_url):
     svc = Service(tmp_path, sqlite_url, rate_limit='100000/second')
     reg = svc.registry
-    reg.promote('delay', save_model(reg, 0))
+    reg.promote('delay', v := save_model(reg, 0))
+    reg.card_path('delay', v).parent.mkdir(parents=True)
+    reg.card_path('delay', v).write_text('<!doctype html><title>delay v1: model card</title>')  # what `aiinfra models card` writes
     svc.keys = {role: create_key(f'{role}-key', role, engine=reg.engine)['secret'] for role in ROLES}
     svc.keys['scoped'] = create_key('scoped-key', 'admin', models=['other'], engine=reg.engine)['secret']
     revoked = create_key('revoked-key', 'admin', engine=reg.engine); revoke_key(revoked['id'], engine=reg.engine)

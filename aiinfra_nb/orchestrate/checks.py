@@ -14,10 +14,12 @@ from ..ops.alerts import check_alerts
 from ..ops.machines import stop_machine
 from ..ops.record import log_event
 from ..ops.store import alerts, projects, query, schedules, writing
+from .runs import SchedulerError
 from .scheduler import _connected, ensure_pool, run_schedule
 
 # %% auto #0
-__all__ = ['ACTIONS', 'CHECKS', 'act', 'monitor_projects', 'monitor_flow', 'alerts_flow', 'register_checks']
+__all__ = ['ACTIONS', 'CHECKS', 'act', 'monitor_projects', 'monitor_flow', 'alerts_flow', 'register_checks', 'report_flow',
+           'send_report', 'add_report_schedule']
 
 # %% ../../nbs/api/48c_orchestrate.checks.ipynb #7c2e5a01
 ACTIONS = {'on_drift': ('none', 'retrain'), 'on_idle': ('none', 'stop')}
@@ -115,3 +117,60 @@ def register_checks(project: Project | None = None) -> Rows:
                                     description=f"every {s[section].every_min:g} min ([{section}] every_min), for the store of {project.root}")
             out.append(dict(check=name, every_min=s[section].every_min, project_dir=str(project.root)))
     return Rows(out, ['check', 'every_min', 'project_dir'], 'checks on the scheduler')
+
+# %% ../../nbs/api/48c_orchestrate.checks.ipynb #1c9e4b75
+@flow(name='aiinfra-report', persist_result=False)
+def report_flow(project_dir: str, notebook: str, parameters: dict | None = None, to: str = 'html', notify: list[str] | None = None) -> dict:
+    "Make a report in the project, and send it to `notify` (Apprise URLs)"
+    from aiinfra_nb.governance.reports import run_report
+    made = run_report(Project.open(project_dir), notebook, parameters, to)
+    if notify: send_report(made, notify)
+    return made
+
+def send_report(made: dict, notify: list[str]):
+    "Send a report through Apprise, attached; a URL Apprise cannot read, or a send that fails, is an error naming it"
+    import apprise
+    from aiinfra_nb.core import mask_secrets
+    for url in notify:
+        a = apprise.Apprise()
+        if not a.add(url): raise SchedulerError(f"--notify {mask_secrets(url)[:100]!r} is not a URL Apprise can send to (e.g. mailto://..., slack://..., json://...)")
+        name = Path(made['report']).name
+        if not a.notify(title=f"report {name}", body=f"{name}: {made['notebook']} with {made['parameters'] or 'its defaults'} (run {made['run_id']})",
+                        attach=made['report']):
+            raise SchedulerError(f"the report {name} could not be sent to {mask_secrets(url)[:100]}")
+
+def add_report_schedule(project_dir: str | Path, notebook: str | Path, cron: str | None = None, every: str | None = None,
+                        parameters: dict | None = None, to: str = 'html', notify: list[str] | None = None,
+                        name: str | None = None, project: Project | None = None) -> dict:
+    "Schedule a report of `notebook` in the project, sent to `notify`: a Prefect deployment of `report_flow`"
+    import apprise
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.exceptions import ObjectNotFound
+    from aiinfra_nb.governance.reports import ReportError, _check_parameters
+    from aiinfra_nb.orchestrate.runs import check_project_dir
+    from aiinfra_nb.orchestrate.scheduler import _NAME, project_tag, trigger_of
+    s = (project or Project.here()).settings
+    target, nb = check_project_dir(project_dir), Path(notebook).resolve()
+    if not nb.is_file() or nb.suffix != '.ipynb': raise ReportError(f"no notebook {str(notebook)!r}: give an .ipynb file")
+    _check_parameters(nb, parameters or {})
+    if to not in ('html', 'pdf'): raise ReportError(f"--to {to!r}: html or pdf")
+    for url in notify or []:
+        if not apprise.Apprise().add(url): raise SchedulerError(f"--notify {url[:60]!r} is not a URL Apprise can send to")
+    schedule, trigger = trigger_of(cron, every)
+    name = name or f"{target.name}-{nb.stem}"
+    if not _NAME.match(name): raise SchedulerError(f"schedule name {name!r}: letters, digits, '_', '-', '.', up to 100")
+    with _connected(s) as c:
+        try: c.read_deployment_by_name(f"aiinfra-report/{name}"); taken = True
+        except ObjectNotFound: taken = False
+        if taken or any(d.name == name for d in c.read_deployments() if 'aiinfra' in d.tags):
+            raise SchedulerError(f"a schedule named {name!r} exists: pick another --name")
+        d = c.create_deployment(c.create_flow_from_name('aiinfra-report'), name, entrypoint='aiinfra_nb.orchestrate.checks.report_flow',
+                                work_pool_name=ensure_pool(s), parameters=dict(project_dir=str(target.root), notebook=str(nb), parameters=parameters or {},
+                                                                              to=to, notify=notify or []),
+                                schedules=[DeploymentScheduleCreate(schedule=schedule)], tags=['aiinfra', project_tag(target.name)],
+                                description=f"{trigger}: report {nb.name}")
+    with writing(target.engine) as conn:
+        conn.execute(schedules.delete().where(schedules.c.name == name))
+        conn.execute(schedules.insert().values(name=name, project=target.name, repo=str(target.root), trigger=trigger, stages=[f"report {nb.name}"],
+                                               retries=0, pool=s.orchestrator.pool, deployment_id=str(d), paused=False, created_at=time.time()))
+    return dict(name=name, project=target.name, trigger=trigger, report=nb.name, notify=len(notify or []))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 import sqlalchemy as sa
 import yaml
-from ..core import AiinfraError, Project, aiinfra_home, run_tool
+from ..core import AiinfraError, Project, aiinfra_home, atomic_write, run_tool
 from ..ops.record import Run, recording, store_name
 from ..ops.store import models, query, writing
 
@@ -71,10 +71,11 @@ def _made_in(project: Project, work: Path) -> list[str]:
     return [f"{r['name']}/{r['version']}" for r in rows]
 
 def _keep_models(project: Project, work: Path, made: list[str]):
-    "Copy the model versions `made` from the worktree's registry into the project's (a version at a time, atomically); the store rows follow"
+    "Copy the model versions `made` (and their cards) from the worktree's registry into the project's (a version at a time, atomically); the store rows follow"
     src, dst = work/'data'/'models', project.settings.data.dir/'models'
     for version in made:
-        target = dst/version
+        target, card = dst/version, Path('cards')/version.split('/')[0]/f"v{version.split('/')[1]}.html"
+        if (work/'data'/card).is_file(): atomic_write(project.settings.data.dir/card, (work/'data'/card).read_bytes())
         if target.exists(): continue  # already there (a version is never rewritten)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src/version, target.with_name(f'.{target.name}.tmp'), dirs_exist_ok=True)

@@ -250,9 +250,12 @@ def _connected(settings: AttrDict):
     return client(settings)
 
 def _deployment(c, name: str):
+    "The deployment of schedule `name`: a pipeline's, or a report's (`orchestrate.checks`)"
     from prefect.exceptions import ObjectNotFound
-    try: return c.read_deployment_by_name(f"run_pipeline/{name}")
-    except ObjectNotFound: raise SchedulerError(f"no schedule {name!r}: `aiinfra schedule list` shows them") from None
+    for flow_name in ('run_pipeline', 'aiinfra-report'):
+        try: return c.read_deployment_by_name(f"{flow_name}/{name}")
+        except ObjectNotFound: continue
+    raise SchedulerError(f"no schedule {name!r}: `aiinfra schedule list` shows them")
 
 # %% ../../nbs/api/48a_orchestrate.scheduler.ipynb #88c64fdb
 def add_schedule(project_dir: str | Path, cron: str | None = None, every: str | None = None,
@@ -317,11 +320,11 @@ def list_schedules(project: Project | None = None) -> Rows:
             last = c.read_flow_runs(deployment_filter=mine, sort=FlowRunSort.START_TIME_DESC, limit=1, flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED, StateType.PENDING]))))
             out.append(dict(name=d.name, project=next((t.split(':', 1)[1] for t in d.tags if t.startswith('aiinfra-project:')), None),
-                            trigger=(d.description or '').split(':', 1)[0], stages=', '.join(p.get('stages') or []) or 'all',
+                            trigger=(d.description or '').split(':', 1)[0], stages=f"report {Path(p['notebook']).name}" if p.get('notebook') else ', '.join(p.get('stages') or []) or 'all',
                             retries=p.get('retries'), timeout_s=p.get('timeout_s'), pool=d.work_pool_name, paused=d.paused,
                             next_run_at=nxt[0].expected_start_time.timestamp() if nxt and not d.paused else None,
                             last_run_at=last[0].start_time.timestamp() if last and last[0].start_time else None,
-                            last_state=last[0].state.name if last and last[0].state else None, repo=p.get('project_dir')))
+                            last_state=last[0].state.name if last and last[0].state else None, repo=p.get('project_dir')))  # reports too
     for r in out: _mirror(r['repo'], r['name'], dict(next_run_at=r['next_run_at'], paused=r['paused']))  # what the panel reads
     return Rows(sorted(out, key=lambda r: r['name']), SCHEDULE_COLUMNS, 'schedules', SCHEDULE_FOLD)
 

@@ -13,7 +13,7 @@ import torch
 from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 import prometheus_client as prom
 from ..core import AiinfraError, FeatureError, Project, SettingsError
@@ -30,11 +30,11 @@ from ..models.task import Task, task_named
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
-__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'health_routes', 'v2_routes', 'v1_routes',
-           'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict', 'infer',
+__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Administering', 'health_routes', 'v2_routes',
+           'v1_routes', 'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict', 'infer',
            'lineage_parameters', 'error', 'authorize', 'needs', 'Guard', 'body_of', 'v2_metadata', 'create_app',
            'model_for', 'live', 'ready', 'server_metadata', 'model_metadata', 'model_ready', 'v2_infer', 'v1_models',
-           'v1_model', 'v1_predict', 'v1_feedback', 'metrics', 'serve']
+           'v1_model', 'v1_predict', 'v1_card', 'v1_feedback', 'metrics', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
@@ -343,6 +343,7 @@ def model_for(permission: str):
 # %% ../../nbs/api/32_serve.app.ipynb #8233965f
 Reading = Annotated[Served, model_for('read')]  # the model a `read` route names
 Predicting = Annotated[Served, model_for('predict')]  # the model a `predict` route names
+Administering = Annotated[Served, model_for('admin')]  # the model an `admin` route names
 
 # %% ../../nbs/api/32_serve.app.ipynb #474fb923
 health_routes = APIRouter(tags=['health'])
@@ -397,6 +398,13 @@ async def v1_predict(request: Request, served: Predicting):
 FEEDBACK_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {
     'type': 'object', 'required': ['labels'], 'properties': {'labels': {'type': 'array', 'items': {'type': 'object', 'required': ['id', 'label'],
         'properties': {'id': {'type': 'string'}, 'row': {'type': 'integer'}, 'label': {}}}}}}}}}}
+
+@v1_routes.get('/v1/models/{name}/card', response_class=HTMLResponse)
+async def v1_card(request: Request, served: Administering):
+    "The model card of the version being served (`aiinfra models card`), for admin keys"
+    path = request.app.state.models.registry.card_path(served.name, served.version)
+    if not path.is_file(): raise ServiceError(404, f"no card for {served.name} v{served.version} here yet: `aiinfra models card {served.name}` makes it")
+    return HTMLResponse(path.read_text())
 
 @v1_routes.post('/v1/models/{name}/feedback', openapi_extra=FEEDBACK_BODY)
 async def v1_feedback(request: Request, served: Predicting):
