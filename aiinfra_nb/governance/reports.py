@@ -63,7 +63,7 @@ def run_report(project: Project, notebook: str | Path,  # an analytics notebook 
                                         engine_name='aiinfra', cwd=str(notebook.parent), progress_bar=False, log_output=False)
         except papermill.PapermillExecutionError as e: raise ReportError(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from None
         html, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_filename(str(done))
-        page = atomic_write(out.with_suffix('.html') if to == 'pdf' else out, html.replace(f'<title>{notebook.stem}</title>', f'<title>{notebook.stem}, {stamp}</title>'))
-        if to == 'pdf': _pdf(page, out); page.unlink()
+        page = atomic_write(Path(work)/'page.html' if to == 'pdf' else out, html.replace(f'<title>{notebook.stem}</title>', f'<title>{notebook.stem}, {stamp}</title>'))
+        if to == 'pdf': out.parent.mkdir(parents=True, exist_ok=True); _pdf(page, out)
         run.update(output=str(out))
     return dict(report=str(out), run_id=run.id, notebook=str(notebook), parameters=parameters)
