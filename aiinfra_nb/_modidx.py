@@ -286,6 +286,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                     'aiinfra_nb/governance/reports.py'),
                                                'aiinfra_nb.governance.reports._pdf': ( 'api/governance.reports.html#_pdf',
                                                                                        'aiinfra_nb/governance/reports.py'),
+                                               'aiinfra_nb.governance.reports.html_without_code': ( 'api/governance.reports.html#html_without_code',
+                                                                                                    'aiinfra_nb/governance/reports.py'),
                                                'aiinfra_nb.governance.reports.parse_parameters': ( 'api/governance.reports.html#parse_parameters',
                                                                                                    'aiinfra_nb/governance/reports.py'),
                                                'aiinfra_nb.governance.reports.run_report': ( 'api/governance.reports.html#run_report',

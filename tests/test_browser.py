@@ -45,6 +45,25 @@ def browser_page(url: str, width: int = 1400, height: int = 900):
         finally: browser.close()
 
 
+def open_local_page(path: Path, shot: str) -> dict:
+    "A local HTML file in headless Chromium: its text, its Plotly charts drawn, the errors it raised; a full-page screenshot in .test-artifacts/"
+    from playwright.sync_api import sync_playwright
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={'width': 1200, 'height': 900})
+            page.on('pageerror', lambda e: errors.append(str(e)))
+            page.on('console', lambda m: m.type == 'error' and errors.append(m.text))
+            page.on('requestfailed', lambda r: errors.append(f"{r.url}: {r.failure}"))
+            page.goto(path.as_uri(), wait_until='load', timeout=120_000)
+            page.wait_for_timeout(500)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS/shot), full_page=True)
+            return dict(text=page.inner_text('body'), charts=page.locator('.js-plotly-plot:has(.main-svg)').count(), errors=errors)
+        finally: browser.close()
+
+
 def kernel_ready(page, seconds: float = 180):
     "Until the notebook's kernel is idle; on a loaded machine JupyterLab may ask which kernel first, and a person picks python3"
     for _ in range(int(seconds)):

@@ -87,7 +87,8 @@ def card_sections(d: dict) -> list[tuple[str, str]]:
                             'duration_s': t.get('duration_s'), 'cost': money(t['cost']) if t.get('cost') is not None else None, 'host': t.get('host')})
     if d['curves']:
         fig = go.Figure(layout=dict(title='training curves', **layout))
-        for k, pts in sorted(d['curves'].items()): fig.add_scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode='lines+markers', name=k)
+        for k, pts in sorted(d['curves'].items()):
+            if k.startswith('rows/') or k == 'epoch_s': continue  # bookkeeping, not learning fig.add_scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode='lines+markers', name=k)
         training += _chart(fig, js)
     ev = _table([dict(figure=k, value=round(v, 4)) for k, v in e['figures'].items()], ['figure', 'value'])
     if 'per_class' in e:
@@ -107,28 +108,27 @@ def card_sections(d: dict) -> list[tuple[str, str]]:
         fig.add_scatter(x=at, y=[c['drift_share'] for c in d['checks']], mode='lines+markers', name='drifted share of features')
         if any(c['live'] is not None for c in d['checks']): fig.add_scatter(x=at, y=[c['live'] for c in d['checks']], mode='lines+markers', name=f"live {d['checks'][-1]['figure']}")
         since += _chart(fig, js)
-    else: since = '<p>No monitoring data for this version yet: the monitor checks served models (`aiinfra monitor run`, every few minutes on the scheduler).</p>'
+    else: since = '<p>No monitoring data for this version yet: the monitor checks served models (<code>aiinfra monitor run</code>, every few minutes on the scheduler).</p>'
     import html
     return [('Intended use and owner', use), ('Data', data), ('Features', feats), ('Training', training),
             (f"Evaluation ({d['validation_rows']:,} validation rows)", ev), ('Drift and live performance since', since),
             ('Lineage', f"<pre style='white-space:pre-wrap'>{html.escape(d['lineage'])}</pre>")]
 
 # %% ../../nbs/api/36a_governance.cards.ipynb #1a5e9d72
-CARD_CELLS = [
-    ('markdown', "# Model card"),
-    ('code', "project_dir = ''  # the project's folder\nname = ''  # the model\nversion = 0  # its version\nenviron = {}  # the store and catalog of the caller"),
-    ('code', "import os\nfrom IPython.display import HTML, Markdown, display\nfrom aiinfra_nb.core import Project\n"
-             "from aiinfra_nb.governance.cards import card_data, card_sections\n"
-             "d = card_data(Project.open(project_dir, environ={**os.environ, **environ}), name, version)\n"
-             "display(Markdown(f\"# {d['model']['name']} v{d['model']['version']}: model card\"))"),
-    ('code', "for title, body in card_sections(d): display(HTML(f'<h2>{title}</h2>{body}'))"),
+CARD_CELLS = [  # the template notebook's cells: its parameters, the facts, the sections
+    "project_dir = ''  # the project's folder\nname = ''  # the model\nversion = 0  # its version\nenviron = {}  # the store and catalog of the caller",
+    "import os\nfrom IPython.display import HTML, Markdown, display\nfrom aiinfra_nb.core import Project\n"
+    "from aiinfra_nb.governance.cards import card_data, card_sections\n"
+    "d = card_data(Project.open(project_dir, environ={**os.environ, **environ}), name, version)\n"
+    "display(Markdown(f\"# {d['model']['name']} v{d['model']['version']}: model card\"))",
+    "for title, body in card_sections(d): display(HTML(f'<h2>{title}</h2>{body}'))",
 ]
 
 def card_template() -> dict:
-    "The card's template notebook, its second cell tagged as papermill's parameters"
+    "The card's template notebook, its first cell tagged as papermill's parameters"
     import nbformat
-    cells = [nbformat.v4.new_markdown_cell(s) if kind == 'markdown' else nbformat.v4.new_code_cell(s) for kind, s in CARD_CELLS]
-    cells[1].metadata['tags'] = ['parameters']
+    cells = [nbformat.v4.new_code_cell(s) for s in CARD_CELLS]
+    cells[0].metadata['tags'] = ['parameters']
     return nbformat.v4.new_notebook(cells=cells, metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}})
 
 def render_card(project: Project, name: str,
@@ -137,7 +137,7 @@ def render_card(project: Project, name: str,
                ) -> Path:
     "Make the HTML card of a model version (no code shown), kept beside the registry; where it is"
     import nbformat, papermill
-    from nbconvert import HTMLExporter
+    from aiinfra_nb.governance.reports import html_without_code
     version = version or project.registry._resolve(name, None, 'production')
     environ = {'AIINFRA_DB_URL': project.engine.url.render_as_string(hide_password=False), 'AIINFRA_DATA_DIR': str(project.settings.data.dir),
                'AIINFRA_PROJECT_NAME': project.name}
@@ -146,8 +146,8 @@ def render_card(project: Project, name: str,
         try: papermill.execute_notebook(str(src), str(done := Path(work)/'done.ipynb'), parameters=dict(project_dir=str(project.root), name=name, version=int(version),
                                         environ=environ), kernel_name='python3', progress_bar=False, cwd=work, log_output=False)
         except papermill.PapermillExecutionError as e: raise CardError(f"the card of {name} v{version} could not be made: {e.ename}: {e.evalue}") from None
-        html, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_filename(str(done))
-    path = atomic_write(project.registry.card_path(name, version), html.replace('<title>done</title>', f'<title>{name} v{version}: model card</title>'))
+        html = html_without_code(done, f'{name} v{version}: model card')
+    path = atomic_write(project.registry.card_path(name, version), html)
     if out: atomic_write(Path(out), path.read_text())
     return path
 

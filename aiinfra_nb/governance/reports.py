@@ -10,7 +10,7 @@ from ..core import AiinfraError, Project, atomic_write
 from ..ops.record import Run, recording
 
 # %% auto #0
-__all__ = ['CHROMIUM_FLAGS', 'ReportError', 'parse_parameters', 'run_report']
+__all__ = ['CHROMIUM_FLAGS', 'ReportError', 'parse_parameters', 'html_without_code', 'run_report']
 
 # %% ../../nbs/api/36b_governance.reports.ipynb #0f5c2b97
 class ReportError(AiinfraError):
@@ -31,6 +31,24 @@ def _check_parameters(notebook: Path, parameters: dict):
     if unknown := sorted(set(parameters) - set(declared)):
         raise ReportError(f"{notebook.name} has no parameter {', '.join(map(repr, unknown))}: its parameters are {', '.join(declared) or 'none'}")
 
+# %% ../../nbs/api/36b_governance.reports.ipynb #7c3d9e15
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}"""
+
+def html_without_code(notebook: str | Path,  # an executed notebook
+                      title: str,  # the page's title
+                     ) -> str:
+    "An executed notebook as one self-contained HTML page: its markdown and outputs, no code, nothing fetched from the internet"
+    import html, jinja2
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+                            extra_loaders=[jinja2.DictLoader({'offline.html.j2': _OFFLINE_TEMPLATE})], template_file='offline.html.j2')
+    page, _ = exporter.from_filename(str(notebook))
+    return page.replace(f'<title>{html.escape(Path(notebook).stem)}</title>', f'<title>{html.escape(title)}</title>', 1)
+
 # %% ../../nbs/api/36b_governance.reports.ipynb #8f4c2a17
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run']
 
@@ -50,7 +68,6 @@ def run_report(project: Project, notebook: str | Path,  # an analytics notebook 
               ) -> dict:
     "Run a notebook through the papermill engine and export it without code (HTML or PDF), recorded as a `report` run"
     import papermill
-    from nbconvert import HTMLExporter
     notebook, parameters = Path(notebook).resolve(), parameters or {}
     if to not in ('html', 'pdf'): raise ReportError(f"--to {to!r}: html or pdf")
     if not notebook.is_file() or notebook.suffix != '.ipynb': raise ReportError(f"no notebook {str(notebook)!r}: give an .ipynb file")
@@ -62,8 +79,7 @@ def run_report(project: Project, notebook: str | Path,  # an analytics notebook 
         try: papermill.execute_notebook(str(notebook), str(done := Path(work)/notebook.name), parameters=parameters, kernel_name='python3',
                                         engine_name='aiinfra', cwd=str(notebook.parent), progress_bar=False, log_output=False)
         except papermill.PapermillExecutionError as e: raise ReportError(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from None
-        html, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_filename(str(done))
-        page = atomic_write(Path(work)/'page.html' if to == 'pdf' else out, html.replace(f'<title>{notebook.stem}</title>', f'<title>{notebook.stem}, {stamp}</title>'))
+        page = atomic_write(Path(work)/'page.html' if to == 'pdf' else out, html_without_code(done, f'{notebook.stem}, {stamp}'))
         if to == 'pdf': out.parent.mkdir(parents=True, exist_ok=True); _pdf(page, out)
         run.update(output=str(out))
     return dict(report=str(out), run_id=run.id, notebook=str(notebook), parameters=parameters)

@@ -146,6 +146,7 @@ def add_report_schedule(project_dir: str | Path, notebook: str | Path, cron: str
     import apprise
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.exceptions import ObjectNotFound
+    from aiinfra_nb.core import mask_secrets
     from aiinfra_nb.governance.reports import ReportError, _check_parameters
     from aiinfra_nb.orchestrate.runs import check_project_dir
     from aiinfra_nb.orchestrate.scheduler import _NAME, project_tag, trigger_of
@@ -155,7 +156,7 @@ def add_report_schedule(project_dir: str | Path, notebook: str | Path, cron: str
     _check_parameters(nb, parameters or {})
     if to not in ('html', 'pdf'): raise ReportError(f"--to {to!r}: html or pdf")
     for url in notify or []:
-        if not apprise.Apprise().add(url): raise SchedulerError(f"--notify {url[:60]!r} is not a URL Apprise can send to")
+        if not apprise.Apprise().add(url): raise SchedulerError(f"--notify {mask_secrets(url)[:100]!r} is not a URL Apprise can send to (e.g. mailto://..., slack://..., json://...)")
     schedule, trigger = trigger_of(cron, every)
     name = name or f"{target.name}-{nb.stem}"
     if not _NAME.match(name): raise SchedulerError(f"schedule name {name!r}: letters, digits, '_', '-', '.', up to 100")
