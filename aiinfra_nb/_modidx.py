@@ -554,6 +554,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'aiinfra_nb.monitor._answer_columns': ('api/monitor.html#_answer_columns', 'aiinfra_nb/monitor.py'),
                                     'aiinfra_nb.monitor._drift': ('api/monitor.html#_drift', 'aiinfra_nb/monitor.py'),
                                     'aiinfra_nb.monitor._performance': ('api/monitor.html#_performance', 'aiinfra_nb/monitor.py'),
+                                    'aiinfra_nb.monitor.class_text': ('api/monitor.html#class_text', 'aiinfra_nb/monitor.py'),
                                     'aiinfra_nb.monitor.labelled': ('api/monitor.html#labelled', 'aiinfra_nb/monitor.py'),
                                     'aiinfra_nb.monitor.load_feedback': ('api/monitor.html#load_feedback', 'aiinfra_nb/monitor.py'),
                                     'aiinfra_nb.monitor.monitor_model': ('api/monitor.html#monitor_model', 'aiinfra_nb/monitor.py'),

@@ -17,8 +17,8 @@ from .models.registry import Registry  # noqa: F401  (and its `registry`)
 from .models.tabular import Preprocessor, predict
 
 # %% auto #0
-__all__ = ['PRIMARY', 'MONITOR_COLUMNS', 'MonitorError', 'reference', 'task_metrics', 'labelled', 'monitor_model', 'monitor_run',
-           'load_feedback', 'report_of']
+__all__ = ['PRIMARY', 'MONITOR_COLUMNS', 'MonitorError', 'reference', 'task_metrics', 'class_text', 'labelled', 'monitor_model',
+           'monitor_run', 'load_feedback', 'report_of']
 
 # %% ../nbs/api/35_monitor.ipynb #1a5c7f93
 class MonitorError(AiinfraError):
@@ -55,6 +55,15 @@ def task_metrics(task: str, truth: list, prediction: list, predicted: list) -> d
     out = dict(f1_macro=float(m.f1_score(truth, predicted, average='macro', zero_division=0)), accuracy=float(m.accuracy_score(truth, predicted)))
     if task == 'binary' and len(set(truth)) == 2: out['auc'] = float(m.roc_auc_score([t == max(set(truth), key=str) for t in truth], prediction))
     return out
+
+# %% ../nbs/api/35_monitor.ipynb #0b7e4c19
+def class_text(labels: pl.Series, classes: list | None = None) -> pl.Series:
+    "Labels as the text a predicted class is written in (Python's `str` of the class: True, 3, Adelie), whatever type they came in"
+    if labels.dtype == pl.Boolean: return labels.replace_strict({True: 'True', False: 'False'}, return_dtype=pl.String)
+    text = labels.cast(pl.String)
+    if classes and all(isinstance(c, bool) for c in classes):  # true/false/1/0 of a boolean target, as sent back
+        return text.str.to_lowercase().replace_strict({'true': 'True', 'false': 'False', '1': 'True', '0': 'False'}, default=None)
+    return text
 
 # %% ../nbs/api/35_monitor.ipynb #9e3d5b27
 def labelled(rows: pl.DataFrame, feedback: pl.DataFrame) -> pl.DataFrame:
@@ -134,8 +143,8 @@ def _performance(project: Project, name: str, rows: pl.DataFrame, ref: pl.DataFr
     got = labelled(rows, feedback)
     extra['labels'] = got.height
     if got.is_empty(): return {}
-    as_truth = (lambda s: s.cast(pl.Float64, strict=False)) if task == 'regression' else (lambda s: s.cast(pl.String))
-    got = got.with_columns(as_truth(pl.col('label')).alias('label')).drop_nulls('label')
+    as_truth = (lambda s: s.cast(pl.Float64, strict=False)) if task == 'regression' else (lambda s: class_text(s, f.get('classes')))
+    got = got.with_columns(label=as_truth(got['label'])).drop_nulls('label')
     live = task_metrics(task, got['label'].to_list(), got['prediction'].to_list(), got['predicted'].to_list())
     val = task_metrics(task, as_truth(ref[f['target']]).to_list(), ref['prediction'].to_list(), ref['predicted'].to_list())
     return {'labels': got.height} | {f'performance/{k}': v for k, v in live.items()} | {f'validation/{k}': v for k, v in val.items()}

@@ -81,6 +81,12 @@ class Served:
         with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(workers) as pool:
             return list(pool.map(one, rows.select(FEATURES).to_dicts()))
 
+    def logged(self, since: float, n: int, kind: str = 'predictions', seconds: float = 60):
+        "Until the prediction log (or the feedback) holds `n` rows since `since`: the service writes it every 0.2 s here, later under load"
+        deadline = time.monotonic() + seconds
+        while read_log(self.proj/'data', 'penguins', 'penguins', kind, since=since).select(pl.len()).collect().item() < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def stop(self) -> tuple[str, str]:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.communicate(timeout=120)
@@ -120,7 +126,7 @@ def test_ordinary_traffic_gives_no_drift_alert_over_windows_and_seeds(project, s
         time.sleep(1.1)
         since = time.time()
         service.ask(project['validation'].sample(250, with_replacement=True, seed=seed), workers=4)
-        time.sleep(1)  # the log writes every 0.2 s here
+        service.logged(since, 250)
         (check,) = monitor_run(p, since_h=window(since))
         assert check['rows'] == 250 and check['note'] is None, check
         assert check['drift_share'] <= p.settings.alerts.drift_share, check
@@ -136,7 +142,7 @@ def test_shifted_traffic_opens_one_drift_alert_naming_the_feature_and_tells_ever
     since = time.time()
     shifted = project['validation'].sample(300, with_replacement=True, seed=4).with_columns(pl.col('flipper_length_mm') + 30)
     service.ask(shifted, workers=4)
-    time.sleep(1)
+    service.logged(since, 300)
     (check,) = monitor_run(p, since_h=window(since))
     assert check['drifted'] == 'flipper_length_mm', check
     report = Path(check['report']).read_text()
@@ -165,7 +171,7 @@ def test_labels_sent_back_give_the_windows_figures(project, service):
     assert '60 labels of penguins kept' in in_project([BIN/'aiinfra', 'feedback', 'labels.csv', '--model', 'penguins'], project['root']).stdout
     bad = httpx.post(f'{service.base}/v1/models/penguins/feedback', json={'labels': [{'id': '', 'label': 'x'}]}, headers=service.auth)
     assert bad.status_code == 422 and 'labels[0].id' in bad.json()['error']
-    time.sleep(1)
+    service.logged(since, 120); service.logged(since, 120, 'feedback')
     (check,) = monitor_run(p, since_h=window(since))
     assert check['labels'] == 120 and check['performance'].startswith('f1_macro '), check
     figures = {g['key']: g['value'] for g in query(sa.select(metrics.c.key, metrics.c.value).where(metrics.c.run_id == check['run_id']), p.engine)}

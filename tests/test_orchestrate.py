@@ -292,3 +292,32 @@ def test_the_checks_run_on_the_scheduler_and_a_drift_alert_retrains_once(operato
     (retrained,) = wait_for(lambda: ended(store, 1), 300, 'the retraining')
     assert (retrained['status'], retrained['extra']['trigger'], retrained['extra']['flow_run_id']) == ('finished', 'manual', done['flow_run_id'])
     assert list_alerts(engine=project.engine)[0]['action']['retrain'] == 'drifting'
+
+
+def test_a_scheduled_report_reaches_whoever_listens(operator, tmp_path):
+    "schedule add --report: a Prefect deployment of the report flow; run now, the page is made in the project and Apprise posts it, attached"
+    import base64, nbformat
+    from test_monitor import Receiver
+    env = {**os.environ, 'AIINFRA_HOME': str(operator.settings.store.home), 'AIINFRA_ORCHESTRATOR_PORT': str(operator.settings.orchestrator.port)}
+    cli = lambda *a: subprocess.run([str(Path(sys.executable).parent/'aiinfra'), *map(str, a)], capture_output=True, text=True, env=env, timeout=120)
+    store = tmp_path/'shop.db'
+    root = repo(tmp_path/'shop', 'stages:\n  s:\n    cmd: "true"\n', store)
+    cells = [nbformat.v4.new_code_cell("days = 1  # how far back"), nbformat.v4.new_markdown_cell("# Sales of the week"),
+             nbformat.v4.new_code_cell("import polars as pl\nsecret_code_marker = 42\npl.DataFrame({'day': list(range(days)), 'sales': [10 * d for d in range(days)]})")]
+    cells[0].metadata['tags'] = ['parameters']
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}}), nb := root/'sales.ipynb')
+    hook = Receiver()
+    added = cli('schedule', 'add', root, '--report', nb, '-p', 'days', '3', '--cron', '0 7 * * 1', '--notify', hook.url)
+    assert added.returncode == 0 and 'scheduled shop-sales: cron 0 7 * * 1, the report sales.ipynb of shop, sent to 1 URL(s)' in added.stdout, added.stderr
+    assert cli('schedule', 'add', root, '--report', nb, '-p', 'weeks', '3', '--cron', '0 7 * * 1', '--name', 'x').stderr.strip() == \
+           "aiinfra: error: sales.ipynb has no parameter 'weeks': its parameters are days"
+    assert {s['name']: s for s in list_schedules(operator)}['shop-sales']['stages'] == 'report sales.ipynb'
+    run_schedule('shop-sales', project=operator)
+    (sent,) = wait_for(lambda: hook.got, 240, 'the report sent')
+    (attached,) = sent['attachments']
+    page = base64.b64decode(attached['base64']).decode()
+    assert attached['filename'].startswith('sales-') and attached['filename'].endswith('.html') and attached['filename'] in sent['message']
+    assert 'Sales of the week' in page and '<td>20</td>' in page and 'secret_code_marker' not in page  # its table for days = 3, no code
+    (made,) = query(sa.select(runs.c.status, runs.c.output, runs.c.params).where(runs.c.kind == 'report'), get_engine(f"sqlite:///{store}"))
+    assert (made['status'], made['params']['days'], Path(made['output']).parent) == ('finished', 3, root/'data'/'reports')
+    remove_schedule('shop-sales', project=operator)

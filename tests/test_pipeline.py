@@ -1,7 +1,8 @@
 """The reference pipeline under real DVC, in a throwaway copy of the repository."""
-import json, os, shutil, subprocess, sys, textwrap
+import hashlib, json, os, shutil, subprocess, sys, textwrap, time
 from pathlib import Path
 
+import httpx
 import polars as pl
 import pytest
 import sqlalchemy as sa
@@ -165,3 +166,58 @@ def test_train_notebook_defaults_leave_the_shared_registry_untouched(tmp_path):
     assert [r['status'] for r in query("SELECT status FROM runs WHERE name IN ('train', 'evaluate', 'flights-delay')")] == ['finished'] * 3
     scratch = Registry.scratch(tmp_path/f'aiinfra-scratch-{os.getuid()}/pipeline/models')
     assert [(r['version'], r['stage']) for r in scratch.list('flights-delay')][0][1] == 'production'
+
+
+def test_an_answer_carries_its_lineage_and_traces_back_to_data_code_and_promoter(repo_reproduced):
+    """The flights model as the pipeline made it, served: V1 and V2 answers name the version, data and commit the registry holds;
+    `aiinfra trace` of one names its training run, the datasets by the files' SHA-256 and the runs that wrote them, the commit and
+    the evaluation that promoted it; the card the evaluate stage made renders in headless Chromium"""
+    from test_browser import open_local_page
+    from test_scaffold import in_project
+    from test_serve import free_port
+    repo = repo_reproduced
+    lineage = Registry(repo/'data/models', project='aiinfra_nb').lineage('flights-delay', 1)
+    key = json.loads(in_project([BIN/'aiinfra', 'keys', 'create', '--name', 'auditor', '--role', 'predict', '--json'], repo).stdout)['secret']
+    port, auth = free_port(), {'Authorization': f'Bearer {key}'}
+    proc = subprocess.Popen([str(BIN/'aiinfra'), 'serve', '--port', str(port)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f'http://127.0.0.1:{port}'
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f'{base}/v2/health/ready', timeout=1).status_code == 200: break
+            except httpx.HTTPError: pass
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        meta = httpx.get(f'{base}/v2/models/flights-delay', headers=auth).json()
+        rows = pl.read_parquet(repo/'data/processed/features.parquet').drop_nulls([i['name'] for i in meta['inputs']]).head(2)
+        v1 = httpx.post(f'{base}/v1/models/flights-delay:predict', headers=auth, json={'instances': rows.select(i['name'] for i in meta['inputs']).to_dicts()})
+        v2 = httpx.post(f'{base}/v2/models/flights-delay/infer', headers=auth, json={'inputs': [
+            {'name': i['name'], 'datatype': i['datatype'], 'shape': [2], 'data': rows[i['name']].to_list()} for i in meta['inputs']]})
+    finally: proc.terminate(); proc.communicate(timeout=60)
+    assert v1.status_code == 200 and v2.status_code == 200, (v1.text, v2.text)
+    stamp = {'x-model-name': 'flights-delay', 'x-model-version': '1', 'x-data-version': lineage['data_version'], 'x-code-revision': lineage['git_rev']}
+    for r in (v1, v2): assert {k: r.headers.get(k) for k in stamp} == stamp, dict(r.headers)
+    head = git(repo, 'rev-parse', 'HEAD').stdout.strip()
+    assert lineage['git_rev'].split('+')[0] == head  # the commit the pipeline ran at
+    assert (v2.json()['model_version'], v2.json()['parameters']) == \
+           ('1', {'data_version': lineage['data_version'], 'code_revision': lineage['git_rev'], 'request_id': v2.headers['x-request-id']})
+
+    t = json.loads(in_project([BIN/'aiinfra', 'trace', v1.headers['x-request-id'], '--json'], repo).stdout)
+    assert (t['request']['key_name'], t['request']['status_code'], t['model']['version'], t['training']['id']) == ('auditor', 200, 1, lineage['run_id'])
+    assert t['training']['name'] == 'flights-delay' and t['training']['params']['lr'] == 0.001 and t['training']['cost'] is not None
+    assert len(t['asked']) == 2 and t['commit'] == lineage['git_rev']
+    sha = lambda f: hashlib.sha256((repo/'data'/f).read_bytes()).hexdigest()
+    (features,) = t['data']
+    assert (features['name'], features['sha256'], features['written_by']['kind']) == ('processed/features', sha('processed/features.parquet'), 'etl')
+    raw = {s['dataset']['name']: s['dataset'] for s in features['sources'] if 'dataset' in s}
+    assert raw['raw/flights']['sha256'] == sha('raw/flights.parquet') and raw['raw/flights']['written_by']['kind'] == 'ingest'
+    (promoted,) = t['promotions']
+    assert promoted['to'] == 'production' and promoted['evaluation']['name'] == 'evaluate' and promoted['by'] == f"run {promoted['evaluation']['id']} (evaluate)"
+    text = in_project([BIN/'aiinfra', 'trace', v1.headers['x-request-id']], repo).stdout
+    assert f"sha256 {sha('processed/features.parquet')[:12]}" in text and lineage['git_rev'][:12] in text
+
+    page = open_local_page(repo/'data/cards/flights-delay/v1.html', 'card-flights.png')  # the evaluate stage's card of the version it promoted
+    assert page['errors'] == [] and page['charts'] == 2, page['errors']  # the training curves, the ROC curve
+    for section in ('Intended use and owner', 'Data', 'Features', 'Training', 'Evaluation', 'Drift and live performance since', 'Lineage'):
+        assert section in page['text'], section
+    assert 'processed/features' in page['text'] and 'auc' in page['text'] and 'No monitoring data for this version yet' in page['text']

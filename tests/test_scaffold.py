@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from aiinfra_nb.data.sources import package_file
 from aiinfra_nb.ops.store import audit, get_engine, machine_sessions, models, projects, query, runs, services
 from conftest import ROOT, copy_repo
+from test_browser import open_local_page
 from test_serve import free_port
 
 BIN = Path(sys.executable).parent
@@ -64,10 +65,15 @@ def predict(proj: Path, name: str) -> dict:
         proc.terminate(); proc.communicate(timeout=60)
 
 
+STORE = {'binary': 'pg_url', 'multiclass': 'sqlite_url', 'regression': 'pg_url'}  # each task once, both stores among them (tests/test_store: both, always)
+SECTIONS = ('Intended use and owner', 'Data', 'Features', 'Training', 'Evaluation', 'Drift and live performance since', 'Lineage')
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize('task', DATASETS)
-def test_new_project_runs_end_to_end_and_serves(task, store_url, tmp_path, monkeypatch):
+def test_new_project_runs_end_to_end_and_serves(task, request, tmp_path, monkeypatch):
     package, file, target = DATASETS[task]
+    store_url = request.getfixturevalue(STORE[task])
     name = f'demo-{task}'
     monkeypatch.setenv('AIINFRA_DB_URL', store_url)
     made = aiinfra('new', name, '--data', package_file(package, file), '--target', target, '--dir', tmp_path/name)
@@ -78,6 +84,10 @@ def test_new_project_runs_end_to_end_and_serves(task, store_url, tmp_path, monke
     in_project(['dvc', 'repro'], proj)
     metrics = json.loads((proj/'data/eval/metrics.json').read_text())
     assert PRIMARY[task] in metrics and metrics['rows'] > 0
+    card = open_local_page(proj/'data/cards'/name/'v1.html', f'card-{task}.png')  # the evaluate stage's card of the version it promoted
+    assert card['errors'] == [] and card['charts'] == (1 if task == 'multiclass' else 2), card  # curves; and ROC, or residuals
+    assert all(s in card['text'] for s in SECTIONS) and 'No monitoring data for this version yet' in card['text']
+    assert {'binary': 'auc', 'multiclass': 'Chinstrap', 'regression': 'rmse'}[task] in card['text']  # its figures, per class for the penguins
     in_project([str(BIN/'aiinfra'), 'stages', 'check'], proj)
     in_project([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests'], proj)  # the project's own tests
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ..core import AiinfraError, Project, Rows, atomic_write, fields_html, money
 from ..data.contracts import ContractError, load_contract
 from .lineage import model_lineage, trace_text
-from ..monitor import MonitorError, reference, task_metrics
+from ..monitor import MonitorError, class_text, reference, task_metrics
 from ..ops.overview import model_checks, run_curves
 from ..ops.record import log_event
 from ..ops.store import projects, query
@@ -31,7 +31,7 @@ def _evaluation(meta: dict, ref: pl.DataFrame) -> dict:
     if task == 'regression':
         truth, pred = ref[f['target']].cast(pl.Float64).to_list(), ref['prediction'].to_list()
         return dict(task=task, figures=task_metrics(task, truth, pred, [None] * len(pred)), residuals=[p - t for p, t in zip(pred, truth)], predicted=pred)
-    truth, predicted = ref[f['target']].cast(pl.String).to_list(), ref['predicted'].to_list()
+    truth, predicted = class_text(ref[f['target']], f.get('classes')).to_list(), ref['predicted'].to_list()
     classes = [str(c) for c in f.get('classes') or sorted(set(truth))]
     p, r, f1, n = m.precision_recall_fscore_support(truth, predicted, labels=classes, zero_division=0)
     out = dict(task=task, figures=task_metrics(task, truth, ref['prediction'].to_list(), predicted), classes=classes,

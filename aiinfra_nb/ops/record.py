@@ -347,7 +347,9 @@ def error_text(e: BaseException) -> str:
 class Terminated(KeyboardInterrupt):
     "The process received SIGTERM"
 
-def _raise_terminated(signum, frame): raise Terminated('SIGTERM')
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM (a parent's, after the group's) must not cut the clean-up short
+    raise Terminated('SIGTERM')
 
 @contextmanager
 def on_sigterm(handler=_raise_terminated):
