@@ -46,7 +46,7 @@ def browser_page(url: str, width: int = 1400, height: int = 900):
 
 
 def open_local_page(path: Path, shot: str) -> dict:
-    "A local HTML file in headless Chromium: its text, its Plotly charts drawn, the errors it raised; a full-page screenshot in .test-artifacts/"
+    "A local HTML file in headless Chromium: its text, its Plotly charts drawn with data, the errors it raised; a full-page screenshot in .test-artifacts/"
     from playwright.sync_api import sync_playwright
     errors = []
     with sync_playwright() as p:
@@ -60,7 +60,7 @@ def open_local_page(path: Path, shot: str) -> dict:
             page.wait_for_timeout(500)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS/shot), full_page=True)
-            return dict(text=page.inner_text('body'), charts=page.locator('.js-plotly-plot:has(.main-svg)').count(), errors=errors)
+            return dict(text=page.inner_text('body'), charts=page.locator('.js-plotly-plot:has(.trace)').count(), errors=errors)
         finally: browser.close()
 
 

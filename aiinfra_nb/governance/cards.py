@@ -14,10 +14,11 @@ from .lineage import model_lineage, trace_text
 from ..monitor import MonitorError, class_text, reference, task_metrics
 from ..ops.overview import model_checks, run_curves
 from ..ops.record import log_event
-from ..ops.store import projects, query
+from ..ops.store import models, projects, query
 
 # %% auto #0
-__all__ = ['CARD_CELLS', 'CardError', 'card_data', 'card_sections', 'card_template', 'render_card', 'card_after_promotion']
+__all__ = ['CARD_CELLS', 'CardError', 'card_data', 'card_sections', 'card_template', 'render_card', 'card_after_promotion',
+           'list_cards']
 
 # %% ../../nbs/api/36a_governance.cards.ipynb #0b7f3e28
 class CardError(AiinfraError):
@@ -42,17 +43,24 @@ def _evaluation(meta: dict, ref: pl.DataFrame) -> dict:
         out['roc'] = dict(fpr=fpr.tolist(), tpr=tpr.tolist())
     return out
 
+def _contract(project: Project, data: list[dict]) -> list[dict] | None:
+    "The columns of the first contract among the datasets, else among the datasets they were made from (a raw table's roles)"
+    for d in data:
+        side = project.catalog.path(d['name']).with_suffix('.contract.json')
+        try:
+            if side.is_file(): return [dict(column=c.name, type=c.dtype, nullable=c.nullable, role=c.role) for c in load_contract(side).columns]
+        except ContractError: pass
+        if found := _contract(project, [s['dataset'] for s in d.get('sources') or [] if 'dataset' in s]): return found
+    return None
+
 def card_data(project: Project, name: str, version: int) -> dict:
     "Every fact on the card of version `version` of model `name`"
     lin = model_lineage(project, name, version)
     try: meta, ref = reference(project, name, version)
     except MonitorError as e: raise CardError(str(e)) from None
     owner = query(sa.select(projects.c.description, projects.c.owner).where(projects.c.name == project.name), project.engine)
-    data, contract = lin['data'], None
-    for d in data:
-        side = project.catalog.path(d['name']).with_suffix('.contract.json')
-        try: contract = [dict(column=c.name, type=c.dtype, nullable=c.nullable, role=c.role) for c in load_contract(side).columns] if side.is_file() else contract
-        except ContractError: pass
+    data = lin['data']
+    contract = _contract(project, data)
     t = lin['training'] or {}
     checks = [c for c in model_checks(3650, engine=project.engine) if (c['project'], c['model'], c['version']) == (project.name, name, version)]
     return dict(project=project.name, description=(owner[0]['description'] if owner else None) or '', owner=(owner[0]['owner'] if owner else None) or '',
@@ -88,7 +96,8 @@ def card_sections(d: dict) -> list[tuple[str, str]]:
     if d['curves']:
         fig = go.Figure(layout=dict(title='training curves', **layout))
         for k, pts in sorted(d['curves'].items()):
-            if k.startswith('rows/') or k == 'epoch_s': continue  # bookkeeping, not learning fig.add_scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode='lines+markers', name=k)
+            if k.startswith('rows/') or k == 'epoch_s': continue  # bookkeeping, not learning
+            fig.add_scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode='lines+markers', name=k)
         training += _chart(fig, js)
     ev = _table([dict(figure=k, value=round(v, 4)) for k, v in e['figures'].items()], ['figure', 'value'])
     if 'per_class' in e:
@@ -157,3 +166,22 @@ def card_after_promotion(project: Project, name: str, version: int) -> Path | No
     except AiinfraError as e:
         log_event(f"no card for {name} v{version}: {e}", 'WARNING', 'aiinfra.cards', project=project)
         return None
+
+# %% ../../nbs/api/36a_governance.cards.ipynb #9d4a2f70
+def list_cards(project: Project,  # the project here: its own cards are found without the projects table
+               engine=None,  # the store to read; default: the project's
+              ) -> Rows:
+    "The promoted versions of every project of the store, with their card's path where it is on this machine"
+    m, p = models.c, projects.c
+    versions = query(sa.select(m.project, m.name, m.version, m.stage).where(m.stage.in_(['production', 'archived']))
+                     .order_by(m.project, m.name, m.version.desc()), engine or project.engine)
+    repos = {r['name']: r['repo'] for r in query(sa.select(p.name, p.repo), engine or project.engine)}
+    opened = {project.name: project}
+    def card(r: dict) -> str | None:
+        if r['project'] not in opened:
+            repo = repos.get(r['project'])
+            try: opened[r['project']] = Project.open(repo) if repo and (Path(repo)/'settings.ini').is_file() else None
+            except AiinfraError: opened[r['project']] = None
+        path = opened[r['project']].registry.card_path(r['name'], r['version']) if opened[r['project']] else None
+        return str(path) if path and path.is_file() else None
+    return Rows([{**r, 'card': card(r)} for r in versions], ['project', 'name', 'version', 'stage', 'card'], 'model cards')

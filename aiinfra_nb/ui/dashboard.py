@@ -10,8 +10,10 @@ from pathlib import Path
 import ipywidgets as W
 from fastcore.basics import patch
 from IPython.display import display
-from ..core import TABLE_STYLE, Project, cell_text, duration, fields_html, money
+from ..core import TABLE_STYLE, AiinfraError, Project, cell_text, duration, fields_html, money
 from ..ops.overview import PROJECT_FIELDS, PROJECT_SORTS, panel, run_detail, scheduler_ui
+from ..governance.cards import list_cards
+from ..governance.lineage import lineage, trace_html
 from ..ops.projects import scan_projects
 from ..ops.record import LEVELS, list_runs
 
@@ -142,11 +144,15 @@ class Dashboard:
         self.charts = {'Runs': W.Output(), 'Machines & cost': W.Output(), 'Services': W.Output(), 'Alerts': W.Output()}
         self.report, self.report_view = W.Dropdown(description='report', options=[('', None)], layout=W.Layout(width='520px')), W.HTML()
         self.report.observe(lambda change: self._show_report(change['new']), names='value')
+        self.card, self.card_view = W.Dropdown(description='card', options=[('', None)], layout=W.Layout(width='520px')), W.HTML()
+        self.card.observe(lambda change: self._show_card(change['new']), names='value')
+        self.trace_id, trace, self.trace_view = W.Text(description='request id', placeholder="an answer's X-Request-ID", layout=W.Layout(width='520px')), W.Button(description='Trace'), W.HTML()
+        trace.on_click(lambda _: self._show_trace(self.trace_id.value))
         refresh, stop = W.Button(description='Refresh'), W.Button(description='Stop')
         refresh.on_click(lambda _: self.refresh(scan=True)); stop.on_click(lambda _: self.close())
         for w in (self.run, self.project, self.sort, *self.log_filters.values()): w.observe(lambda _: self.refresh(), names='value')
         extra = {'Projects': [W.HBox([self.sort, self.project])], 'Runs': [self.run], 'Logs': [W.HBox(list(self.log_filters.values()))]}
-        after = {'Alerts': [self.report, self.report_view]}
+        after = {'Alerts': [self.report, self.report_view], 'Projects': [self.card, self.card_view], 'Services': [W.HBox([self.trace_id, trace]), self.trace_view]}
         self.tabs = W.Tab(children=[W.VBox(extra.get(n, []) + [self.html[n]] + ([self.charts[n]] if n in self.charts else []) + after.get(n, [])) for n in TABS])
         for i, n in enumerate(TABS): self.tabs.set_title(i, n)
         self.widget = W.VBox([W.HTML(TABLE_STYLE), W.HBox([W.HTML('<b>aiinfra control panel</b>&nbsp;&nbsp;'), self.status, refresh, stop]), self.tabs])
@@ -159,7 +165,8 @@ class Dashboard:
 def _query(self: Dashboard) -> dict:
     logs = {k: w.value for k, w in self.log_filters.items() if w.value}
     d = panel(run_id=self.run.value, logs=logs, project=self.project.value, sort=self.sort.value, engine=self.engine)
-    d['run_id'], d['scheduler_ui'] = self.run.value, scheduler_ui(Project.here().settings)
+    here = Project.here()
+    d['run_id'], d['scheduler_ui'], d['cards'] = self.run.value, scheduler_ui(here.settings), list_cards(here, self.engine)
     return d
 
 @patch
@@ -184,8 +191,9 @@ def refresh(self: Dashboard, data: dict | None = None,
     for name in TABS: self.html[name].value = tab_html(name, d)
     runs = [(f"{r['project']} / {r['name'] or r['kind']} / {r['id'][:8]}", r['id']) for r in d['runs']]
     reports = [(f"{c['project']} / {c['model']} v{c['version']} / {cell_text('time', c['at'])}", c['run_id']) for c in reversed(d['checks']) if c['report']]
+    cards = [(f"{c['project']} / {c['name']} v{c['version']} ({c['stage']})", c['card']) for c in d['cards'] if c['card']]
     for pick, choices in ((self.run, runs), (self.project, [(p['project'], p['project']) for p in sorted(d['projects'], key=lambda p: p['project'])]),
-                          (self.report, reports[:50])):
+                          (self.report, reports[:50]), (self.card, cards)):
         if [v for _, v in pick.options if v] != [v for _, v in choices]:
             with pick.hold_trait_notifications(): pick.options = [('', None), *choices]
     self._draw(d)
@@ -209,7 +217,25 @@ def _show_report(self: Dashboard, run_id: str | None):
     if check is None: self.report_view.value = ''; return
     path = Path(check['report'])
     if not path.is_file(): self.report_view.value = f'<div>the report of {html.escape(run_id)} is not on this machine: {html.escape(str(path))}</div>'; return
-    self.report_view.value = f'<iframe srcdoc="{html.escape(path.read_text(errors="replace"), quote=True)}" style="width:100%;height:900px;border:1px solid #ddd"></iframe>'
+    self.report_view.value = _frame(path.read_text(errors='replace'))
+
+def _frame(page: str) -> str:
+    "A page of its own (a report, a card) in a frame of the tab: its scripts and styles kept from the panel's"
+    return f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:900px;border:1px solid #ddd"></iframe>'
+
+@patch
+def _show_card(self: Dashboard, path: str | None):
+    "The chosen version's model card, in a frame of the Projects tab"
+    if not path: self.card_view.value = ''; return
+    try: self.card_view.value = _frame(Path(path).read_text(errors='replace'))
+    except OSError as e: self.card_view.value = f'<div>the card {html.escape(path)} cannot be read: {html.escape(e.strerror or str(e))}</div>'
+
+@patch
+def _show_trace(self: Dashboard, request_id: str):
+    "What answered a request and what made it (`governance.lineage`), under the Services tab; a request it cannot trace, said in one line"
+    if not request_id.strip(): self.trace_view.value = ''; return
+    try: self.trace_view.value = trace_html(lineage(request_id.strip(), Project.here()))
+    except AiinfraError as e: self.trace_view.value = f'<div>{html.escape(str(e))}</div>'
 
 # %% ../../nbs/api/41_ui.dashboard.ipynb #7ec476fc
 @patch
