@@ -81,6 +81,9 @@ def test_a_projects_admin_cannot_act_on_another_project(tmp_path, sqlite_url):
     done = aiinfra('machines', 'stop', 'gpu-beta', '--key', company_admin, **{**env, 'AIINFRA_PROJECT_NAME': 'beta'})
     assert done.returncode == 0 and 'stopped by ops' in done.stdout, done.stderr
     assert (tmp_path/'stopped').read_text() == 'gpu-alpha\ngpu-beta\n'
+    stops = query(sa.select(audit.c.key_name, audit.c.project, audit.c.path).where(audit.c.route == 'machines.stop').order_by(audit.c.id), eng)
+    assert [(a['key_name'], a['project'], a['path']) for a in stops] == [('alpha-admin', 'alpha', 'machines.stop machine gpu-alpha (1 session(s) ended)'),
+                                                                         ('ops', 'beta', 'machines.stop machine gpu-beta (1 session(s) ended)')]
 
 
 def test_keys_made_before_projects_had_keys_keep_working_everywhere(store_url):

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fastcore.basics import AttrDict, patch
 from sqlalchemy.engine import Engine
 from ..core import AiinfraError, Project
-from .record import Heartbeat, log_event, new_id
+from .record import Heartbeat, audit_action, log_event, new_id
 from .store import StoreError, get_engine, insert_ignore, machine_sessions, machines, query, store_url, writing
 
 # %% auto #0
@@ -221,6 +221,7 @@ def stop_machine(name: str,  # the machine, as `aiinfra machines` lists it
         costs = c.execute(machine_sessions.update().where((s.machine == name) & s.ended_at.is_(None)).values(
             ended_at=session_end(now, m.off_after_s), cost=cost_in(0, now, now, m.off_after_s)).returning(s.cost)).scalars().all()
     log_event(f"machine {name} stopped by {by} ({len(costs)} session(s) ended)", logger='aiinfra.admin', level='WARNING', project=project)
+    audit_action(engine, 'machines.stop', f"machine {name} ({len(costs)} session(s) ended)", by, project.name)  # an administrative action
     return dict(machine=name, sessions_ended=len(costs), cost=round(sum(costs), 6), by=by, output=done.stdout.strip()[-2000:])
 
 # %% ../../nbs/api/03_ops.machines.ipynb #d89d15ff
