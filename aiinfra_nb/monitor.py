@@ -112,7 +112,8 @@ def monitor_model(project: Project, name: str,
     meta, ref = reference(project, name, version)
     f, task = meta['features'], meta['architecture']['config'].get('task', 'binary')
     numeric, categorical = list(f.get('numeric') or []), list(f.get('categorical') or [])
-    logged = all(feature_column(c) in rows.columns and rows[feature_column(c)].null_count() < rows.height for c in numeric + categorical)
+    stored = [feature_column(c) for c in numeric + categorical]
+    kept = rows.filter(~pl.all_horizontal(pl.col(c).is_null() for c in stored)) if stored and set(stored) <= set(rows.columns) else rows.clear()
     answer = 'predicted' if task == 'multiclass' else 'prediction'
     run = Run.start('monitor', name=name, project=project, params=dict(model=name, version=version, since=since, until=until))
     with recording(run):
@@ -120,10 +121,14 @@ def monitor_model(project: Project, name: str,
         if rows.height < m.min_rows:
             extra['note'] = f"{rows.height} rows in the window, fewer than [monitor] min_rows = {m.min_rows}: no verdict"
         else:
-            if not logged:
+            current = rows
+            if kept.is_empty():
                 extra['note'] = "the prediction log keeps no features ([monitor] features = false): only the answers' drift is measured"
                 numeric, categorical = [], []
-            current = rows.rename({feature_column(c): c for c in numeric + categorical})
+            elif kept.height < rows.height:
+                extra['note'] = f"{rows.height - kept.height} of {rows.height} rows were logged without features ([monitor] features = false): drift measured on the {kept.height} with them"
+                current = kept
+            current = current.rename({feature_column(c): c for c in numeric + categorical})
             html = log_dir(root, project.name, name)/'reports'/f'{run.id}.html'
             d = _drift(current, ref, numeric, categorical, answer, html)
             features = numeric + categorical
