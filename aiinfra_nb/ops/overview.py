@@ -11,15 +11,16 @@ from sqlalchemy.engine import Engine
 from ..core import Rows, duration
 from .machines import cost_in, seconds_in, today_start
 from .record import Liveness, Run, check_limit, list_events, list_runs
-from .store import alerts, audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, schedules, services
+from .store import alerts, audit, machine_sessions, machines, metrics, models, project_scans, projects, query, runs, schedules, services, events
 
 # %% auto #0
 __all__ = ['SCAN_FIELDS', 'NOT_SCANNED', 'PROJECT_COLUMNS', 'PROJECT_FOLD', 'PROJECT_FIELDS', 'MACHINE_COLUMNS',
-           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'SCHEDULE_NOW_COLUMNS', 'SEVERITIES',
-           'ALERT_COLUMNS', 'ALERT_FOLD', 'CHECK_COLUMNS', 'FIGURES', 'PROJECT_SORTS', 'month_start', 'overview',
-           'cost_by_project_day', 'traffic', 'top_callers', 'run_curves', 'run_detail', 'project_summary',
-           'machines_now', 'cost_between', 'services_now', 'recent_requests', 'project_detail', 'schedules_now',
-           'list_alerts', 'model_checks', 'scheduler_ui', 'sort_projects', 'panel']
+           'SERVICE_COLUMNS', 'SERVICE_FOLD', 'AUDIT_COLUMNS', 'AUDIT_FOLD', 'SCHEDULE_NOW_COLUMNS',
+           'LABELLING_COLUMNS', 'SEVERITIES', 'ALERT_COLUMNS', 'ALERT_FOLD', 'CHECK_COLUMNS', 'FIGURES',
+           'PROJECT_SORTS', 'month_start', 'overview', 'cost_by_project_day', 'traffic', 'top_callers', 'run_curves',
+           'run_detail', 'project_summary', 'machines_now', 'cost_between', 'services_now', 'recent_requests',
+           'project_detail', 'schedules_now', 'labelling_now', 'list_alerts', 'model_checks', 'scheduler_ui',
+           'sort_projects', 'panel']
 
 # %% ../../nbs/api/06_ops.overview.ipynb #d3ca784a
 def month_start(now: float | None = None) -> float:
@@ -245,6 +246,24 @@ def schedules_now(engine: Engine | None = None) -> Rows:
          .select_from(schedules.outerjoin(latest, (latest.c.name == sc.name) & (latest.c.rn == 1))).order_by(sc.name))
     return Rows(query(q, engine), SCHEDULE_NOW_COLUMNS, 'schedules', ('last_error', 'project'))
 
+# %% ../../nbs/api/06_ops.overview.ipynb #c3a10002
+LABELLING_COLUMNS = ['project', 'dataset', 'labelled', 'items', 'done', 'labellers', 'last_at']
+
+def labelling_now(days: float = 90, now: float | None = None, engine: Engine | None = None) -> Rows:
+    "Each dataset being labelled: its latest progress line in the log, and who labelled it (over the last `days`)"
+    e = events.c
+    got = query(sa.select(e.time, e.project, e.extra).where(e.logger == 'aiinfra.labels', e.time >= (now or time.time()) - days * 86400)
+                .order_by(e.time.desc()).limit(100_000), engine)
+    out, who = {}, {}
+    for r in got:
+        x = r['extra'] or {}
+        k = (r['project'], x.get('dataset'))
+        who.setdefault(k, set()).add(x.get('labeller'))
+        if k not in out and isinstance(x.get('items'), int) and isinstance(x.get('labelled'), int):
+            out[k] = dict(project=k[0], dataset=k[1], labelled=x['labelled'], items=x['items'], done=f"{x['labelled'] / max(1, x['items']):.0%}", last_at=r['time'])
+    rows = [v | dict(labellers=len(who[k])) for k, v in sorted(out.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))]
+    return Rows(rows, LABELLING_COLUMNS, 'labelling', ('last_at', 'labellers'))
+
 # %% ../../nbs/api/06_ops.overview.ipynb #1e5b9d30
 SEVERITIES = ('info', 'warning', 'critical')
 ALERT_COLUMNS = ['id', 'severity', 'rule', 'project', 'subject', 'message', 'opened_at', 'last_seen_at', 'resolved_at', 'acked_by', 'notified_at', 'action']
@@ -314,7 +333,7 @@ def panel(now: float | None = None, run_id: str | None = None,  # the run whose 
                 runs=list_runs(limit=50, engine=engine, live=live).titled('latest runs'),
                 failed_runs=list_runs(status='failed', limit=10, engine=engine, live=live).titled('failing runs'),
                 curves=run_curves(run_id, engine) if run_id else {}, machines=machines_now(now, engine, live),
-                cost_by_day=cost_by_project_day(14, now, engine, live), services=services_now(now, engine, live), schedules=schedules_now(engine),
+                cost_by_day=cost_by_project_day(14, now, engine, live), services=services_now(now, engine, live), schedules=schedules_now(engine), labelling=labelling_now(90, now, engine),
                 traffic=traffic(3600, now, engine), callers=top_callers(86400, 10, now, engine),
                 requests=recent_requests(20, engine=engine), logs=list_events(**(logs or {}), limit=100, engine=engine),
                 alerts=list_alerts(limit=100, engine=engine), checks=model_checks(30, now, engine))

@@ -93,6 +93,7 @@ def _projects_html(d: dict) -> str:
     ui = html.escape(d.get('scheduler_ui') or '', quote=True)
     out += d['schedules'].html('no schedule: `aiinfra schedule add PROJECT_DIR --every 1d` makes one') + (
         f'<div>every scheduled run, its logs and its retries: <a href="{ui}" target="_blank" rel="noopener">Prefect</a></div>' if ui else '')
+    out += d['labelling'].html('no dataset is being labelled: `Labeller(dataset)` in a notebook labels one')
     if not (x := d.get('detail')): return out
     p = x['summary']
     return (out + fields_html({k: p.get(k) for k in PROJECT_FIELDS}, f"project {p['project']}")
