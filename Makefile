@@ -74,7 +74,7 @@ PAPERMILL := papermill -k python3 --engine aiinfra --log-level WARNING --no-prog
 
 # Every tutorial through the papermill engine, as runs in the store (make test runs them under nbval too); the images
 # tutorial needs buildah (make test installs it when root), serving is the demo's last
-TUTORIALS := quickstart analytics new_project control_panel schedules monitoring images
+TUTORIALS := quickstart analytics new_project labelling control_panel schedules monitoring images
 
 tutorials: install
 	@for t in $(TUTORIALS); do \

@@ -84,7 +84,7 @@ def pytest_configure(config):
 
 
 # The longest first, so that no process is left with a long test while the others have finished (the rest keeps its order)
-LONGEST_FIRST = ('test_browser.py', 'test_orchestrate.py', 'test_scaffold.py', 'test_images.py', 'images.ipynb', 'control_panel.ipynb', 'schedules.ipynb', 'monitoring.ipynb', 'test_monitor.py', 'test_pipeline.py',
+LONGEST_FIRST = ('test_browser.py', 'test_labelling.py', 'test_orchestrate.py', 'test_scaffold.py', 'test_images.py', 'images.ipynb', 'control_panel.ipynb', 'schedules.ipynb', 'monitoring.ipynb', 'test_monitor.py', 'test_pipeline.py',
                  'new_project.ipynb', 'test_train.py', 'test_serve.py')
 
 
