@@ -69,6 +69,24 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[float, 
     return rps, p99
 
 
+def delay_model(tmp: Path) -> tuple[dict, object, str]:
+    "A flights-delay model (two numeric features, a carrier) registered and promoted in a store under `tmp`: (environment, registry, a predict key)"
+    env = {**os.environ, 'AIINFRA_DB_URL': f"sqlite:///{tmp/'store.db'}", 'AIINFRA_DATA_DIR': str(tmp/'data'), 'BENCH_MODELS': str(tmp/'data/models'),
+           'AIINFRA_SERVICE_RATE_LIMIT': '1000000/second', 'AIINFRA_SERVICE_NAME': 'bench', 'AIINFRA_PROJECT_NAME': 'bench'}  # one project for all
+    os.environ.update(env)
+    import torch
+    from aiinfra_nb.serve.auth import create_key
+    from aiinfra_nb.models.tabular import Preprocessor, TabularNet
+    from aiinfra_nb.models.registry import Registry
+    reg = Registry(tmp/'data/models')
+    torch.manual_seed(0)
+    pre = Preprocessor({'distance': {'mean': 1000.0, 'std': 500.0}, 'dep_hour': {'mean': 13.0, 'std': 5.0}}, {'carrier': ['AA', 'B6', 'DL', 'UA']})
+    v = reg.save(TabularNet(2, [5], hidden=[128, 128]), 'delay', preprocessing=pre.to_dict(),
+                 features={'numeric': ['distance', 'dep_hour'], 'categorical': ['carrier'], 'target': 'delayed'})['version']
+    reg.promote('delay', v)
+    return env, reg, create_key('bench', 'predict')['secret']
+
+
 def app_costs(registry, key: str, n: int = 300) -> list:
     "The top costs of `n` one-row predictions through the full app, in process, under cProfile"
     import asyncio
@@ -93,20 +111,7 @@ def main():
     a = ap.parse_args()
     if not shutil.which('wrk'): subprocess.run(['apt-get', 'install', '-y', '-q', 'wrk'], check=True, capture_output=True)
     tmp = Path(tempfile.mkdtemp())
-    env = {**os.environ, 'AIINFRA_DB_URL': f"sqlite:///{tmp/'store.db'}", 'AIINFRA_DATA_DIR': str(tmp/'data'), 'BENCH_MODELS': str(tmp/'data/models'),
-           'AIINFRA_SERVICE_RATE_LIMIT': '1000000/second', 'AIINFRA_SERVICE_NAME': 'bench', 'AIINFRA_PROJECT_NAME': 'bench'}  # one project for all
-    os.environ.update(env)
-    import torch
-    from aiinfra_nb.serve.auth import create_key
-    from aiinfra_nb.models.tabular import Preprocessor, TabularNet
-    from aiinfra_nb.models.registry import Registry
-    reg = Registry(tmp/'data/models')
-    torch.manual_seed(0)
-    pre = Preprocessor({'distance': {'mean': 1000.0, 'std': 500.0}, 'dep_hour': {'mean': 13.0, 'std': 5.0}}, {'carrier': ['AA', 'B6', 'DL', 'UA']})
-    v = reg.save(TabularNet(2, [5], hidden=[128, 128]), 'delay', preprocessing=pre.to_dict(),
-                 features={'numeric': ['distance', 'dep_hour'], 'categorical': ['carrier'], 'target': 'delayed'})['version']
-    reg.promote('delay', v)
-    key = create_key('bench', 'predict')['secret']
+    env, reg, key = delay_model(tmp)
     (tmp/'bare.py').write_text(BARE)
     full_port, bare_port = free_port(), free_port()
     servers = [subprocess.Popen([str(BIN/'aiinfra'), 'serve', '--port', str(full_port)], env=env, stderr=subprocess.PIPE, text=True),

@@ -10,7 +10,7 @@ import polars as pl
 from fastcore.basics import patch
 from ..core import AiinfraError, Project
 from .io import Catalog, check_name
-from . import imagesets  # noqa: F401 (Catalog.images and .image_contract)
+from .imagesets import ImageContract  # noqa: F401 (with it, Catalog.images and .image_contract)
 from ..ops.record import log_event
 
 # %% auto #0

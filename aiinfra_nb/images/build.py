@@ -12,7 +12,7 @@ from packaging.utils import canonicalize_name
 from tqdm.auto import tqdm
 from ..core import Project, Rows, git_revision
 from ..ops.record import start_run
-from ..ops.store import create_store_engine, ensure_schema
+from ..ops.store import audit, create_store_engine, ensure_schema
 from ..models.registry import Registry
 from .tools import ImageError, images_home, inspect_image, tool_env
 from .base import APP_UID, ensure_base
@@ -173,6 +173,7 @@ def write_models(service: Service, models_dir: Path):
             shutil.copytree(service.registry.dir(m['name'], m['version']), pinned.dir(m['name'], m['version']))
             with engine.begin() as conn: pinned._adopt(conn, m['name'])
             pinned.promote(m['name'], m['version'])
+        with engine.begin() as conn: conn.execute(audit.delete())  # the copy's own promotions: bookkeeping (the real one is in the project's audit), and a new time each build
     finally: engine.dispose()
     canonical_sqlite(models_dir/'registry.db')
 
