@@ -325,3 +325,38 @@ def test_metrics_count_every_worker(tmp_path, sqlite_url):
         pids = {r['pid'] for r in query("SELECT pid FROM services", get_engine(sqlite_url))}
         assert len(pids) >= 1
     finally: svc.stop()
+
+
+def test_two_workers_keep_one_budget_one_audit_and_one_count(tmp_path, sqlite_url):
+    """`--workers 2` with limits in Redis: a key's rate limit is one budget for both workers, a revoked key is refused by
+    both, every request has exactly one audit row, and /metrics sums what both answered"""
+    import redis
+    try: redis.Redis(host='127.0.0.1', port=6379, socket_timeout=2).ping()
+    except Exception as e: pytest.skip(f'no Redis at 127.0.0.1:6379 ({e})')
+    prom_dir = tmp_path/'prometheus'; prom_dir.mkdir()
+    svc = Service(tmp_path, sqlite_url, rate_limit='30/minute', workers=2, limits_url='redis://127.0.0.1:6379', key_cache_s=0.5)
+    svc.env['PROMETHEUS_MULTIPROC_DIR'] = str(prom_dir)
+    eng = svc.registry.engine
+    svc.registry.promote('delay', save_model(svc.registry, 0))
+    spender, doomed = (create_key(n, 'predict', engine=eng) for n in ('spender', 'doomed'))
+    admin = create_key('admin', 'admin', engine=eng)['secret']
+    svc.start()
+    try:
+        ask = lambda key: httpx.post(f'{svc.base}/v1/models/delay:predict', json=V1, headers={'Authorization': f"Bearer {key['secret']}"},
+                                     timeout=30).status_code  # a new connection each: the kernel spreads them over the workers
+        spent = Counter(ask(spender) for _ in range(45))
+        assert spent == Counter({200: 30, 429: 15}), spent  # one budget of 30 a minute, not 30 per worker
+        assert [ask(doomed) for _ in range(10)] == [200] * 10
+        revoke_key(doomed['id'], engine=eng)
+        time.sleep(1.0)  # longer than [service] key_cache_s
+        assert [ask(doomed) for _ in range(10)] == [401] * 10
+        metrics = [httpx.get(f'{svc.base}/metrics', headers={'Authorization': f'Bearer {admin}'}).text for _ in range(4)]
+    finally: svc.stop()
+    assert len(list(prom_dir.glob('counter_*.db'))) == 2  # both workers answered requests
+    counted = Counter()
+    for line in metrics[-1].splitlines():
+        if line.startswith('aiinfra_requests_total{') and 'method="POST"' in line:
+            counted[int(line.split('status="')[1].split('"')[0])] += float(line.split()[-1])
+    assert counted == Counter({200: 40, 429: 15, 401: 10}), counted  # summed over both workers, every answer once
+    rows = query("SELECT request_id, status_code FROM audit WHERE path = '/v1/models/delay:predict'", get_engine(sqlite_url))
+    assert len(rows) == 65 and len({r['request_id'] for r in rows}) == 65 and Counter(r['status_code'] for r in rows) == counted
