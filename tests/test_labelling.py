@@ -56,7 +56,7 @@ def test_two_people_label_digits_in_jupyterlab(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             ann, bob = (browser.new_page(viewport={'width': 1300, 'height': 900}) for _ in range(2))
             try:
-                ann.goto(f'http://127.0.0.1:{port}/lab/tree/ann.ipynb?token={token}', timeout=120_000)
+                ann.goto(f'http://127.0.0.1:{port}/lab/workspaces/ann/tree/ann.ipynb?reset&token={token}', timeout=120_000)  # a workspace each: neither page opens the other's notebook
                 ann.locator('.jp-Notebook').first.wait_for(timeout=120_000)
                 run_all_cells(ann)
                 showing(ann, 'images/0005.png')  # the five the table labels are done
@@ -79,7 +79,7 @@ def test_two_people_label_digits_in_jupyterlab(tmp_path):
                 kernel_ready(ann)
                 showing(ann, 'images/0008.png')
 
-                bob.goto(f'http://127.0.0.1:{port}/lab/tree/bob.ipynb?token={token}', timeout=120_000)
+                bob.goto(f'http://127.0.0.1:{port}/lab/workspaces/bob/tree/bob.ipynb?reset&token={token}', timeout=120_000)
                 bob.locator('.jp-Notebook').first.wait_for(timeout=120_000)
                 run_all_cells(bob)
                 showing(bob, 'images/0000.png')
