@@ -8,6 +8,7 @@ import asyncio, gc, math, os, socket, sys, threading, time
 from importlib.metadata import version as _dist_version
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+import orjson
 import polars as pl
 import torch
 from typing import Annotated
@@ -30,11 +31,11 @@ from ..models.task import Task, task_named
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
-__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Administering', 'health_routes', 'v2_routes',
-           'v1_routes', 'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict', 'infer',
-           'lineage_parameters', 'error', 'authorize', 'needs', 'Guard', 'body_of', 'v2_metadata', 'create_app',
-           'model_for', 'live', 'ready', 'server_metadata', 'model_metadata', 'model_ready', 'v2_infer', 'v1_models',
-           'v1_model', 'v1_predict', 'v1_card', 'v1_feedback', 'metrics', 'serve']
+__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Administering', 'PREDICT', 'health_routes',
+           'v2_routes', 'v1_routes', 'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict',
+           'infer', 'lineage_parameters', 'error', 'authorize', 'needs', 'Guard', 'body_of', 'v2_metadata',
+           'create_app', 'model_for', 'live', 'ready', 'server_metadata', 'model_metadata', 'model_ready', 'v2_infer',
+           'v1_models', 'v1_model', 'v1_predict', 'v1_card', 'v1_feedback', 'metrics', 'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
@@ -131,9 +132,11 @@ async def authorize(request: Request, permission: str) -> Key:
     secret = auth[7:].strip() if auth[:7].lower() == 'bearer ' else request.headers.get('x-api-key')
     limits = request.app.state.limits
     client = f"client:{request.client.host if request.client else '-'}"
-    if secret and (wait := await limits.spent(client)) is not None:  # this address has spent its budget on unknown keys
-        raise ServiceError(429, f"too many requests with unknown keys from this address: retry in {math.ceil(wait)} s", {'Retry-After': str(math.ceil(wait))})
-    key, why = request.app.state.keys.check(secret)
+    if (key := request.app.state.keys.known_good(secret)) is not None: why = None  # a good key seen within [service] key_cache_s
+    else:
+        if secret and (wait := await limits.spent(client)) is not None:  # this address has spent its budget on unknown keys
+            raise ServiceError(429, f"too many requests with unknown keys from this address: retry in {math.ceil(wait)} s", {'Retry-After': str(math.ceil(wait))})
+        key, why = request.app.state.keys.check(secret)
     audit = request.scope.setdefault('state', {}).setdefault('audit', {})
     if key: audit.update(key_id=key.id, key_name=key.name, role=key.role)
     if (key is None or why == UNKNOWN) and secret: await limits.hit(client)  # a guess costs its address (another project's key is a guess here)
@@ -208,8 +211,9 @@ V1_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'s
 async def body_of(request: Request) -> bytes:
     "The request body, read within `[service] body_timeout_s` (408) and inflated under the body limit"
     wait = request.app.state.body_timeout_s
-    try: raw = await asyncio.wait_for(request.body(), wait)
-    except asyncio.TimeoutError: raise ServiceError(408, f"the request body did not arrive within {wait:g} s", {'Connection': 'close'}) from None
+    try:
+        async with asyncio.timeout(wait): raw = await request.body()  # no task of its own, as wait_for would make for every request
+    except TimeoutError: raise ServiceError(408, f"the request body did not arrive within {wait:g} s", {'Connection': 'close'}) from None
     encoding = request.headers.get('content-encoding')
     request.scope['state']['audit']['encoding'] = encoding.strip().lower() if encoding else None
     return inflated(raw, encoding, request.app.state.max_body)
@@ -344,6 +348,7 @@ def model_for(permission: str):
 Reading = Annotated[Served, model_for('read')]  # the model a `read` route names
 Predicting = Annotated[Served, model_for('predict')]  # the model a `predict` route names
 Administering = Annotated[Served, model_for('admin')]  # the model an `admin` route names
+PREDICT = {'x-permission': 'predict'}  # the prediction routes resolve their model in the handler (a dependency costs each request): their permission, declared
 
 # %% ../../nbs/api/32_serve.app.ipynb #474fb923
 health_routes = APIRouter(tags=['health'])
@@ -371,9 +376,10 @@ async def model_metadata(request: Request, served: Reading):
 @v2_routes.get('/v2/models/{name}/versions/{version}/ready')
 async def model_ready(served: Reading): return {'name': served.name, 'ready': True}
 
-@v2_routes.post('/v2/models/{name}/infer', openapi_extra=V2_BODY)
-@v2_routes.post('/v2/models/{name}/versions/{version}/infer', openapi_extra=V2_BODY)
-async def v2_infer(request: Request, served: Predicting):
+@v2_routes.post('/v2/models/{name}/infer', openapi_extra=V2_BODY | PREDICT)
+@v2_routes.post('/v2/models/{name}/versions/{version}/infer', openapi_extra=V2_BODY | PREDICT)
+async def v2_infer(request: Request, name: str, version: str | None = None):
+    served = _served(request, await authorize(request, 'predict'), name, version)  # as `Predicting` does, without a dependency to solve
     req = read_v2(await body_of(request), request.headers.get('inference-header-content-length'))
     values = infer(request, served, frame_from_v2(served.features, req), req.form)
     answer = {'model_name': served.name, 'model_version': str(served.version), 'id': req.id, 'parameters': lineage_parameters(request, served)}
@@ -390,10 +396,12 @@ async def v1_models(request: Request, key: Key = needs('read')):
 @v1_routes.get('/v1/models/{name}')
 async def v1_model(served: Reading): return {'name': served.name, 'ready': True, 'version': str(served.version)}
 
-@v1_routes.post('/v1/models/{name}:predict', openapi_extra=V1_BODY)
-async def v1_predict(request: Request, served: Predicting):
+@v1_routes.post('/v1/models/{name}:predict', openapi_extra=V1_BODY | PREDICT)
+async def v1_predict(request: Request, name: str):
+    served = _served(request, await authorize(request, 'predict'), name)
     values = infer(request, served, frame_from_v1(served.features, read_v1(await body_of(request))))
-    return JSONResponse({'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}, headers=served.lineage)
+    return Response(orjson.dumps({'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}),
+                    media_type='application/json', headers=served.lineage)
 
 FEEDBACK_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {
     'type': 'object', 'required': ['labels'], 'properties': {'labels': {'type': 'array', 'items': {'type': 'object', 'required': ['id', 'label'],

@@ -108,6 +108,16 @@ class KeyRing:
             revoked = bool(r and r['revoked_at'])
             if len(self._cache) > 10_000: self._cache.clear()  # garbage keys must not grow it without bound
             self._cache[h] = (key, revoked, now)
+        return self._verdict(key, revoked)
+
+    def known_good(self, secret: str | None) -> Key | None:
+        "The key of `secret` if the cache holds it, fresh and valid: the way most requests go, with no lookup"
+        if not secret: return None
+        key, revoked, at = self._cache.get(hash_secret(secret), (None, None, -1e9))
+        if key is None or time.monotonic() - at > self.ttl: return None
+        return key if self._verdict(key, revoked)[1] is None else None
+
+    def _verdict(self, key: Key | None, revoked: bool) -> tuple[Key | None, str | None]:
         if key is None: return None, UNKNOWN
         if self.project and key.project not in (None, self.project): return key, UNKNOWN  # another project's: as if unknown (the audit knows)
         if revoked: return key, 'this API key was revoked'
