@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve import BIN, ROOT, delay_model, free_port, wrk  # noqa: E402
 import httpx  # noqa: E402
 
-PEERS = {'mlserver': ['mlserver==1.7.1'], 'bentoml': ['bentoml==1.4.40']}
+PEERS = {'mlserver': ['mlserver==1.7.1', 'uvloop<0.22'],  # MLServer's workers call asyncio.get_event_loop(), which uvloop 0.22 refuses outside a loop
+         'bentoml': ['bentoml==1.4.40']}
 COMMON = ['torch==2.13.0', 'polars', 'numpy', 'safetensors', 'fastcore']  # what our model classes import (the CPU torch lies on disk)
 
 LOADER = textwrap.dedent('''
@@ -92,14 +93,14 @@ V2_LUA = 'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"
 def peer_env(name: str, reinstall: bool = False) -> Path:
     "The virtualenv of peer `name` under .bench/, made (and its packages installed) on first use"
     venv = ROOT/'.bench'/name
-    done = venv/'.installed'
-    if reinstall or not done.exists():
+    done, wanted = venv/'.installed', ' '.join(COMMON + PEERS[name])
+    if reinstall or not done.exists() or done.read_text().strip() != wanted:  # made for other versions: made anew
         print(f"{name}: a virtualenv of its own in {venv} (first run: a few minutes)", file=sys.stderr)
         subprocess.run([sys.executable, '-m', 'venv', '--clear', str(venv)], check=True)
         pip = [str(venv/'bin'/'python'), '-m', 'pip', 'install', '-q', '--disable-pip-version-check']
         subprocess.run([*pip, *COMMON, *PEERS[name]], check=True)
         subprocess.run([*pip, '--no-deps', '-e', str(ROOT)], check=True)  # our model classes, without our pins
-        done.write_text(' '.join(COMMON + PEERS[name]) + '\n')
+        done.write_text(wanted + '\n')
     return venv
 
 
@@ -167,6 +168,13 @@ def main():
                        f'http://127.0.0.1:{ours_port}/v2/models/delay/infer', f'http://127.0.0.1:{ours_port}/v2/health/ready')
     try:
         for name, (proc, _, ready) in servers.items(): wait_ready(name, ready, proc, tmp/f'{name}.log')
+        said = {}
+        for name, (_, url, _) in servers.items():  # the same model: the same answers, before any load
+            r = httpx.post(url, content=v1_body(3) if name == 'bentoml' else v2_body(3), timeout=30,
+                           headers={'Content-Type': 'application/json', **({'Authorization': f'Bearer {key}'} if name == 'ours' else {})})
+            r.raise_for_status()
+            said[name] = r.json()['predictions'] if name == 'bentoml' else r.json()['outputs'][0]['data']
+        if any(max(abs(a - b) for a, b in zip(said['ours'], v)) > 1e-5 for v in said.values()): sys.exit(f"the servers answer differently: {said}")
         results = {}
         for rows in (1, 32):
             scripts = {}
