@@ -907,6 +907,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'aiinfra_nb.ops.record._forget_writers': ( 'api/ops.record.html#_forget_writers',
                                                                                   'aiinfra_nb/ops/record.py'),
                                        'aiinfra_nb.ops.record._insert_sql': ('api/ops.record.html#_insert_sql', 'aiinfra_nb/ops/record.py'),
+                                       'aiinfra_nb.ops.record._masked': ('api/ops.record.html#_masked', 'aiinfra_nb/ops/record.py'),
                                        'aiinfra_nb.ops.record._new_writer': ('api/ops.record.html#_new_writer', 'aiinfra_nb/ops/record.py'),
                                        'aiinfra_nb.ops.record._raise_terminated': ( 'api/ops.record.html#_raise_terminated',
                                                                                     'aiinfra_nb/ops/record.py'),

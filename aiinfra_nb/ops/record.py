@@ -130,14 +130,23 @@ def _disk_full(e: sa.exc.OperationalError) -> bool:
     return getattr(e.orig, 'sqlite_errorname', None) == 'SQLITE_FULL' or getattr(e.orig, 'sqlstate', None) == '53100' \
            or 'disk is full' in str(e.orig) or 'No space left on device' in str(e.orig)
 
-MASKED = ('events', 'audit')  # tables whose text comes from callers and logs: secrets in it are masked as it is written
+MASKED = {'events': None,  # tables whose text comes from callers and logs, and its columns (None: all): secrets in it are masked as it is written
+          'audit': ('request_id', 'path', 'error', 'payload')}  # an audit row's other text is the service's own (names, roles, routes)
+_MASK_AT = {t: None if cols is None else [FAST_COLUMNS[t].index(c) for c in cols] for t, cols in MASKED.items()}
+
+def _masked(row: tuple, at: list[int] | None) -> tuple:
+    if at is None: return tuple(mask_secrets(v) if isinstance(v, str) else v for v in row)
+    row = list(row)
+    for i in at:
+        if isinstance(row[i], str): row[i] = mask_secrets(row[i])
+    return tuple(row)
 
 @patch
 def _insert(self: BatchWriter, conn, batch: list):
     by_table = {}
     for table, rows in batch: by_table.setdefault(table, []).extend(rows)
     for table, rows in by_table.items():
-        if table in MASKED: rows = [tuple(mask_secrets(v) if isinstance(v, str) else v for v in r) for r in rows]  # here, off the caller's path
+        if table in MASKED: rows = [_masked(r, _MASK_AT[table]) for r in rows]  # here, off the caller's path
         if conn.dialect.name == 'postgresql': _copy(conn, table, rows)
         else: conn.exec_driver_sql(self._sql[table], rows)
 
