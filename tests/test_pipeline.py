@@ -1,5 +1,5 @@
 """The reference pipeline under real DVC, in a throwaway copy of the repository."""
-import hashlib, json, os, shutil, subprocess, sys, textwrap, time
+import hashlib, json, os, shutil, subprocess, sys, textwrap
 from pathlib import Path
 
 import httpx
@@ -173,27 +173,17 @@ def test_an_answer_carries_its_lineage_and_traces_back_to_data_code_and_promoter
     `aiinfra trace` of one names its training run, the datasets by the files' SHA-256 and the runs that wrote them, the commit and
     the evaluation that promoted it; the card the evaluate stage made renders in headless Chromium"""
     from test_browser import open_local_page
-    from test_scaffold import in_project
-    from test_serve import free_port
+    from test_scaffold import in_project, serving
     repo = repo_reproduced
     lineage = Registry(repo/'data/models', project='aiinfra_nb').lineage('flights-delay', 1)
     key = json.loads(in_project([BIN/'aiinfra', 'keys', 'create', '--name', 'auditor', '--role', 'predict', '--json'], repo).stdout)['secret']
-    port, auth = free_port(), {'Authorization': f'Bearer {key}'}
-    proc = subprocess.Popen([str(BIN/'aiinfra'), 'serve', '--port', str(port)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f'http://127.0.0.1:{port}'
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f'{base}/v2/health/ready', timeout=1).status_code == 200: break
-            except httpx.HTTPError: pass
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.1)
+    auth = {'Authorization': f'Bearer {key}'}
+    with serving(repo) as base:
         meta = httpx.get(f'{base}/v2/models/flights-delay', headers=auth).json()
         rows = pl.read_parquet(repo/'data/processed/features.parquet').drop_nulls([i['name'] for i in meta['inputs']]).head(2)
         v1 = httpx.post(f'{base}/v1/models/flights-delay:predict', headers=auth, json={'instances': rows.select(i['name'] for i in meta['inputs']).to_dicts()})
         v2 = httpx.post(f'{base}/v2/models/flights-delay/infer', headers=auth, json={'inputs': [
             {'name': i['name'], 'datatype': i['datatype'], 'shape': [2], 'data': rows[i['name']].to_list()} for i in meta['inputs']]})
-    finally: proc.terminate(); proc.communicate(timeout=60)
     assert v1.status_code == 200 and v2.status_code == 200, (v1.text, v2.text)
     stamp = {'x-model-name': 'flights-delay', 'x-model-version': '1', 'x-data-version': lineage['data_version'], 'x-code-revision': lineage['git_rev']}
     for r in (v1, v2): assert {k: r.headers.get(k) for k in stamp} == stamp, dict(r.headers)

@@ -1,7 +1,7 @@
 """`aiinfra new` as a new user runs it: three public tables shipped in packages become projects that run `dvc repro` and
 answer an authenticated prediction, against the central store on SQLite and PostgreSQL; bad input creates nothing; the
 notebook-stage check; an upgrade from the previous template version keeps a local edit."""
-import json, os, shutil, subprocess, sys, time
+import contextlib, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 
 import httpx
@@ -40,11 +40,10 @@ def in_project(cmd: list, proj: Path, check=True) -> subprocess.CompletedProcess
     return r
 
 
-def predict(proj: Path, name: str) -> dict:
-    "An authenticated V2 prediction from `aiinfra serve` started in the project, on two rows of its features"
-    key = json.loads(in_project([str(BIN/'aiinfra'), 'keys', 'create', '--name', 'tester', '--role', 'predict', '--json'], proj).stdout)
+@contextlib.contextmanager
+def serving(proj: Path, env: dict | None = None):
+    "`aiinfra serve` started in the project on a free port: its base URL once it is ready; stopped after"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != 'AIINFRA_DB_URL'}
     proc = subprocess.Popen([str(BIN/'aiinfra'), 'serve', '--port', str(port)], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f'http://127.0.0.1:{port}'
     try:
@@ -54,6 +53,15 @@ def predict(proj: Path, name: str) -> dict:
             except httpx.HTTPError: pass
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate(); proc.communicate(timeout=60)
+
+
+def predict(proj: Path, name: str) -> dict:
+    "An authenticated V2 prediction from `aiinfra serve` started in the project, on two rows of its features"
+    key = json.loads(in_project([str(BIN/'aiinfra'), 'keys', 'create', '--name', 'tester', '--role', 'predict', '--json'], proj).stdout)
+    with serving(proj, {k: v for k, v in os.environ.items() if k != 'AIINFRA_DB_URL'}) as base:
         meta = httpx.get(f'{base}/v2/models/{name}', headers={'Authorization': f"Bearer {key['secret']}"}).json()
         frame = pl.read_parquet(proj/'data/processed/features.parquet').drop_nulls([i['name'] for i in meta['inputs']]).head(2)
         body = {'inputs': [{'name': i['name'], 'datatype': i['datatype'], 'shape': [2], 'data': frame[i['name']].to_list()} for i in meta['inputs']]}
@@ -61,8 +69,6 @@ def predict(proj: Path, name: str) -> dict:
         assert r.status_code == 200, r.text
         assert httpx.post(f'{base}/v2/models/{name}/infer', json=body).status_code == 401  # no key, no answer
         return r.json()
-    finally:
-        proc.terminate(); proc.communicate(timeout=60)
 
 
 STORE = {'binary': 'pg_url', 'multiclass': 'sqlite_url', 'regression': 'pg_url'}  # each task once, both stores among them (tests/test_store: both, always)
