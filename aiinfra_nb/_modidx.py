@@ -158,6 +158,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                'aiinfra_nb/data/imagesets.py'),
                                            'aiinfra_nb.data.imagesets.Catalog.images': ( 'api/data.imagesets.html#catalog.images',
                                                                                          'aiinfra_nb/data/imagesets.py'),
+                                           'aiinfra_nb.data.imagesets.Catalog.is_images': ( 'api/data.imagesets.html#catalog.is_images',
+                                                                                            'aiinfra_nb/data/imagesets.py'),
                                            'aiinfra_nb.data.imagesets.Catalog.save_images': ( 'api/data.imagesets.html#catalog.save_images',
                                                                                               'aiinfra_nb/data/imagesets.py'),
                                            'aiinfra_nb.data.imagesets.ImageContract': ( 'api/data.imagesets.html#imagecontract',

@@ -173,9 +173,14 @@ def save_images(self: Catalog, folder: str | Path,  # the images: one subfolder 
     return meta
 
 @patch
+def is_images(self: Catalog, name: str) -> bool:
+    "Whether dataset `name` is a folder of images (its manifest saved by `save_images`)"
+    return self._side(name, 'images').is_file()
+
+@patch
 def images(self: Catalog, name: str) -> pl.DataFrame:
     "Image dataset `name`'s manifest, with each image's `file` (its absolute path)"
-    if not self._side(name, 'images').is_file(): raise DatasetError(f"{name!r} is not an image dataset of {self.root}" if self.path(name).is_file() else str(self._unknown(name)))
+    if not self.is_images(name): raise DatasetError(f"{name!r} is not an image dataset of {self.root}" if self.path(name).is_file() else str(self._unknown(name)))
     folder = self.image_folder(name).resolve()
     return self.load(name).collect().with_columns(file=pl.lit(str(folder) + os.sep) + pl.col('path'))
 

@@ -10,7 +10,7 @@ import polars as pl
 from fastcore.basics import patch
 from ..core import AiinfraError, Project
 from .io import Catalog, check_name
-from .imagesets import ImageContract  # noqa: F401 (with it, Catalog.images and .image_contract)
+from .imagesets import ImageContract  # noqa: F401 (with it, Catalog.is_images, .images and .image_contract)
 from ..ops.record import log_event
 
 # %% auto #0
@@ -97,7 +97,7 @@ class Labeller:
         cat, self.dataset = self.project.catalog, dataset
         self.store, self.labeller, self.per_page = LabelStore(cat, dataset), labeller or getpass.getuser(), max(1, int(per_page))
         if show not in FILTERS: raise LabelError(f"show={show!r}: one of {', '.join(FILTERS)}")
-        if cat._side(dataset, 'images').is_file():
+        if cat.is_images(dataset):
             m = cat.images(dataset)
             self.items, given, self._images = m['path'].to_list(), m['label'].to_list(), dict(zip(m['path'], zip(m['file'], m['format'])))
             classes = classes or cat.image_contract(dataset).classes
@@ -167,8 +167,8 @@ def queue(self: Labeller) -> list[str]:
 @patch
 def _card(self: Labeller, item: str):
     import ipywidgets as w
-    mine = self.labels.filter((pl.col('item') == item))
-    said = ', '.join(f"{html.escape(r['labeller'])}: {html.escape(r['label'])}" for r in mine.iter_rows(named=True))
+    given = self.labels.filter(pl.col('item') == item)
+    said = ', '.join(f"{html.escape(r['labeller'])}: {html.escape(r['label'])}" for r in given.iter_rows(named=True))
     if hasattr(self, '_images'):
         file, fmt = self._images[item]
         with open(file, 'rb') as f: view = w.Image(value=f.read(), format=fmt.lower(), layout=w.Layout(width='128px', height='128px', object_fit='contain'))
