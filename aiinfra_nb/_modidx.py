@@ -1215,6 +1215,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app._errors': ('api/serve.app.html#_errors', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app._keep_fresh': ('api/serve.app.html#_keep_fresh', 'aiinfra_nb/serve/app.py'),
+                                      'aiinfra_nb.serve.app._metric': ('api/serve.app.html#_metric', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app._noted': ('api/serve.app.html#_noted', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app._refuse_body': ('api/serve.app.html#_refuse_body', 'aiinfra_nb/serve/app.py'),
                                       'aiinfra_nb.serve.app._served': ('api/serve.app.html#_served', 'aiinfra_nb/serve/app.py'),

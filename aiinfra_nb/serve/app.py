@@ -152,9 +152,16 @@ def needs(permission: str):
     check.permission = permission
     return Depends(check)
 
+# %% ../../nbs/api/32_serve.app.ipynb #5b1e0c7b
+def _metric(kind, name: str, doc: str, **kw):
+    "This process's Prometheus metric `name` of type `kind`: made once, then the same one"
+    try: return kind(name, doc, **kw)
+    except ValueError:  # already registered (prometheus_client's DuplicateTimeseries)
+        return prom.REGISTRY._names_to_collectors[name]  # the registry has no public lookup by name
+
 # %% ../../nbs/api/32_serve.app.ipynb #66e3c3f6
-REQUESTS = prom.Counter('aiinfra_requests', 'HTTP requests answered', ['method', 'status'])
-LATENCY = prom.Histogram('aiinfra_request_seconds', 'Request latency', buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+REQUESTS = _metric(prom.Counter, 'aiinfra_requests', 'HTTP requests answered', labelnames=['method', 'status'])
+LATENCY = _metric(prom.Histogram, 'aiinfra_request_seconds', 'Request latency', buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 
 class Guard:
     "Body size and concurrency limits, and Prometheus counts, as a pure ASGI layer"
@@ -426,7 +433,7 @@ async def v1_feedback(request: Request, served: Predicting):
 # %% ../../nbs/api/32_serve.app.ipynb #afc441ef
 admin_routes = APIRouter(tags=['admin'])
 
-LOG_DROPPED = prom.Gauge('aiinfra_prediction_log_dropped', 'Served rows the prediction log dropped (its queue full), in this process', multiprocess_mode='sum')
+LOG_DROPPED = _metric(prom.Gauge, 'aiinfra_prediction_log_dropped', 'Served rows the prediction log dropped (its queue full), in this process', multiprocess_mode='sum')
 
 @admin_routes.get('/metrics', response_class=PlainTextResponse)
 async def metrics(request: Request, key: Key = needs('admin')):
