@@ -49,7 +49,7 @@ def hand_loop(dm: TabularDataModule, epochs: int, batch_size: int) -> float:
     model = TabularNet(16, hidden=[128, 128], dropout=0.0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    x_num, x_cat, y = dm.train_set.x_num, dm.train_set.x_cat, dm.train_set.y
+    x_num, x_cat, y = dm.train_set.tensors
     times = []
     for epoch in range(epochs):
         t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def loading(dm: TabularDataModule, batch_size: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     n = sum(len(b[2]) for b in dm.train_dataloader())
     ours_rps = n / (time.perf_counter() - t0)
-    ds = TensorDataset(dm.train_set.x_num, dm.train_set.x_cat, dm.train_set.y)
+    ds = TensorDataset(*dm.train_set.tensors)
     t0 = time.perf_counter()
     n = sum(len(b[2]) for b in DataLoader(ds, batch_size=batch_size, shuffle=True))
     return ours_rps, n / (time.perf_counter() - t0)

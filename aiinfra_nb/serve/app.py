@@ -24,7 +24,7 @@ from ..ops.store import services, writing, insert_ignore
 from .audit import AuditMiddleware
 from .auth import UNKNOWN, Key, KeyRing, RateLimits
 from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_feedback, read_v1, read_v2
-from ..models.registry import Registry
+from ..models.registry import Registry, RegistryError
 from ..models.tabular import Preprocessor, predict as predict_rows
 from ..models.task import Task, task_named
 
@@ -70,6 +70,8 @@ class LiveModels:
 
     def _load(self, name: str, version: int) -> Served:
         model, meta = self.registry.load(name, version)
+        if meta['preprocessing'].get('kind') == 'image':  # (issue 25: serving images is next)
+            raise RegistryError(f"{name} v{version} reads images, and this service answers tables only so far")
         made = self.registry.lineage(name, version)
         lineage = {'X-Model-Name': name, 'X-Model-Version': str(version), 'X-Data-Version': made['data_version'] or meta.get('data_version') or 'unknown',
                    'X-Code-Revision': made['git_rev'] or 'unknown'}

@@ -16,7 +16,7 @@ from ..models.tabular import Preprocessor
 from ..models.task import task_named
 
 # %% auto #0
-__all__ = ['TrainingError', 'TensorBatches', 'ShardedBatchSampler', 'TabularDataModule']
+__all__ = ['TrainingError', 'TensorBatches', 'ShardedBatchSampler', 'TabularDataModule', 'indexed_loader']
 
 # %% ../../nbs/api/21_train.datamodule.ipynb #a62abf61
 class TrainingError(AiinfraError):
@@ -24,11 +24,11 @@ class TrainingError(AiinfraError):
 
 # %% ../../nbs/api/21_train.datamodule.ipynb #ab3456df
 class TensorBatches(Dataset):
-    "Tensors of one split; `ds[rows]` returns the batch `(x_num, x_cat, y)` for a list of row indices"
-    def __init__(self, x_num: torch.Tensor, x_cat: torch.Tensor, y: torch.Tensor):
-        self.x_num, self.x_cat, self.y = x_num, x_cat, y
+    "Tensors of one split, the target `y` last; `ds[rows]` returns the batch (each tensor's rows) for a list of row indices"
+    def __init__(self, *tensors: torch.Tensor):  # e.g. (x_num, x_cat, y) of a table, (x, y) of images
+        self.tensors, self.y = tensors, tensors[-1]
     def __len__(self): return len(self.y)
-    def __getitem__(self, rows): return self.x_num[rows], self.x_cat[rows], self.y[rows]
+    def __getitem__(self, rows): return tuple(t[rows] for t in self.tensors)
 
 class ShardedBatchSampler(Sampler):
     "Batches of row indices: a seeded permutation per epoch (or in order), sharded by rank"
@@ -54,6 +54,7 @@ class ShardedBatchSampler(Sampler):
 # %% ../../nbs/api/21_train.datamodule.ipynb #8c50a24d
 class TabularDataModule(ptl.LightningDataModule):
     "A catalog dataset (or a frame) as tensors, split, preprocessed on the training split, served in indexed batches"
+    default_model, default_hidden = 'TabularNet', [128, 128]  # what `fit` trains on it unless told
     def __init__(self, data: str | pl.DataFrame | pl.LazyFrame,  # a dataset name in `catalog` (e.g. 'processed/features'), or a frame
                  target: str,  # the column to learn
                  numeric: list[str] | None = None, categorical: list[str] | None = None,
@@ -129,17 +130,34 @@ def setup(self: TabularDataModule, stage: str | None = None):
     make = lambda part: TensorBatches(*self.preprocessor.transform(part), torch.from_numpy(part['_y'].to_numpy(writable=True)))
     self.train_set, self.val_set = make(train), make(val)
 
-@patch
-def _loader(self: TabularDataModule, ds: TensorBatches, shuffle: bool) -> DataLoader:
-    t, dist = getattr(self, 'trainer', None), torch.distributed
-    if t is not None: rank, world = t.global_rank, t.world_size  # in a Trainer
+def indexed_loader(ds: TensorBatches, batch_size: int, shuffle: bool, seed: int = 0,
+                   trainer=None) -> DataLoader:  # the data module's Trainer, when one runs it
+    "A loader of `ds` in batches by indexing, sharded over this process's rank"
+    dist = torch.distributed
+    if trainer is not None: rank, world = trainer.global_rank, trainer.world_size  # in a Trainer
     elif dist.is_available() and dist.is_initialized(): rank, world = dist.get_rank(), dist.get_world_size()  # in fit's loop (Fabric)
     else: rank, world = 0, 1
-    sampler = ShardedBatchSampler(len(ds), self.batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+    sampler = ShardedBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world)
     return DataLoader(ds, sampler=sampler, batch_size=None)  # batch_size=None: the sampler's lists index the dataset whole
+
+@patch
+def _loader(self: TabularDataModule, ds: TensorBatches, shuffle: bool) -> DataLoader:
+    return indexed_loader(ds, self.batch_size, shuffle, self.seed, getattr(self, 'trainer', None))
 
 @patch
 def train_dataloader(self: TabularDataModule) -> DataLoader: return self._loader(self.train_set, shuffle=True)
 
 @patch
 def val_dataloader(self: TabularDataModule) -> DataLoader: return self._loader(self.val_set, shuffle=False)
+
+# %% ../../nbs/api/21_train.datamodule.ipynb #d21f0002
+@patch
+def network_inputs(self: TabularDataModule) -> dict:
+    "The network's input arguments for this data (after `setup`)"
+    return dict(n_numeric=len(self.preprocessor.numeric), cardinalities=self.preprocessor.cardinalities)
+
+@patch
+def features(self: TabularDataModule) -> dict:
+    "The model's inputs and target, as the registry keeps them (after `setup`)"
+    return dict(numeric=list(self.preprocessor.numeric), categorical=list(self.preprocessor.categorical), target=self.target,
+                task=self.task, classes=self.classes)

@@ -4,25 +4,30 @@
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #da0d129f
 from __future__ import annotations
+from pathlib import Path
 import polars as pl
 import torch
 from torchmetrics.functional.classification import binary_roc
 from ..core import Rows, file_hash
 from ..data.io import Catalog
+from ..data.imagesets import ImageContract  # noqa: F401 (with it, Catalog.images)
+from ..data.labels import LabelStore, with_labels
+from ..models.images import ImagePreprocessing
 from ..models.registry import Registry, RegistryError
 from ..models.tabular import Preprocessor
 from ..models.task import TASKS, task_named
 
 # %% auto #0
-__all__ = ['score', 'validation_frame', 'score_model', 'promote_if_better', 'evaluated']
+__all__ = ['score', 'validation_frame', 'score_model', 'promote_if_better', 'confusion', 'per_class', 'score_images', 'evaluated']
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #68d1a8fc
 @torch.no_grad()
-def score(model: torch.nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, y: torch.Tensor,
+def score(model: torch.nn.Module, *tensors: torch.Tensor,  # the model's inputs, then the target: (x_num, x_cat, y) or (x, y)
           batch_size: int = 65536, roc_points: int = 200) -> tuple[dict, pl.DataFrame | None]:
-    "The model's metrics on `(x_num, x_cat, y)` for its task (`models.task`), and a binary model's ROC curve"
+    "The model's metrics on `tensors` for its task (`models.task`), and a binary model's ROC curve"
     model.eval()
-    out = torch.cat([model(x_num[i:i + batch_size], x_cat[i:i + batch_size]) for i in range(0, len(y), batch_size)])
+    *inputs, y = tensors
+    out = torch.cat([model(*(t[i:i + batch_size] for t in inputs)) for i in range(0, len(y), batch_size)])
     task = task_named(getattr(model, 'config', {}).get('task', 'binary'))
     metrics = task.metrics(out, y) | dict(rows=int(len(y)))
     if task.name != 'binary': return metrics, None
@@ -68,6 +73,47 @@ def promote_if_better(registry: Registry, name: str, version: int, metrics: dict
     if not (prod and prod['version'] == version): registry.promote(name, version, 'production' if promote else 'staging')
     return dict(promoted=promote, metric=key, candidate=version, candidate_score=metrics[key],
                 production=prod['version'] if prod else None, production_score=best)
+
+# %% ../../nbs/api/26_train.evaluate.ipynb #e26a0002
+def confusion(out: torch.Tensor,  # a classifier's outputs (logits)
+              y: torch.Tensor,  # the true classes' indices
+              classes: list) -> pl.DataFrame:
+    "The confusion matrix: a row per true class, the count predicted as each class in its columns"
+    n = len(classes)
+    predicted = out.argmax(1) if out.ndim == 2 else (out > 0).long()
+    counts = torch.bincount(y.long() * n + predicted, minlength=n * n).view(n, n)
+    names = [str(c) for c in classes]
+    return pl.DataFrame({'class': names, **{c: counts[:, j].tolist() for j, c in enumerate(names)}})
+
+# %% ../../nbs/api/26_train.evaluate.ipynb #e26a0003
+def per_class(matrix: pl.DataFrame,  # `confusion`
+             ) -> pl.DataFrame:
+    "Each class's items, precision, recall and F1, from a confusion matrix"
+    counts = torch.tensor(matrix.drop('class').rows(), dtype=torch.float64)
+    hit, truth, said = counts.diag(), counts.sum(1), counts.sum(0)
+    precision, recall = hit / said.clamp(min=1), hit / truth.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return pl.DataFrame({'class': matrix['class'], 'items': truth.long().tolist(), 'precision': precision.tolist(),
+                         'recall': recall.tolist(), 'f1': f1.tolist()})
+
+# %% ../../nbs/api/26_train.evaluate.ipynb #e26a0006
+@torch.no_grad()
+def score_images(model: torch.nn.Module, meta: dict,  # a registered image model and its metadata (`Registry.load`)
+                 catalog: Catalog, dataset: str,  # the image dataset
+                 split: str = 'test',  # the manifest's split: 'train', 'validation' or 'test'
+                 batch_size: int = 1024) -> tuple[dict, pl.DataFrame]:
+    "An image model's metrics on a split of an image dataset, and its confusion matrix"
+    pre, f = ImagePreprocessing.from_dict(meta['preprocessing']), meta['features']
+    classes = [str(c) for c in f['classes']]
+    rows = with_labels(catalog.images(dataset), LabelStore(catalog, dataset).read(), key='path').filter((pl.col('split') == split) & pl.col('label').is_not_null())
+    known = rows.filter(pl.col('label').is_in(classes))
+    if not known.height: raise RegistryError(f"image dataset {dataset!r} has no labelled {split} image of the model's classes ({', '.join(classes)})")
+    x = torch.stack([pre.decode(Path(file).read_bytes(), what=path) for file, path in zip(known['file'], known['path'])])
+    y = torch.tensor([classes.index(c) for c in known['label']])
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(y), batch_size)])
+    metrics = task_named(f['task']).metrics(out, y.float()) | dict(rows=len(y), unknown_class=rows.height - known.height)
+    return metrics, confusion(out, y, classes)
 
 # %% ../../nbs/api/26_train.evaluate.ipynb #04544d3a
 def evaluated(rows: Rows,  # `Registry.list`

@@ -24,7 +24,7 @@ from ..models.task import task_named
 from .datamodule import TabularDataModule, TrainingError
 from .logger import StoreLogger
 from .numerics import reproducible_numerics
-from .system import NonFiniteLossError, TabularSystem
+from .system import NonFiniteLossError, System
 
 # %% auto #0
 __all__ = ['TRAINING_DEFAULTS', 'LOOP_ARGUMENTS', 'log', 'Preemption', 'CheckpointError', 'fingerprint', 'Checkpoints',
@@ -160,10 +160,11 @@ class TrainingJob:
     session: MachineSession | None = None  # this machine's ledger entry (local rank 0)
 
 # %% ../../nbs/api/25_train.fit.ipynb #bb867948
-def fit(dm: TabularDataModule,  # the data (its `task` says what the model learns)
+def fit(dm: TabularDataModule,  # the data, a table's or images' (`train.imagedata`); its `task` says what the model learns
         name: str | None = None,  # the model's name (registry, checkpoints, run); default: the project's
-        model: str = 'TabularNet',  # the network: a declared model class (`models.tabular.model_class`)
-        hidden: list[int] = [128, 128], dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+        model: str | None = None,  # the network: a declared model class (`models.tabular.model_class`); default: the data's
+        hidden: list[int] | None = None,  # the hidden layers' widths (an MLP's units, a CNN's channels); default: the data's
+        dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
         resume: bool | str = True,  # True: continue this training's unfinished checkpoint; a run id: that run's; False: start over
         register: bool = True,  # save the trained model in the registry
         registry: Registry | str | Path | None = None,  # a Registry, a folder (with the shared store); default: the project's
@@ -176,6 +177,7 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
     "Train on demand: ledger, checkpoints, resume, preemption, registration"
     here = project if isinstance(project, Project) else Project.here()  # an entry point: the project the notebook runs in
     name = check_model_name(name or (project if isinstance(project, str) else here.name))
+    model, hidden = model or dm.default_model, list(hidden or dm.default_hidden)
     model_class(model)
     training = training_arguments(**training)
     s = here.settings
@@ -183,7 +185,7 @@ def fit(dm: TabularDataModule,  # the data (its `task` says what the model learn
     if numerics['why'] and s.train.reproducible: log.warning(numerics['why'])
     seed_everything(seed, workers=True, verbose=False)
     ckpts = Checkpoints(Path(checkpoints_dir or s.train.checkpoints)/name)
-    params = dict(model=model, task=dm.task, hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, seed=seed, batch_size=dm.batch_size,
+    params = dict(model=model, task=dm.task, hidden=hidden, **({'augment': dm.augment} if getattr(dm, 'augment', None) else {}), dropout=dropout, lr=lr, weight_decay=weight_decay, seed=seed, batch_size=dm.batch_size,
                   **{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in training.items()})
     rank0, local0 = rank_zero_only.rank == 0, int(os.environ.get('LOCAL_RANK', 0)) == 0
     run = Run.start('train', name=name, project=project or here, params=params, data_version=data_version, numerics=numerics) if rank0 else None
@@ -228,7 +230,7 @@ class _Fitted:
     "What Fabric set up for a training: the model and optimizer on their devices, the sharded loaders"
     fabric: Fabric
     model: object  # the system, wrapped by Fabric
-    system: TabularSystem
+    system: System
     opt: object
     train: object
     sampler: object
@@ -248,7 +250,7 @@ def _epoch_metrics(f: _Fitted) -> dict[str, float]:
     out = {'train_loss': fabric.all_reduce(loss, reduce_op='mean')} if loss is not None else {}
     model.eval()
     with torch.no_grad():
-        outs, ys = zip(*[(model(x_num, x_cat), y) for x_num, x_cat, y in val]) if len(val) else ((), ())
+        outs, ys = zip(*[(model(*inputs), y) for *inputs, y in val]) if len(val) else ((), ())
     if outs:
         o, y = torch.cat(outs), torch.cat(ys)
         if fabric.world_size > 1: o, y = fabric.all_gather(o).flatten(0, 1), fabric.all_gather(y).flatten(0, 1)
@@ -291,16 +293,16 @@ def _fit(job: TrainingJob) -> FitResult:
     if problem := task_named(dm.task).target_problem(pl.Series(dm.target, dm.train_set.y.numpy()), ' in the training split'):
         raise TrainingError(problem)
     fp = fingerprint(name=name, preprocessing=dm.preprocessor.to_dict(), rows=(len(dm.train_set), len(dm.val_set)), target=dm.target,
-                     classes=dm.classes, **{k: p[k] for k in ('model', 'task', 'hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')})
+                     classes=dm.classes, **{k: p[k] for k in ('model', 'task', 'hidden', 'dropout', 'lr', 'weight_decay', 'seed', 'batch_size')},
+                     **({'augment': p['augment']} if 'augment' in p else {}))
     resume_from, why = ckpts.resume_point(job.resume, fp)
     ck = _read_checkpoint(resume_from) if resume_from else {}
     if run:
         run.update(extra=dict(resumed_from=str(resume_from) if resume_from else None, checkpoint=str(ckpts.last), fingerprint=fp))
         run.log_event(why, logger='aiinfra.train')
         ckpts.record(run.id, 'running', fp)
-    net = model_class(p['model'])(len(dm.preprocessor.numeric), dm.preprocessor.cardinalities, hidden=p['hidden'], dropout=p['dropout'],
-                                  task=dm.task, n_classes=len(dm.classes or [0, 1]))
-    system = TabularSystem(net.config, model_class=p['model'], lr=p['lr'], weight_decay=p['weight_decay'])
+    net = model_class(p['model'])(**dm.network_inputs(), hidden=p['hidden'], dropout=p['dropout'], task=dm.task, n_classes=len(dm.classes or [0, 1]))
+    system = System(net.config, model_class=p['model'], lr=p['lr'], weight_decay=p['weight_decay'], augment=p.get('augment'))
     try:
         if ck: system.load_state_dict(ck['state_dict'])
     except (RuntimeError, KeyError, TypeError) as e:
@@ -342,10 +344,8 @@ def _register(job: TrainingJob, model, metrics: dict) -> int:
         ds = f"validation/{name}/{split if data_version else run.id}"
         vmeta = validation_catalog.save(dm.val_frame, ds)
         validation = dict(dataset=ds, sha256=vmeta['sha256'], rows=vmeta['rows'])
-    features = dict(numeric=list(dm.preprocessor.numeric), categorical=list(dm.preprocessor.categorical), target=dm.target,
-                    task=dm.task, classes=dm.classes)
     return job.registry.save(model, name, preprocessing=dm.preprocessor.to_dict(), metrics=metrics, run_id=run.id, data_version=data_version,
-                         features=features, validation=validation)['version']
+                             features=dm.features(), validation=validation)['version']
 
 def _shutdown(command: str, run: Run | None):
     "Run `[train] shutdown_command` (how a cloud VM turns itself off), recording that it did when the store answers"
