@@ -360,14 +360,10 @@ def mask_secrets(value):
 # %% ../nbs/api/00_core.ipynb #8b8e83bb
 FILE_CHECK_S = 1.0  # how often a cached settings.ini is checked for changes
 _settings_cache: dict = {}  # (cwd, root) -> [settings, env signature, file signature, checked at]
-_env_names: tuple = (-1, ())  # (number of variables when scanned, the AIINFRA_* names then)
-
 def _env_signature() -> tuple:
-    "What the AIINFRA_* variables are now, cheaply"
-    global _env_names
-    n = len(os.environ)
-    if n != _env_names[0]: _env_names = (n, tuple(sorted(k for k in os.environ if k.startswith('AIINFRA_'))))
-    return _env_names[1], tuple(map(os.environ.get, _env_names[1]))
+    "What the AIINFRA_* variables are now (their names scanned each time, about 10 µs: one set and unset leave the count as it was)"
+    names = tuple(sorted(k for k in os.environ if k.startswith('AIINFRA_')))
+    return names, tuple(map(os.environ.get, names))
 
 def _file_signature(root: Path) -> tuple | None:
     try: st = os.stat(root/'settings.ini')

@@ -1,243 +1,102 @@
-"""Service images for real: a project made by `aiinfra new` is trained, built into an image with buildah, pushed to a
-docker-registry started on 127.0.0.1, found in its catalog, and run (its own entry point, under `buildah run`) until it
-answers on 127.0.0.1 with the model version it was built with; a promotion and a code change rebuild only their layers,
-as the build records in the store say; bad input is one clear error and never leaves a tag half-pushed."""
-import json, os, shutil, socket, subprocess, sys, threading, time
-from pathlib import Path
+"""An image model served: the digits trained by `fit` (a small CNN on a folder of PNG files), promoted, and asked by real
+clients: Triton's `tritonclient` with its defaults (the files as binary BYTES) and in JSON (base64), the pixels as UINT8
+and FP32 tensors, V1 `{"b64": ...}` instances through curl; bad images are 422s naming the instance, too many pixels or
+images 413s; the prediction log keeps each image's statistics, not its pixels."""
+import base64, io, json, subprocess
 
-import httpx
+import numpy as np
+import polars as pl
 import pytest
-import sqlalchemy as sa
+from PIL import Image
 
-from aiinfra_nb.data.sources import package_file
-from aiinfra_nb.ops.store import get_engine, models, query, runs
-from test_scaffold import BIN, aiinfra, in_project
-from test_serve import free_port
-
-pytestmark = [pytest.mark.skipif(not all(map(shutil.which, ('buildah', 'skopeo', 'docker-registry', 'debootstrap'))),
-                                 reason="buildah, skopeo, docker-registry or debootstrap missing: `make test` installs them when root"),
-              pytest.mark.images, pytest.mark.xdist_group('images')]  # one container storage: these and the images tutorial run one after another
-NAME = 'peng'
+from aiinfra_nb.data.imagesets import digits_folder, png_bomb
+from aiinfra_nb.data.io import Catalog
+from aiinfra_nb.serve.auth import create_key
+from test_serve import Service
 
 
-def builds(engine, project=NAME) -> list[dict]:
-    "The build records in the store, oldest first: their layers (name -> reused)"
-    rows = query(sa.select(runs.c.output, runs.c.status, runs.c.extra).where((runs.c.kind == 'image-build') & (runs.c.project == project))
-                 .order_by(runs.c.started_at), engine)
-    return [{**r, 'reused': {l['layer']: l['reused'] for l in (r['extra'] or {}).get('layers', [])}} for r in rows]
-
-
-def promote_a_new_version(proj: Path) -> int:
-    "A second version of the model (the first, nudged), saved and promoted in the project as its evaluate stage would"
-    code = f"""
-import torch
-from aiinfra_nb.models.registry import Registry
-r = Registry(); model, meta = r.load({NAME!r}, stage='production')
-with torch.no_grad():
-    for p in model.parameters(): p.add_(0.01)
-v = r.save(model, {NAME!r}, features=meta['features'], preprocessing=meta['preprocessing'], data_version=meta['data_version'])['version']
-r.promote({NAME!r}, v); print(v)
-"""
-    return int(in_project([sys.executable, '-c', code], proj).stdout.strip())
-
-
-def wait_ready(base: str, proc, seconds=180):
-    for _ in range(seconds * 10):
-        try:
-            if httpx.get(f'{base}/v2/health/ready', timeout=1).status_code == 200: return
-        except httpx.HTTPError: pass
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        time.sleep(0.1)
-    raise AssertionError('the image never became ready')
+def png(a: np.ndarray) -> bytes:
+    b = io.BytesIO(); Image.fromarray(a.astype('uint8'), 'L').save(b, 'PNG'); return b.getvalue()
 
 
 @pytest.fixture
-def project(pg_url, tmp_path, monkeypatch):
-    "A trained project whose central store is the real PostgreSQL server (a container reaches it on 127.0.0.1)"
-    monkeypatch.setenv('AIINFRA_DB_URL', pg_url)
-    proj = tmp_path/NAME
-    aiinfra('new', NAME, '--data', package_file('palmerpenguins', 'data/penguins.csv'), '--target', 'species', '--dir', proj)
-    in_project(['dvc', 'repro'], proj)
-    return proj
+def digits_service(tmp_path, sqlite_url, monkeypatch):
+    "A digits model trained by fit on the image dataset, promoted and served"
+    from aiinfra_nb.train.fit import fit
+    from aiinfra_nb.train.imagedata import ImageDataModule
+    monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url); monkeypatch.setenv('AIINFRA_DATA_DIR', str(tmp_path/'data'))
+    monkeypatch.setenv('AIINFRA_TRAIN_CHECKPOINTS', str(tmp_path/'ckpt'))
+    svc = Service(tmp_path, sqlite_url, rate_limit='100000/second', max_rows=100)
+    cat = Catalog(tmp_path/'data')
+    cat.save_images(digits_folder(tmp_path/'digits'), 'raw/digits', progress=False)
+    res = fit(ImageDataModule('raw/digits', catalog=cat, batch_size=64, cache=tmp_path/'cache', progress=False),
+              name='digits', lr=0.01, max_epochs=8, registry=svc.registry, progress=False, accelerator='cpu')
+    assert res.status == 'finished', res
+    svc.registry.promote('digits', res.model_version)
+    svc.key = create_key('k', 'predict', engine=svc.registry.engine)['secret']
+    svc.test = cat.images('raw/digits').filter(pl.col('split') == 'test')
+    yield svc.start()
+    if svc.proc.poll() is None: svc.stop()
 
 
-def test_build_push_run_and_rebuild_only_what_changed(project, pg_url, tmp_path):
-    from aiinfra_nb.images.tools import inspect_image
-    from aiinfra_nb.images.registry import run_image, start_registry, stop_registry
-    engine = get_engine(pg_url)
-    first = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--json'], project).stdout)
-    image = first['image']
-    assert image.startswith(f'localhost/aiinfra/{NAME}:{NAME}-v1-') and first['models'] == [f'{NAME}:1']
-    assert [l['layer'] for l in first['layers']][-4:] == ['lock', 'dependencies', 'code', 'model']
+def curl(svc, path: str, body: dict) -> tuple[int, dict]:
+    p = subprocess.run(['curl', '-s', '-w', '\n%{http_code}', '-H', f'Authorization: Bearer {svc.key}', '-H', 'Content-Type: application/json',
+                        '--data-binary', '@-', f'{svc.base}{path}'], input=json.dumps(body).encode(), capture_output=True, timeout=60)
+    text, _, code = p.stdout.decode().rpartition('\n')
+    return int(code), json.loads(text)
 
-    again = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--json'], project).stdout)
-    assert all(l['reused'] for l in again['layers']), again['layers']  # nothing changed: every layer reused
 
-    config = inspect_image(image)['Docker']['config']
-    rev = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=project, capture_output=True, text=True).stdout.strip()
-    labels = config['Labels']
-    assert (labels['io.aiinfra.project'], labels['io.aiinfra.model.name'], labels['io.aiinfra.model.version']) == (NAME, NAME, '1')
-    assert labels['org.opencontainers.image.revision'].split('+')[0] == rev
-    data_version = query(sa.select(models.c.data_version).where((models.c.project == NAME) & (models.c.version == 1)), engine)[0]['data_version']
-    assert labels['io.aiinfra.data.version'] == data_version and data_version
-    assert config['User'] == '10001:10001' and '/v2/health/ready' in ' '.join(config['Healthcheck']['Test'])
-    assert {'AIINFRA_SERVICE_HOST=0.0.0.0', 'AIINFRA_SERVICE_PORT=8000'} <= set(config['Env'])
-    lock = (Path(os.environ['AIINFRA_HOME'])/'images/context'/NAME/'requirements.lock').read_text().lower()
-    assert 'torch==' in lock and not any(f'\n{d}==' in lock for d in ('jupyterlab', 'dvc', 'pytorch-lightning', 'papermill'))
-
-    r = in_project([BIN/'aiinfra', 'image', 'build', '--tag', ''], project, check=False)  # an empty tag is a bad tag, not the default one
-    assert r.returncode == 1 and "tag ''" in r.stderr and r.stderr.count('\n') == 1, r.stderr
-    with socket.create_server(('127.0.0.1', 0)) as taken:  # another program's port: no registry is claimed there
-        r = in_project([BIN/'aiinfra', 'registry', 'start', '--port', str(taken.getsockname()[1])], project, check=False)
-        assert r.returncode == 1 and 'is taken by another program' in r.stderr, r.stderr
-
-    # push to a registry on 127.0.0.1; the catalog lists it
-    registry = start_registry(free_port(), tmp_path/'registry')['address']
+def test_digits_served_to_real_clients_in_every_form(digits_service):
+    import tritonclient.http as tc
+    svc, auth = digits_service, {'Authorization': f'Bearer {digits_service.key}'}
+    files = [open(f, 'rb').read() for f in svc.test['file']]
+    truth = [int(label) for label in svc.test['label']]
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(f))) for f in files])[:, None]  # [N, 1, 8, 8] uint8
+    client = tc.InferenceServerClient(url=f'127.0.0.1:{svc.port}')
     try:
-        pushed = json.loads(in_project([BIN/'aiinfra', 'image', 'push', '--registry', registry, '--json'], project).stdout)
-        tag = image.rsplit(':', 1)[1]
-        assert pushed['destination'] == f'{registry}/aiinfra/{NAME}:{tag}'
-        catalog = json.loads(in_project([BIN/'aiinfra', 'images', '--catalog', '--registry', registry, '--json'], project).stdout)
-        assert [(c['repository'], c['tag']) for c in catalog] == [(f'aiinfra/{NAME}', tag)]
-        listed = json.loads(in_project([BIN/'aiinfra', 'images', '--json'], project).stdout)
-        assert listed[0]['image'] == image and listed[0]['pushed'] == pushed['destination']
-    finally: stop_registry()
+        meta = client.get_model_metadata('digits', headers=dict(auth))
+        assert [(i['name'], i['datatype']) for i in meta['inputs']] == [('image', 'BYTES')] and meta['outputs'][0]['shape'] == [-1, 10]
+        answers = {}
+        for i in range(0, len(files), 100):  # the service's row limit: 100 a request
+            image = tc.InferInput('image', [len(files[i:i + 100])], 'BYTES')
+            image.set_data_from_numpy(np.array(files[i:i + 100], dtype=np.object_))  # its default: binary tensor data, the files' own bytes
+            answers.setdefault('binary', []).extend(client.infer('digits', [image], headers=dict(auth)).as_numpy('probability').tolist())
+            b64 = tc.InferInput('image', [len(files[i:i + 100])], 'BYTES')
+            b64.set_data_from_numpy(np.array([base64.b64encode(f) for f in files[i:i + 100]], dtype=np.object_), binary_data=False)
+            answers.setdefault('json', []).extend(client.infer('digits', [b64], headers=dict(auth)).as_numpy('probability').tolist())
+            for dtype, scale in (('UINT8', 1), ('FP32', 255)):
+                t = tc.InferInput('image', list(pixels[i:i + 100].shape), dtype)
+                t.set_data_from_numpy((pixels[i:i + 100] / scale).astype(np.uint8 if dtype == 'UINT8' else np.float32))
+                answers.setdefault(dtype, []).extend(client.infer('digits', [t], headers=dict(auth)).as_numpy('probability').tolist())
+    finally: client.close()
+    for form, probs in answers.items():
+        assert np.allclose(probs, answers['binary'], atol=1e-5), form  # the same pixels, the same answer, however they came
+    accuracy = np.mean(np.argmax(answers['binary'], 1) == truth)
+    assert accuracy >= 0.9, accuracy
 
-    # the image's own entry point answers on 127.0.0.1 with the version it carries, as the non-root user
-    key = json.loads(in_project([BIN/'aiinfra', 'keys', 'create', '--name', 'image-test', '--role', 'read', '--json'], project).stdout)['secret']
-    port = free_port()
-    with run_image(image, env={'AIINFRA_SERVICE_HOST': '127.0.0.1', 'AIINFRA_SERVICE_PORT': str(port), 'AIINFRA_DB_URL': pg_url}) as proc:
-        base = f'http://127.0.0.1:{port}'
-        wait_ready(base, proc)
-        auth = {'Authorization': f'Bearer {key}'}
-        assert httpx.get(f'{base}/v2/models/{NAME}/versions/1/ready', headers=auth).json() == {'name': NAME, 'ready': True}
-        assert httpx.get(f'{base}/v1/models/{NAME}', headers=auth).json()['version'] == '1'
-        users = subprocess.run(['ps', '-o', 'uid=,args=', '-e'], capture_output=True, text=True).stdout.splitlines()
-        assert any(u.split()[0] == '10001' and 'aiinfra serve' in u for u in users), users
+    code, v1 = curl(svc, '/v1/models/digits:predict', {'instances': [{'image': {'b64': base64.b64encode(f).decode()}} for f in files[:3]]})
+    assert code == 200 and np.allclose(v1['predictions'], answers['binary'][:3], atol=1e-5), v1
+    code, v1 = curl(svc, '/v1/models/digits:predict', {'instances': [{'b64': base64.b64encode(files[0]).decode()}]})
+    assert code == 200 and np.allclose(v1['predictions'][0], answers['binary'][0], atol=1e-5)
 
-    # a promotion rebuilds the model layer only; a code change the code and model layers only (from the build records)
-    assert promote_a_new_version(project) == 2
-    second = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--json'], project).stdout)
-    assert second['models'] == [f'{NAME}:2'] and second['image'] != image
-    settings = project/'settings.ini'
-    settings.write_text(settings.read_text() + "\n[service]\nmax_rows = 5000\n")
-    third = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--json'], project).stdout)
-    recorded = builds(engine)
-    assert [b['status'] for b in recorded] == ['finished'] * 4
-    assert {k for k, v in recorded[2]['reused'].items() if not v} == {'model'}, recorded[2]['reused']
-    assert {k for k, v in recorded[3]['reused'].items() if not v} == {'code', 'model'}, recorded[3]['reused']
-    assert [l['digest'] for l in third['layers'][:-2]] == [l['digest'] for l in first['layers'][:-2]]
+    good = base64.b64encode(files[0]).decode()
+    bad = [({'instances': [{'image': {'b64': good}}, {'image': {'b64': base64.b64encode(b'hello, not a png').decode()}}]}, 422, 'instance 1: not a PNG or JPEG image'),
+           ({'instances': [{'image': {'b64': base64.b64encode(files[1][:-20]).decode()}}]}, 422, 'instance 0: unreadable or truncated'),
+           ({'instances': [{'image': {'b64': 'no base64 here!'}}]}, 422, 'instance 0: not base64 text'),
+           ({'instances': [{'image': good}]}, 422, 'instance 0: expected {"image": {"b64"'),
+           ({'instances': [{'image': {'b64': good}}] * 101}, 413, '101 images: at most 100 per request')]
+    bomb = png_bomb(svc.registry.root.parent/'bomb.png')
+    bad.append(({'instances': [{'image': {'b64': base64.b64encode(bomb.read_bytes()).decode()}}]}, 413, 'instance 0: too many pixels, a decompression bomb (Image size (400000000 pixels) exceeds limit'))
+    for body, status, says in bad:
+        code, answer = curl(svc, '/v1/models/digits:predict', body)
+        assert (code, says in answer.get('error', '')) == (status, True), (says, code, answer)
+    v2 = {'inputs': [{'name': 'image', 'datatype': 'UINT8', 'shape': [1, 1, 9, 9], 'data': [0] * 81}]}
+    code, answer = curl(svc, '/v2/models/digits/infer', v2)
+    assert code == 422 and 'expected [images, 1, 8, 8]' in answer['error'], answer
 
-    # bad input: no production model, one line, nothing built
-    in_project([sys.executable, '-c', f"from aiinfra_nb.models.registry import Registry; Registry().promote({NAME!r}, 2, 'archived')"], project)
-    r = in_project([BIN/'aiinfra', 'image', 'build'], project, check=False)
-    assert r.returncode == 1 and r.stderr.strip().startswith(f"aiinfra: error: project {NAME!r} has no production model") and 'Traceback' not in r.stderr
-    assert len(builds(engine)) == 4
-
-
-def test_a_pipeline_image_runs_a_scheduled_run_from_a_clone(tmp_path, pg_url, monkeypatch):
-    """The image a Kubernetes or Docker work pool runs (`aiinfra image build --pipeline`): inside it, a scheduled run clones the project
-    from a git server, reproduces it with its DVC remote's data, trains, pushes back, and lands in the store"""
-    from aiinfra_nb.images.tools import inspect_image, tool, tool_env
-    monkeypatch.setenv('AIINFRA_DB_URL', pg_url)
-    proj, bucket, served = tmp_path/'pods', tmp_path/'bucket', tmp_path/'git'
-    aiinfra('new', 'pods', '--data', package_file('palmerpenguins', 'data/penguins.csv'), '--target', 'species', '--dir', proj)
-    bucket.mkdir()
-    in_project(['dvc', 'remote', 'add', '-q', '-d', 'bucket', bucket], proj)  # in the committed .dvc/config, as a cluster needs it
-    in_project(['dvc', 'push', '-q'], proj)
-    subprocess.run(['chmod', '-R', 'a+rwX', bucket], check=True)  # the container's user (uid 10001) writes there too
-    git = lambda *a: subprocess.run(['git', '-C', str(proj), '-c', 'user.name=t', '-c', 'user.email=t@t', *a], check=True, capture_output=True)
-    git('add', '-A'); git('commit', '-qm', 'a DVC remote')
-    served.mkdir(); subprocess.run(['git', 'clone', '-q', '--bare', str(proj), str(served/'pods.git')], check=True)
-    port = free_port()  # a git server on 127.0.0.1, which the container shares
-    daemon = subprocess.Popen(['git', 'daemon', '--reuseaddr', f'--base-path={served}', '--export-all', '--listen=127.0.0.1', f'--port={port}', str(served)])
-    try:
-        built = json.loads(in_project([BIN/'aiinfra', 'image', 'build', '--pipeline', '--json'], proj).stdout)
-        assert built['image'].startswith('localhost/aiinfra/pods-pipeline:') and built['pipeline'] and built['models'] == []
-        assert [l['layer'] for l in built['layers']][-3:] == ['lock', 'dependencies', 'code']
-        config = inspect_image(built['image'])['Docker']['config']
-        assert (config['User'], config.get('Entrypoint') or None, config['Cmd'], config['Labels']['io.aiinfra.image']) == \
-               ('10001:10001', None, ['prefect', 'flow-run', 'execute'], 'pipeline')  # no entry point: the worker gives the command
-        container = tool('buildah', 'from', '--pull-never', built['image']).strip()
-        try:
-            code = (f"import json; from aiinfra_nb.orchestrate.runs import scheduled_run; "
-                    f"print(json.dumps(scheduled_run(repo='git://127.0.0.1:{port}/pods.git', schedule='in-the-image')))")
-            ran = subprocess.run(['buildah', 'run', '-v', f'{bucket}:{bucket}', '--env', f'AIINFRA_DB_URL={pg_url}', container, '--', 'python', '-c', code],
-                                 capture_output=True, text=True, env=tool_env(), timeout=600)
-        finally: subprocess.run(['buildah', 'rm', container], capture_output=True, env=tool_env())
-    finally: daemon.terminate(); daemon.wait(10)
-    assert ran.returncode == 0 and json.loads(ran.stdout.splitlines()[-1])['status'] == 'finished', ran.stderr[-3000:]
-    engine = get_engine(pg_url)
-    (run,) = query(sa.select(runs.c.id, runs.c.status, runs.c.extra).where(runs.c.kind == 'schedule'), engine)
-    assert run['extra']['repo'] == f'git://127.0.0.1:{port}/pods.git' and run['extra']['models'] == ['pods/1'], run
-    stages = query(sa.select(runs.c.kind, runs.c.status).where(runs.c.parent_id == run['id']), engine)
-    assert {s['kind'] for s in stages} >= {'ingest', 'etl', 'train', 'evaluate'} and {s['status'] for s in stages} == {'finished'}, stages
-    assert query(sa.select(models.c.name, models.c.version, models.c.stage), engine) == [dict(name='pods', version=1, stage='production')]
-    import yaml  # the registry the run made is in the remote, under the hash its dvc.lock (kept with the run) names
-    (registry,) = [o['md5'] for o in yaml.safe_load(run['extra']['dvc_lock'])['stages']['train']['outs'] if o['path'] == 'data/models']
-    assert (bucket/'files/md5'/registry[:2]/registry[2:]).is_file(), registry
-
-
-def test_bad_input_is_one_clear_error(tmp_path, sqlite_url, monkeypatch):
-    monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
-    (tmp_path/'plain').mkdir()
-    r = in_project([BIN/'aiinfra', 'image', 'build', '--project', tmp_path/'plain'], tmp_path, check=False)
-    assert r.returncode == 1 and 'is not an aiinfra project (no settings.ini)' in r.stderr and 'Traceback' not in r.stderr
-    aiinfra('new', 'untrained', '--data', package_file('palmerpenguins', 'data/penguins.csv'), '--target', 'species', '--dir', tmp_path/'untrained')
-    r = in_project([BIN/'aiinfra', 'image', 'build'], tmp_path/'untrained', check=False)
-    assert r.returncode == 1 and "project 'untrained' has no service to build: its registry holds no model" in r.stderr
-    r = in_project([BIN/'aiinfra', 'image', 'push', 'localhost/aiinfra/untrained:x'], tmp_path/'untrained', check=False)
-    assert r.returncode == 1 and 'no image localhost/aiinfra/untrained:x here' in r.stderr
-    r = in_project([BIN/'aiinfra', 'image', 'build', '--tag', 'Not A Tag'], tmp_path/'untrained', check=False)
-    assert r.returncode == 1 and 'Traceback' not in r.stderr
-
-
-class CuttingProxy:
-    "A TCP proxy to the registry that cuts every connection after `limit` bytes sent to it: a push dying halfway"
-    def __init__(self, upstream: int, limit: int):
-        self.upstream, self.limit, self.port = upstream, limit, free_port()
-        self.server = socket.create_server(('127.0.0.1', self.port))
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try: client, _ = self.server.accept()
-            except OSError: return
-            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
-
-    def _pipe(self, client):
-        up = socket.create_connection(('127.0.0.1', self.upstream))
-        def back():
-            try:
-                while data := up.recv(65536): client.sendall(data)
-            except OSError: pass
-            finally: client.close()
-        threading.Thread(target=back, daemon=True).start()
-        sent = 0
-        try:
-            while (data := client.recv(65536)) and sent < self.limit:
-                up.sendall(data); sent += len(data)
-        except OSError: pass
-        finally: up.close(); client.close()
-
-
-def test_a_push_cut_off_or_unreachable_leaves_no_tag(tmp_path, sqlite_url, monkeypatch):
-    "Uses the newest image already built here (the test above builds one); the registry stays empty of tags"
-    from aiinfra_nb.images.tools import ImageError, image_exists
-    from aiinfra_nb.images.registry import push_image, registry_catalog, start_registry, stop_registry
-    monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
-    listed = subprocess.run(['buildah', 'images', '--format', '{{.Name}}:{{.Tag}}', '--filter', 'reference=localhost/aiinfra/*'],
-                            capture_output=True, text=True).stdout.split()
-    images = [i for i in listed if not i.startswith(('localhost/aiinfra/base:', 'localhost/aiinfra/base-pipeline:')) and image_exists(i)]
-    if not images: pytest.skip('no service image built here yet')
-    with pytest.raises(ImageError, match=r'the image registry 127\.0\.0\.1:\d+ does not answer'):
-        push_image(images[0], f'127.0.0.1:{free_port()}')
-    registry = start_registry(free_port(), tmp_path/'registry')['address']
-    try:
-        proxy = CuttingProxy(int(registry.rsplit(':', 1)[1]), limit=20_000_000)
-        with pytest.raises(ImageError, match='skopeo copy'):
-            push_image(images[0], f'127.0.0.1:{proxy.port}')
-        assert [r for r in registry_catalog(registry) if r['tag']] == []  # layers may be there; no tag names them
-        failed = query(sa.select(runs.c.status).where(runs.c.kind == 'image-push'), get_engine(sqlite_url))
-        assert [r['status'] for r in failed] == ['failed']
-    finally: stop_registry()
+    svc.stop()  # SIGTERM flushes the prediction log
+    log = pl.concat([pl.read_parquet(p) for p in (svc.registry.root.parent/'monitoring').rglob('*.parquet')], how='diagonal_relaxed')
+    assert {'width', 'height', 'brightness', 'contrast', 'embedding_norm'} <= set(log.columns), log.columns
+    assert not [c for c in log.columns if 'pixel' in c or c == 'image']
+    served = log.filter(pl.col('width').is_not_null())
+    assert served.height >= 4 * len(files) and set(served['width']) == {8} and served['embedding_norm'].min() > 0

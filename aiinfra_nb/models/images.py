@@ -14,7 +14,7 @@ from .tabular import ModelError
 from .task import task_named
 
 # %% auto #0
-__all__ = ['ImagePreprocessing', 'SmallCNN', 'channel_stats']
+__all__ = ['ImagePreprocessing', 'ImageTooLarge', 'SmallCNN', 'channel_stats']
 
 # %% ../../nbs/api/08b_models.images.ipynb #a2b00006
 @dataclass
@@ -40,22 +40,29 @@ class ImagePreprocessing:
     def from_dict(cls, d: dict) -> ImagePreprocessing: return cls(**d)
 
 # %% ../../nbs/api/08b_models.images.ipynb #a2b00008
+class ImageTooLarge(FeatureError):
+    "An image with more pixels than its model's preprocessing allows (the service answers 413)"
+
 @patch
 def decode(self: ImagePreprocessing, data: bytes,
            what: str = 'image',  # how the error names the image (e.g. 'instance 3')
+           sizes: list | None = None,  # when given, the image's own (width, height) is appended to it
           ) -> torch.Tensor:  # uint8 [channels, height, width]
-    "One image's bytes as the model's input, or a `FeatureError` naming what is wrong"
+    "One image's bytes as the model's input, or a `FeatureError` naming what is wrong (an `ImageTooLarge` for too many pixels)"
     from PIL import Image, UnidentifiedImageError
     with warnings.catch_warnings():
         warnings.simplefilter('error', Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data), formats=self.formats) as im:
                 w, h = im.size
-                if w * h > self.max_pixels: raise FeatureError(f"{what}: {w}×{h} pixels, at most {self.max_pixels:,} in all")
-                im = im.convert(self.mode)  # decodes every pixel: a truncated file fails here
+                if w * h > self.max_pixels: raise ImageTooLarge(f"{what}: {w}×{h} pixels, at most {self.max_pixels:,} in all")
+                im.verify()  # the file's structure to its end (a PNG's chunk checksums): a file cut short fails here
+            with Image.open(io.BytesIO(data), formats=self.formats) as im: im = im.convert(self.mode)  # every pixel
         except UnidentifiedImageError: raise FeatureError(f"{what}: not a {' or '.join(self.formats)} image") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning): raise FeatureError(f"{what}: too many pixels (a decompression bomb)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own limit, before ours could read the size
+            raise ImageTooLarge(f"{what}: too many pixels, a decompression bomb ({str(e).split(',')[0]})") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e: raise FeatureError(f"{what}: unreadable or truncated ({str(e) or type(e).__name__})") from None
+    if sizes is not None: sizes.append((w, h))
     height, width = self.size
     if (w, h) != (width, height): im = im.resize((width, height), Image.Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
@@ -86,10 +93,14 @@ class SmallCNN(nn.Module):
         self.register_buffer('mean', torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
+    def embed(self, x: torch.Tensor,  # (batch, channels, height, width): uint8 pixels or floats in [0, 1]
+             ) -> torch.Tensor:  # (batch, hidden[-1]): what the head reads
+        if x.dtype == torch.uint8: x = x.float() / 255
+        return self.features((x - self.mean) / self.std)
+
     def forward(self, x: torch.Tensor,  # (batch, channels, height, width): uint8 pixels or floats in [0, 1]
                ) -> torch.Tensor:  # (batch,) logits or values; (batch, n_classes) for multiclass
-        if x.dtype == torch.uint8: x = x.float() / 255
-        out = self.head(self.features((x - self.mean) / self.std))
+        out = self.head(self.embed(x))
         return out if out.shape[1] > 1 else out.squeeze(-1)
 
     @classmethod

@@ -23,8 +23,10 @@ from ..ops.predictions import PredictionLog
 from ..ops.store import services, writing, insert_ignore
 from .audit import AuditMiddleware
 from .auth import UNKNOWN, Key, KeyRing, RateLimits
+from .images import IMAGE_INPUT, Images, images_from_v1, images_from_v2
 from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_feedback, read_v1, read_v2
-from ..models.registry import Registry, RegistryError
+from ..models.images import ImagePreprocessing, ImageTooLarge
+from ..models.registry import Registry
 from ..models.tabular import Preprocessor, predict as predict_rows
 from ..models.task import Task, task_named
 
@@ -33,9 +35,10 @@ __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not i
 # %% auto #0
 __all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Administering', 'PREDICT', 'health_routes',
            'v2_routes', 'v1_routes', 'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict',
-           'infer', 'lineage_parameters', 'error', 'authorize', 'needs', 'Guard', 'body_of', 'v2_metadata',
-           'create_app', 'model_for', 'live', 'ready', 'server_metadata', 'model_metadata', 'model_ready', 'v2_infer',
-           'v1_models', 'v1_model', 'v1_predict', 'v1_card', 'v1_feedback', 'metrics', 'serve']
+           'predict_images', 'infer', 'lineage_parameters', 'error', 'authorize', 'needs', 'Guard', 'body_of',
+           'v2_metadata', 'create_app', 'model_for', 'live', 'ready', 'server_metadata', 'model_metadata',
+           'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'v1_card', 'v1_feedback', 'metrics',
+           'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class Served:
     version: int
     model: torch.nn.Module
     meta: dict
-    pre: Preprocessor
+    pre: Preprocessor | ImagePreprocessing  # a table's preprocessing, or an image model's decoding
     lineage: dict  # what made it, as each answer's headers say: X-Model-Name, X-Model-Version, X-Data-Version, X-Code-Revision
 
     @property
@@ -56,6 +59,8 @@ class Served:
     def n_classes(self) -> int: return self.meta['architecture']['config'].get('n_classes', 2)
     @property
     def classes(self) -> list | None: return self.features.get('classes')
+    @property
+    def reads_images(self) -> bool: return isinstance(self.pre, ImagePreprocessing)
 
     def v2_outputs(self, values: list) -> list[dict]:
         "`predict`'s answer as the V2 output tensor of this model's task (a multiclass answer: rows of probabilities, flattened)"
@@ -70,12 +75,11 @@ class LiveModels:
 
     def _load(self, name: str, version: int) -> Served:
         model, meta = self.registry.load(name, version)
-        if meta['preprocessing'].get('kind') == 'image':  # (issue 25: serving images is next)
-            raise RegistryError(f"{name} v{version} reads images, and this service answers tables only so far")
         made = self.registry.lineage(name, version)
         lineage = {'X-Model-Name': name, 'X-Model-Version': str(version), 'X-Data-Version': made['data_version'] or meta.get('data_version') or 'unknown',
                    'X-Code-Revision': made['git_rev'] or 'unknown'}
-        return Served(name, version, model, meta, Preprocessor.from_dict(meta['preprocessing']), lineage)
+        p = meta['preprocessing']
+        return Served(name, version, model, meta, ImagePreprocessing.from_dict(p) if p.get('kind') == 'image' else Preprocessor.from_dict(p), lineage)
 
     def refresh(self) -> list[str]:
         "Load what was promoted since the last call; returns what changed, as sentences"
@@ -106,15 +110,28 @@ def predict(served: Served, frame: pl.DataFrame) -> list:
     "Probabilities (binary: of the positive class; multiclass: one list per row) or values of `frame`'s rows"
     return predict_rows(served.model, served.pre, served.task.name, frame)
 
+@torch.inference_mode()
+def predict_images(served: Served, images: Images) -> tuple[list, pl.DataFrame]:
+    "An image model's probabilities for `images`, and their statistics with the norm of the model's embedding of each"
+    model = served.model
+    if hasattr(model, 'embed'):
+        e = model.embed(images.x)
+        out, norm = model.head(e), e.norm(dim=1).tolist()
+        out = out if out.shape[1] > 1 else out.squeeze(-1)
+    else: out, norm = model(images.x), [None] * len(images.x)
+    return served.task.activate(out).tolist(), images.stats.with_columns(embedding_norm=pl.Series(norm, dtype=pl.Float64))
+
 # %% ../../nbs/api/32_serve.app.ipynb #23b46ccf
-def infer(request: Request, served: Served, frame: pl.DataFrame,
+def infer(request: Request, served: Served, frame: pl.DataFrame | Images,  # a table's rows, or an image model's images
           form: str = 'json',  # how the inputs came: json or binary (V2's binary tensor extension)
          ) -> list:
     "The model's answer for `frame`'s rows, within the service's row limit, noted in the request's audit record and its prediction log"
-    if frame.height > (limit := request.app.state.max_rows): raise ServiceError(413, f"{frame.height:,} rows: at most {limit:,} per request")
+    rows = len(frame.x) if isinstance(frame, Images) else frame.height
+    if rows > (limit := request.app.state.max_rows): raise ServiceError(413, f"{rows:,} rows: at most {limit:,} per request")
     audit, enc = request.scope['state']['audit'], request.scope['state']['audit'].get('encoding')
-    audit.update(rows=frame.height, form=form + (f'+{enc}' if enc and enc != 'identity' else ''))
-    values = predict(served, frame)
+    audit.update(rows=rows, form=form + (f'+{enc}' if enc and enc != 'identity' else ''))
+    if isinstance(frame, Images): values, frame = predict_images(served, frame)  # the log keeps the images' statistics
+    else: values = predict(served, frame)
     request.app.state.log.served(served.name, served.version, frame, values, audit['request_id'], audit.get('key_id'), served.classes)
     return values
 
@@ -229,11 +246,11 @@ async def body_of(request: Request) -> bytes:
 
 # %% ../../nbs/api/32_serve.app.ipynb #df65cd7d
 def v2_metadata(served: Served, versions: list[int]) -> dict:
-    "V2 model metadata: one input per feature, with its datatype and shape [-1]"
+    "V2 model metadata: one input per feature (an image model: `image`, a file per element), with its datatype and shape [-1]"
     f = served.features
-    return {'name': served.name, 'versions': [str(v) for v in versions], 'platform': 'aiinfra-pytorch',
-            'inputs': [{'name': c, 'datatype': 'FP32', 'shape': [-1]} for c in f.get('numeric', [])] +
-                      [{'name': c, 'datatype': 'BYTES', 'shape': [-1]} for c in f.get('categorical', [])],
+    inputs = [{'name': IMAGE_INPUT, 'datatype': 'BYTES', 'shape': [-1]}] if served.reads_images else \
+             [{'name': c, 'datatype': 'FP32', 'shape': [-1]} for c in f.get('numeric', [])] + [{'name': c, 'datatype': 'BYTES', 'shape': [-1]} for c in f.get('categorical', [])]
+    return {'name': served.name, 'versions': [str(v) for v in versions], 'platform': 'aiinfra-pytorch', 'inputs': inputs,
             'outputs': [{'name': served.task.output, 'datatype': 'FP32', 'shape': served.task.output_shape(-1, served.n_classes)}]}
 
 # %% ../../nbs/api/32_serve.app.ipynb #b5c2e5a3
@@ -304,6 +321,9 @@ def _errors(app: FastAPI):
 
     @app.exception_handler(FeatureError)
     async def _feature(request: Request, e: FeatureError): return _noted(request, 422, str(e))
+
+    @app.exception_handler(ImageTooLarge)
+    async def _too_large(request: Request, e: ImageTooLarge): return _noted(request, 413, str(e))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
@@ -390,7 +410,8 @@ async def model_ready(served: Reading): return {'name': served.name, 'ready': Tr
 async def v2_infer(request: Request, name: str, version: str | None = None):
     served = _served(request, await authorize(request, 'predict'), name, version)  # as `Predicting` does, without a dependency to solve
     req = read_v2(await body_of(request), request.headers.get('inference-header-content-length'))
-    values = infer(request, served, frame_from_v2(served.features, req), req.form)
+    inputs = images_from_v2(served.pre, req, request.app.state.max_rows) if served.reads_images else frame_from_v2(served.features, req)
+    values = infer(request, served, inputs, req.form)
     answer = {'model_name': served.name, 'model_version': str(served.version), 'id': req.id, 'parameters': lineage_parameters(request, served)}
     body, headers = encode_v2(answer, served.v2_outputs(values), req)
     return Response(body, headers={**headers, **served.lineage})
@@ -408,7 +429,8 @@ async def v1_model(served: Reading): return {'name': served.name, 'ready': True,
 @v1_routes.post('/v1/models/{name}:predict', openapi_extra=V1_BODY | PREDICT)
 async def v1_predict(request: Request, name: str):
     served = _served(request, await authorize(request, 'predict'), name)
-    values = infer(request, served, frame_from_v1(served.features, read_v1(await body_of(request))))
+    instances = read_v1(await body_of(request))
+    values = infer(request, served, images_from_v1(served.pre, instances, request.app.state.max_rows) if served.reads_images else frame_from_v1(served.features, instances))
     return Response(orjson.dumps({'predictions': values, 'model_name': served.name, 'model_version': str(served.version)}),
                     media_type='application/json', headers=served.lineage)
 

@@ -140,8 +140,7 @@ def _binary_values(name: str, datatype: str, n: int, raw: bytes) -> list:
             if at + 4 > len(raw): raise ServiceError(400, f"input {name!r}: binary BYTES data ends inside element {i} of {n}")
             (size,) = struct.unpack_from('<I', raw, at)
             if at + 4 + size > len(raw): raise ServiceError(400, f"input {name!r}: BYTES element {i} says {size:,} bytes, {len(raw) - at - 4:,} are left")
-            try: out.append(raw[at + 4:at + 4 + size].decode('utf-8'))
-            except UnicodeDecodeError: raise FeatureError(f"input {name!r}: BYTES element {i} is not UTF-8 text") from None
+            out.append(raw[at + 4:at + 4 + size])  # bytes: text is decoded where a feature is text (`frame_from_v2`), an image file is not
             at += 4 + size
         if at != len(raw): raise ServiceError(400, f"input {name!r}: {len(raw) - at:,} bytes left after its {n} BYTES elements")
         return out
@@ -219,6 +218,11 @@ def encode_v2(answer: dict,  # model_name, model_version, id, parameters
     return text + b''.join(raw), {'content-type': 'application/octet-stream', 'inference-header-content-length': str(len(text))}
 
 # %% ../../nbs/api/31a_serve.codecs.ipynb #c99b8fed
+def _text(name: str, values: list) -> list:
+    "BYTES elements as text (binary tensor data carries them as bytes)"
+    try: return [v.decode('utf-8') if isinstance(v, bytes) else v for v in values]
+    except UnicodeDecodeError: raise FeatureError(f"input {name!r}: a BYTES element is not UTF-8 text") from None
+
 def frame_from_v2(features: dict,  # the model's `features` (numeric and categorical columns)
                   req: V2Request) -> pl.DataFrame:
     "The frame of feature columns that a V2 request's inputs describe, checked against the model's features"
@@ -233,6 +237,7 @@ def frame_from_v2(features: dict,  # the model's `features` (numeric and categor
             raise FeatureError(f"input {c!r}: shape {t.shape}: expected [rows] or [rows, 1]")
         if c in numeric and t.datatype not in NUMERIC_TYPES: raise FeatureError(f"input {c!r}: datatype {t.datatype}, expected a number type (FP32, INT64, ...)")
         if c in categorical and t.datatype != 'BYTES': raise FeatureError(f"input {c!r}: datatype {t.datatype}, expected BYTES (text)")
+        if c in categorical: t = Tensor(t.datatype, t.shape, _text(c, t.values))
         if rows is not None and len(t.values) != rows: raise FeatureError(f"input {c!r} has {len(t.values)} rows, the others {rows}")
         rows = len(t.values)
         cols[c] = pl.Series(c, [float(v) if isinstance(v, bool) else v for v in t.values] if t.datatype == 'BOOL' else t.values,
