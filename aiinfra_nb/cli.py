@@ -272,15 +272,17 @@ def projects(root: Path = typer.Option(None, help='default: [portfolio] root'),
 # %% ../nbs/api/50_cli.ipynb #3d133af9
 @app.command('new')
 def new_(name: str = typer.Argument(..., help="the project's name in the store"),
-         data: Path = typer.Option(..., help='a CSV, TSV or parquet file'), target: str = typer.Option(..., help='the column to predict'),
+         data: Path = typer.Option(..., help='a CSV, TSV or parquet file, or a folder of images (one subfolder per class, or with --labels)'),
+         target: str = typer.Option(None, help="a table's column to predict"),
+         labels: Path = typer.Option(None, help="a folder of images' table of path,label (default: each image's subfolder is its label)"),
          task: str = typer.Option(None, help='binary, multiclass or regression (default: inferred)'),
          dir: Path = typer.Option(None, help='where to create it (default: ./NAME)'),
          toolkit: str = typer.Option(None, help="where the project's make installs aiinfra_nb from: a path, git URL or requirement"),
          owner: str = typer.Option(None), description: str = typer.Option(''),
          template: str = typer.Option(None, help='the template: a path or git URL of aiinfra_nb (default: [scaffold] template)')):
-    "Create a project repository from a table: contract, pipeline, DVC, git, filed in the store"
+    "Create a project repository from a table or a folder of images: contract, pipeline, DVC, git, filed in the store"
     from aiinfra_nb.scaffold import new_project
-    made = new_project(name, data, target, task=task, dir=dir, toolkit=toolkit, owner=owner, description=description, template=template)
+    made = new_project(name, data, target, labels=labels, task=task, dir=dir, toolkit=toolkit, owner=owner, description=description, template=template)
     print('\n'.join(made.review()))
 
 @app.command('upgrade')

@@ -14,7 +14,10 @@ from .ops.record import Run, recording
 from .ops.store import query, runs
 from .data.io import Catalog  # noqa: F401  (gives a Project its `catalog`)
 from .models.registry import Registry  # noqa: F401  (and its `registry`)
+from .data.imagesets import ImageContract  # noqa: F401  (gives a Catalog its `image_folder`)
+from .models.images import IMAGE_STATISTICS, ImagePreprocessing, observe
 from .models.tabular import Preprocessor, predict
+from .models.task import task_named
 
 # %% auto #0
 __all__ = ['PRIMARY', 'MONITOR_COLUMNS', 'MonitorError', 'reference', 'task_metrics', 'class_text', 'labelled', 'monitor_model',
@@ -35,8 +38,21 @@ def reference(project: Project, name: str, version: int) -> tuple[dict, pl.DataF
     if file_hash(path) != v['sha256']:
         raise MonitorError(f"{path} is not the file {name} v{version} was validated on (its SHA-256 differs from the model's record): `dvc checkout` it")
     rows = pl.read_parquet(path)
-    values = predict(model, Preprocessor.from_dict(meta['preprocessing']), meta['architecture']['config'].get('task', 'binary'), rows)
+    task = meta['architecture']['config'].get('task', 'binary')
+    if meta['preprocessing'].get('kind') == 'image': return meta, _image_reference(project, model, meta, rows, task)
+    values = predict(model, Preprocessor.from_dict(meta['preprocessing']), task, rows)
     return meta, rows.with_columns(_answer_columns(values, meta))
+
+def _image_reference(project: Project, model, meta: dict, rows: pl.DataFrame, task: str) -> pl.DataFrame:
+    "An image model's validation images (path, sha256, label) with what the prediction log keeps of each, and its answers"
+    import torch
+    if not (dataset := meta['features']['image'].get('dataset')): raise MonitorError(f"{meta['name']} v{meta['version']} does not name its image dataset: retrain it to monitor it")
+    folder = project.catalog.image_folder(dataset)
+    pre, sizes = ImagePreprocessing.from_dict(meta['preprocessing']), []
+    try: x = torch.stack([pre.decode((folder/p).read_bytes(), what=p, sizes=sizes) for p in rows['path']])
+    except FileNotFoundError as e: raise MonitorError(f"a validation image of {meta['name']} v{meta['version']} is not here ({e.filename}): `dvc pull` the image dataset") from None
+    out, stats = observe(model, x, sizes)
+    return rows.with_columns(*[pl.Series(k, v, pl.Float64) for k, v in stats.items()], *_answer_columns(task_named(task).activate(out).tolist(), meta))
 
 def _answer_columns(values: list, meta: dict) -> list[pl.Series]:
     from aiinfra_nb.ops.predictions import answers
@@ -111,7 +127,7 @@ def monitor_model(project: Project, name: str,
     rows = rows.filter(pl.col('model_version') == version)
     meta, ref = reference(project, name, version)
     f, task = meta['features'], meta['architecture']['config'].get('task', 'binary')
-    numeric, categorical = list(f.get('numeric') or []), list(f.get('categorical') or [])
+    numeric, categorical = (list(IMAGE_STATISTICS), []) if f.get('image') else (list(f.get('numeric') or []), list(f.get('categorical') or []))
     stored = [feature_column(c) for c in numeric + categorical]
     kept = rows.filter(~pl.all_horizontal(pl.col(c).is_null() for c in stored)) if stored and set(stored) <= set(rows.columns) else rows.clear()
     answer = 'predicted' if task == 'multiclass' else 'prediction'

@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from fastcore.basics import AttrDict
 from .core import AiinfraError, Project, run_tool
 from .data.contracts import Inference, infer_project
+from .data.imagesets import ImageInference, infer_images
+from .data.io import Catalog
+from .data.labels import LabelStore
 from .data.sources import read_table
 from .ops.stages import sync_stages
 from .ops.store import projects, query, store_url, writing
@@ -77,7 +80,7 @@ class NewProject:
     "What `new_project` made, and what a person should review"
     name: str
     path: Path
-    inference: Inference
+    inference: Inference | ImageInference
     template: str
     commit: str | None
     steps: list[str] = field(default_factory=list)
@@ -85,7 +88,8 @@ class NewProject:
     def review(self) -> list[str]:
         return [f"project {self.name!r} created in {self.path} (template {self.template} at {self.commit or 'its working tree'})",
                 *self.inference.review(),
-                f"review contracts/{self.name}.json (each column's role) and params.yaml (task, training), then: cd {self.path} && make demo"]
+                f"review contracts/{self.name}.json ({'formats, modes, sizes, classes' if isinstance(self.inference, ImageInference) else 'each column' + chr(39) + 's role'}) "
+                f"and params.yaml (task, training), then: cd {self.path} && make demo"]
 
     def _repr_markdown_(self): return '\n'.join(f'- {line}' for line in self.review())
 
@@ -98,10 +102,26 @@ def _git_identity(owner: str) -> dict:
     return {} if known else {'GIT_AUTHOR_NAME': owner, 'GIT_AUTHOR_EMAIL': f'{owner}@localhost',
                              'GIT_COMMITTER_NAME': owner, 'GIT_COMMITTER_EMAIL': f'{owner}@localhost'}
 
+# %% ../nbs/api/45_scaffold.ipynb #d45a0002
+def _inferred(name: str, data: Path, target: str | None, task: str | None, labels: str | Path | None) -> Inference | ImageInference:
+    "What `data` says about the project to make: a table's inference, or a folder of images'"
+    if data.is_dir():
+        if target not in (None, 'label'): raise ScaffoldError(f"{data} is a folder of images: it has no target column (its labels are its subfolders, or --labels FILE)")
+        if task not in (None, 'binary', 'multiclass'): raise ScaffoldError(f"task {task!r}: images are classified here (binary or multiclass)")
+        inference = infer_images(name, data, labels)
+        if task == 'binary' and len(inference.classes) != 2: raise ScaffoldError(f"task 'binary' needs two classes; {data} has {len(inference.classes)}")
+        return inference
+    if labels: raise ScaffoldError("--labels names the labels of a folder of images; a table's labels are its target column")
+    if not target: raise ScaffoldError(f"{data} is a table: name the column to predict (--target)")
+    inference = infer_project(name, read_table(data).frame, target, task)
+    _check_literal('target column', target); _check_literal('time column', inference.time_column)
+    return inference
+
 # %% ../nbs/api/45_scaffold.ipynb #4ce4928f
 def new_project(name: str,  # the project's name in the store (and its folder's, by default)
-                data: str | Path,  # a CSV, TSV or parquet file: copied into the project, tracked by DVC
-                target: str,  # the column to predict
+                data: str | Path,  # a CSV, TSV or parquet file, or a folder of images: copied into the project, tracked by DVC
+                target: str | None = None,  # a table's column to predict (a folder of images: its labels)
+                labels: str | Path | None = None,  # a folder of images' table of path,label; default: each image's subfolder is its label
                 task: str | None = None,  # binary, multiclass or regression; default: inferred from the target
                 dir: str | Path | None = None,  # where to create it (an absent or empty folder); default: ./NAME
                 toolkit: str | None = None,  # where the project's `make` installs aiinfra_nb from (path, git URL, requirement)
@@ -119,13 +139,12 @@ def new_project(name: str,  # the project's name in the store (and its folder's,
     engine = project.engine
     _check_unregistered(name, engine)
     src = template_source(project.settings, template)
-    frame = read_table(data).frame
-    inference = infer_project(name, frame, target, task)
-    _check_literal('target column', target); _check_literal('time column', inference.time_column)
+    inference = _inferred(name, Path(data), target, task, labels)
     owner = owner or getpass.getuser()
     made = not dest.exists()
     try:
-        result = _make(ProjectPlan(name, Path(data), dest, inference, src, vcs_ref, owner, description, toolkit, store_url(project.settings), answers or {}))
+        result = _make(ProjectPlan(name, Path(data), dest, inference, src, vcs_ref, owner, description, toolkit, store_url(project.settings), answers or {},
+                                   Path(labels) if labels else None))
         with writing(engine) as conn:
             conn.execute(projects.insert().values(name=name, description=description, repo=str(dest), owner=owner, created_at=time.time()))
         return result
@@ -145,10 +164,11 @@ def _parameters(notebook: Path) -> dict:
 def _check_rendered(dest: Path, answers: dict):
     "Parse what the template wrote and check each value came out as given: nothing pasted into a file changed its shape"
     import configparser
-    nbs = dest/'nbs'/'pipelines'
+    nbs, images = dest/'nbs'/'pipelines', answers['data_kind'] == 'images'
     want = {'ingest': dict(source=f"data/source/{answers['data_file']}", contract=f"contracts/{answers['project_name']}.json"),
-            'train': {k: answers[k] for k in ('model_name', 'target', 'task', 'split', 'time_column', 'batch_size', 'max_epochs')},
+            'train': {k: answers[k] for k in ('model_name', 'task', 'batch_size', 'max_epochs', *(() if images else ('target', 'split', 'time_column')))},
             'evaluate': dict(model_name=answers['model_name'])}
+    if images: want['ingest']['labels'] = f"data/source/{answers['labels_file']}" if answers['labels_file'] else ""
     for stage, values in want.items():
         try: got = _parameters(nbs/f'{stage}.ipynb')
         except (ValueError, SyntaxError, StopIteration, KeyError) as e: raise ScaffoldError(f"the template wrote a {stage} notebook that does not parse ({e})") from None
@@ -169,8 +189,8 @@ def training_budget(rows: int, val_fraction: float = 0.2, steps: int = 300) -> d
     per_epoch = math.ceil(rows * (1 - val_fraction) / batch)
     return dict(batch_size=batch, max_epochs=int(min(100, max(2, math.ceil(steps / per_epoch)))))
 
-def _track_data(dest: Path, path: str):
-    "`dvc init` (analytics off) and `dvc add path`, through DVC's Python API (a third of a second, against a second for the commands)"
+def _track_data(dest: Path, *paths: str):
+    "`dvc init` (analytics off) and `dvc add` of each path, through DVC's Python API (a third of a second, against a second for the commands)"
     import logging
     from dvc.repo import Repo
     log = logging.getLogger('dvc')
@@ -178,7 +198,7 @@ def _track_data(dest: Path, path: str):
     try:
         with Repo.init(str(dest)) as repo:
             with repo.config.edit() as conf: conf['core']['analytics'] = False
-            repo.add([str(dest/path)])
+            repo.add([str(dest/p) for p in paths])
     finally: log.setLevel(level)
 
 # %% ../nbs/api/45_scaffold.ipynb #c1a3284d
@@ -186,7 +206,7 @@ def _track_data(dest: Path, path: str):
 class ProjectPlan:
     "What `new_project` decided before anything is written: the names, the data and its inference, the template, the answers"
     name: str
-    data: Path  # the table to copy in
+    data: Path  # the table, or the folder of images, to copy in
     dest: Path  # an absent or empty folder
     inference: Inference
     template: str  # a path or git URL (`template_source`)
@@ -196,14 +216,16 @@ class ProjectPlan:
     toolkit: str | None  # where the project's `make` installs aiinfra_nb from; default: the template
     store_url: str  # the store the new project records to: the maker's
     answers: dict  # more copier answers
+    labels: Path | None = None  # a folder of images' table of path,label
 
 # %% ../nbs/api/45_scaffold.ipynb #6ff79c92
 def _make(plan: ProjectPlan) -> NewProject:
     "Render the template into `plan.dest`, add the data, contract and stages, and make the first commit"
     import copier, yaml, warnings
     name, data, dest, inference, src, owner = plan.name, plan.data, plan.dest, plan.inference, plan.template, plan.owner
-    file = data_file_name(data)
+    file, images = data_file_name(data), isinstance(inference, ImageInference)
     answers = dict(project_name=name, description=plan.description, owner=owner, model_name=name, data_file=file,
+                   data_kind='images' if images else 'table', labels_file='labels.csv' if plan.labels else '',
                    target=inference.target, task=inference.task, split='time' if inference.time_column else 'random',
                    time_column=inference.time_column, store_url=plan.store_url, toolkit=plan.toolkit or src, toolkit_python=sys.executable,
                    **training_budget(inference.rows - inference.null_target_rows)) | plan.answers
@@ -218,13 +240,23 @@ def _make(plan: ProjectPlan) -> NewProject:
     _check_rendered(dest, answers)
     steps = [f"rendered the template {src}"] + ([f"the data file {data.name!r} is data/source/{file}"] if file != data.name else [])
     (dest/'data'/'source').mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data, dest/'data'/'source'/file)
-    inference.contract.save(dest/'contracts'/f'{name}.json')
+    tracked = [f'data/source/{file}']
+    if images:
+        skip = plan.labels.resolve() if plan.labels else None  # a labels table inside the folder is copied beside it, not as an image
+        shutil.copytree(data, dest/'data'/'source'/file, ignore=lambda d, names: [n for n in names if n.startswith('.') or Path(d, n).resolve() == skip])
+        if plan.labels: shutil.copyfile(plan.labels, dest/'data'/'source'/'labels.csv'); tracked.append('data/source/labels.csv')
+        (dest/'contracts'/f'{name}.json').write_text(inference.contract.to_json())
+        store = LabelStore(Catalog(dest/'data'), 'raw/images')
+        store.catalog.save(store.read(), store.name)  # none yet: the file the etl stage depends on, that the Labeller fills
+        steps.append("an empty labels dataset in data/labels/ for the notebook's Labeller (versioned by git)")
+    else:
+        shutil.copyfile(data, dest/'data'/'source'/file)
+        inference.contract.save(dest/'contracts'/f'{name}.json')
     steps += sync_stages(dest)
     (dest/'params.yaml').write_text(PARAMS_HEADER + (dest/'params.yaml').read_text())
     identity = _git_identity(owner)
     _run(['git', 'init', '-q', '-b', 'main'], dest, 'git init')
-    _track_data(dest, f'data/source/{file}')
+    _track_data(dest, *tracked)
     _run(['git', 'add', '-A'], dest, 'git add')
     _run(['git', 'commit', '-q', '-m', f'new project {name} (aiinfra new)'], dest, 'git commit', identity)
     commit = (yaml.safe_load((dest/'.copier-answers.yml').read_text()) or {}).get('_commit')

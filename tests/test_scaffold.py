@@ -222,3 +222,46 @@ def test_a_hostile_file_name_or_column_cannot_inject_code(tmp_path, sqlite_url, 
     r = aiinfra('new', 'columns', '--data', tmp_path/'cols.csv', '--target', '$(touch PWN)', '--dir', tmp_path/'columns', check=False)
     assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'cannot go into a pipeline parameter' in r.stderr, r.stderr
     assert not (tmp_path/'columns').exists() and not list(tmp_path.rglob('PWN'))
+
+
+@pytest.mark.e2e
+def test_a_folder_of_images_becomes_a_project_that_trains_and_serves_images(tmp_path, sqlite_url, monkeypatch):
+    "`aiinfra new --data FOLDER` on the digits (half labelled by a table, a few more in the notebook's labels): dvc repro, accuracy >= 0.9 on the held-out images, a card, V1 b64 and V2 answers"
+    import base64
+    from aiinfra_nb.data.imagesets import digits_folder
+    from aiinfra_nb.data.io import Catalog
+    from aiinfra_nb.data.labels import LabelStore
+    from sklearn.datasets import load_digits
+    target = load_digits().target  # the truth of image i (digits_folder writes images/{i:04d}.png)
+    monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
+    folder = digits_folder(tmp_path/'digits', layout='table', labelled=1500)
+    made = aiinfra('new', 'digits', '--data', folder, '--labels', folder/'labels.csv', '--dir', tmp_path/'digits-project')
+    assert '1,797 images (8×8 (1,797)); 1,500 labelled in 10 classes: multiclass' in made.stdout and '297 images have no label' in made.stdout, made.stdout
+    proj = tmp_path/'digits-project'
+    assert (proj/'data/source/labels.csv').is_file() and not (proj/'data/source/digits/labels.csv').exists()
+    store = LabelStore(Catalog(proj/'data'), 'raw/images')  # a person labels ten more in the notebook (the Labeller writes these rows)
+    for i in range(1500, 1510): store.put(f'images/{i:04d}.png', str(target[i]), 'ana')
+    in_project(['dvc', 'repro'], proj)
+    labels = pl.read_parquet(proj/'data/processed/labels.parquet')
+    assert labels['label'].drop_nulls().len() == 1510
+    metrics = json.loads((proj/'data/eval/metrics.json').read_text())
+    assert metrics['accuracy'] >= 0.9 and metrics['rows'] > 200, metrics
+    confusion = pl.read_csv(proj/'data/eval/confusion.csv')
+    assert confusion.height == 10 and confusion.drop('class').sum_horizontal().sum() == metrics['rows']
+    card = open_local_page(proj/'data/cards/digits/v1.html', 'card-images.png')
+    assert card['errors'] == [] and 'image (L)' in card['text'] and '8×8 pixels' in card['text'], card['text'][:2000]
+    in_project([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests'], proj)  # the project's own tests
+    key = json.loads(in_project([str(BIN/'aiinfra'), 'keys', 'create', '--name', 'tester', '--role', 'predict', '--json'], proj).stdout)['secret']
+    test = pl.read_parquet(proj/'data/raw/images.parquet').filter(pl.col('split') == 'test').head(20)
+    files = [(proj/'data/raw/images'/p).read_bytes() for p in test['path']]
+    truth = [str(target[int(p[len('images/'):-len('.png')])]) for p in test['path']]
+    with serving(proj, {k: v for k, v in os.environ.items() if k != 'AIINFRA_DB_URL'}) as base:
+        auth = {'Authorization': f'Bearer {key}'}
+        v1 = httpx.post(f'{base}/v1/models/digits:predict', json={'instances': [{'image': {'b64': base64.b64encode(f).decode()}} for f in files]}, headers=auth)
+        assert v1.status_code == 200, v1.text
+        said = [str(max(range(10), key=lambda k: p[k])) for p in v1.json()['predictions']]
+        assert sum(a == b for a, b in zip(said, truth)) >= 16, (said, truth)
+        v2 = httpx.post(f'{base}/v2/models/digits/infer', json={'inputs': [{'name': 'image', 'datatype': 'BYTES', 'shape': [1], 'data': [base64.b64encode(files[0]).decode()]}]}, headers=auth)
+        assert v2.status_code == 200 and v2.json()['outputs'][0]['shape'] == [1, 10], v2.text
+        bad = httpx.post(f'{base}/v1/models/digits:predict', json={'instances': [{'image': {'b64': base64.b64encode(b'not a png').decode()}}]}, headers=auth)
+        assert bad.status_code == 422 and 'instance 0: not a PNG or JPEG image' in bad.json()['error']

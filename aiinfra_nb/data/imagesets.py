@@ -15,7 +15,8 @@ from .contracts import ContractError
 from .io import Catalog, DatasetError
 
 # %% auto #0
-__all__ = ['PROBLEMS', 'MANIFEST', 'ImageContract', 'ImageProblem', 'inspect_image', 'png_bomb', 'scan_images', 'digits_folder']
+__all__ = ['PROBLEMS', 'MANIFEST', 'SIDE_FILES', 'ImageContract', 'ImageProblem', 'inspect_image', 'png_bomb', 'scan_images',
+           'digits_folder', 'ImageInference', 'infer_images']
 
 # %% ../../nbs/api/15_data.imagesets.ipynb #a1f00006
 @dataclass
@@ -109,6 +110,8 @@ def _split(sha: str, validation: float, test: float) -> str:
     u = int(sha[:8], 16) / 16**8
     return 'validation' if u < validation else 'test' if u < validation + test else 'train'
 
+SIDE_FILES = ('.csv', '.tsv', '.parquet', '.json', '.md', '.txt')  # a folder's tables and notes: not images, left out of the scan
+
 def scan_images(folder: str | Path, contract: ImageContract,
                 labels: str | Path | None = None,  # a table of path,label; default: each image's subfolder is its label
                 validation: float = 0.15, test: float = 0.15,  # the shares held out, drawn from each image's hash
@@ -118,7 +121,7 @@ def scan_images(folder: str | Path, contract: ImageContract,
     if not folder.is_dir(): raise DatasetError(f"{folder} is not a folder of images")
     table = _labels_table(folder, labels) if labels else None
     files = sorted(p for p in folder.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(folder).parts)
-                   and (labels is None or p.resolve() != Path(labels).resolve()))
+                   and p.suffix.lower() not in SIDE_FILES and (labels is None or p.resolve() != Path(labels).resolve()))
     rows, problems = [], {k: [] for k in PROBLEMS}
     for p in tqdm(files, desc=f'images of {folder.name}', unit=' files', disable=not progress):
         rel = p.relative_to(folder).as_posix()
@@ -212,3 +215,38 @@ def digits_folder(dest: str | Path,
         k = len(rows) if labelled is None else labelled
         pl.DataFrame({'path': [r for r, _ in rows[:k]], 'label': [y for _, y in rows[:k]]}).write_csv(dest/'labels.csv')
     return dest
+
+# %% ../../nbs/api/15_data.imagesets.ipynb #a1f00031
+@dataclass
+class ImageInference:
+    "What a folder of images says about the project to make of it"
+    contract: ImageContract
+    task: str  # binary or multiclass
+    images: int
+    labelled: int
+    classes: dict[str, int]  # class -> labelled images
+    sizes: dict[str, int]  # 'W×H' -> images
+
+    @property
+    def rows(self) -> int: return self.labelled  # what training learns from (for its batch size and epochs)
+    target, null_target_rows, time_column = 'label', 0, ''
+
+    def review(self) -> list[str]:
+        sizes = ', '.join(f"{s} ({n:,})" for s, n in sorted(self.sizes.items(), key=lambda x: -x[1])[:3])
+        lines = [f"{self.images:,} images ({sizes}{' …' if len(self.sizes) > 3 else ''}); {self.labelled:,} labelled in {len(self.classes)} classes: {self.task}",
+                 'classes: ' + ', '.join(f"{c} ({n:,})" for c, n in self.classes.items())]
+        if unlabelled := self.images - self.labelled: lines.append(f"{unlabelled:,} images have no label: label them in the notebook (data.labels.Labeller); the pipeline leaves them out until then")
+        return lines
+
+def infer_images(name: str, folder: str | Path,
+                 labels: str | Path | None = None,  # a table of path,label; default: each image's subfolder is its label
+                 progress: bool = True) -> ImageInference:
+    "The contract, task and counts of a folder of images, or a `ContractError` naming what is wrong"
+    manifest = scan_images(folder, ImageContract(name), labels, progress=progress)
+    labelled = manifest.drop_nulls('label')
+    classes = dict(sorted(labelled.group_by('label').len().iter_rows()))
+    if len(classes) < 2: raise ContractError(f"{folder}: {len(classes)} class(es) labelled ({', '.join(classes) or 'none'}): a classifier needs two; "
+                                             "label some images (one subfolder per class, a labels table, or the notebook's Labeller) first")
+    contract = ImageContract(name, formats=sorted(set(manifest['format'])), modes=sorted(set(manifest['mode'])), classes=sorted(classes))
+    sizes = dict(manifest.group_by(pl.format('{}×{}', 'width', 'height').alias('s')).len().iter_rows())
+    return ImageInference(contract, 'binary' if len(classes) == 2 else 'multiclass', manifest.height, labelled.height, classes, sizes)

@@ -90,7 +90,9 @@ def card_sections(d: dict) -> list[tuple[str, str]]:
     pre = d['preprocessing'] or {}
     feats = _table([dict(feature=k, kind='numeric', detail=f"mean {v.get('mean', 0):.4g}, std {v.get('std', 0):.4g}") for k, v in (pre.get('numeric') or {}).items()]
                    + [dict(feature=k, kind='categorical', detail=f"{len(v)} values: {', '.join(map(str, v[:8]))}{' ...' if len(v) > 8 else ''}")
-                      for k, v in (pre.get('categorical') or {}).items()], ['feature', 'kind', 'detail'])
+                      for k, v in (pre.get('categorical') or {}).items()]
+                   + ([dict(feature='image', kind=f"image ({pre['mode']})", detail=f"{pre['size'][0]}×{pre['size'][1]} pixels (others resized); {', '.join(pre['formats'])} files of at most {pre['max_pixels']:,} pixels")]
+                      if pre.get('kind') == 'image' else []), ['feature', 'kind', 'detail'])
     training = fields_html({**{k: v for k, v in (t.get('params') or {}).items() if not isinstance(v, (dict, list))}, 'run': t.get('id'), 'status': t.get('status'),
                             'duration_s': t.get('duration_s'), 'cost': money(t['cost']) if t.get('cost') is not None else None, 'host': t.get('host')})
     if d['curves']:

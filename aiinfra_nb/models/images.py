@@ -14,7 +14,7 @@ from .tabular import ModelError
 from .task import task_named
 
 # %% auto #0
-__all__ = ['ImagePreprocessing', 'ImageTooLarge', 'SmallCNN', 'channel_stats']
+__all__ = ['IMAGE_STATISTICS', 'ImagePreprocessing', 'ImageTooLarge', 'SmallCNN', 'channel_stats', 'observe']
 
 # %% ../../nbs/api/08b_models.images.ipynb #a2b00006
 @dataclass
@@ -114,3 +114,20 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     f = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255
     std = f.std(dim=1).clamp(min=1e-3) if f.shape[1] > 1 else torch.ones(x.shape[1], dtype=torch.float64)
     return f.mean(dim=1).tolist(), std.tolist()
+
+# %% ../../nbs/api/08b_models.images.ipynb #a2b00022
+IMAGE_STATISTICS = ['width', 'height', 'brightness', 'contrast', 'embedding_norm']  # what is kept of each image instead of its pixels
+
+@torch.inference_mode()
+def observe(model: nn.Module, x: torch.Tensor,  # the model's input [N, C, H, W]: uint8, or floats in [0, 1]
+            sizes: list[tuple[int, int]],  # each image's own (width, height)
+           ) -> tuple[torch.Tensor, dict[str, list]]:
+    "The model's outputs for `x`, and each image's statistics (`IMAGE_STATISTICS`)"
+    f = x.flatten(1).float() / (255 if x.dtype == torch.uint8 else 1)
+    if hasattr(model, 'embed') and hasattr(model, 'head'):
+        e = model.embed(x)
+        out, norm = model.head(e), e.norm(dim=1).tolist()
+        out = out if out.shape[1] > 1 else out.squeeze(-1)
+    else: out, norm = model(x), [None] * len(x)
+    return out, dict(width=[w for w, _ in sizes], height=[h for _, h in sizes], brightness=f.mean(1).tolist(),
+                     contrast=f.std(1, correction=0).tolist(), embedding_norm=norm)

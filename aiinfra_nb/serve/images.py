@@ -6,7 +6,6 @@
 from __future__ import annotations
 import base64, binascii
 from dataclasses import dataclass
-import polars as pl
 import torch
 from ..core import FeatureError
 from ..models.images import ImagePreprocessing
@@ -20,14 +19,9 @@ IMAGE_INPUT = 'image'  # the one input of an image model, in V2 and V1
 
 @dataclass
 class Images:
-    "A request's images: the model's input [N, C, H, W], and each image's statistics for the prediction log"
+    "A request's images: the model's input [N, C, H, W], and each one's own (width, height)"
     x: torch.Tensor
-    stats: pl.DataFrame  # width, height (the image's own), brightness, contrast
-
-def _stats(x: torch.Tensor, sizes: list[tuple[int, int]]) -> pl.DataFrame:
-    f = x.flatten(1).float() / (255 if x.dtype == torch.uint8 else 1)
-    return pl.DataFrame({'width': [w for w, _ in sizes], 'height': [h for _, h in sizes], 'brightness': f.mean(1).tolist(),
-                         'contrast': f.std(1, correction=0).tolist()}, schema={'width': pl.Int64, 'height': pl.Int64, 'brightness': pl.Float64, 'contrast': pl.Float64})
+    sizes: list[tuple[int, int]]
 
 # %% ../../nbs/api/31b_serve.images.ipynb #a31b0008
 def _bytes(value, what: str) -> bytes:
@@ -43,7 +37,7 @@ def decoded(pre: ImagePreprocessing, files: list, what: str,  # files: bytes or 
     sizes = []
     x = torch.stack([pre.decode(_bytes(f, f"{what} {i}"), what=f"{what} {i}", sizes=sizes) for i, f in enumerate(files)]) if files else \
         torch.empty(0, pre.channels, *pre.size, dtype=torch.uint8)
-    return Images(x, _stats(x, sizes))
+    return Images(x, sizes)
 
 # %% ../../nbs/api/31b_serve.images.ipynb #a31b0011
 def images_from_v2(pre: ImagePreprocessing, req: V2Request, max_images: int) -> Images:
@@ -64,7 +58,7 @@ def images_from_v2(pre: ImagePreprocessing, req: V2Request, max_images: int) -> 
     x = torch.tensor(t.values, dtype=torch.uint8 if t.datatype == 'UINT8' else torch.float32).view(t.shape)
     if t.datatype == 'FP32' and x.numel() and not (0 <= x.min() and x.max() <= 1):
         raise FeatureError(f"input {IMAGE_INPUT!r}: FP32 pixels must be from 0 to 1")
-    return Images(x, _stats(x, [(pre.size[1], pre.size[0])] * t.shape[0]))
+    return Images(x, [(pre.size[1], pre.size[0])] * t.shape[0])
 
 # %% ../../nbs/api/31b_serve.images.ipynb #a31b0014
 def images_from_v1(pre: ImagePreprocessing, instances: list[dict], max_images: int) -> Images:

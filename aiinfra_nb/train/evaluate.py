@@ -101,11 +101,15 @@ def per_class(matrix: pl.DataFrame,  # `confusion`
 def score_images(model: torch.nn.Module, meta: dict,  # a registered image model and its metadata (`Registry.load`)
                  catalog: Catalog, dataset: str,  # the image dataset
                  split: str = 'test',  # the manifest's split: 'train', 'validation' or 'test'
+                 labels: str | None = None,  # a dataset of path,label (the etl stage's); default: the folder's labels, the notebook's over them
                  batch_size: int = 1024) -> tuple[dict, pl.DataFrame]:
     "An image model's metrics on a split of an image dataset, and its confusion matrix"
     pre, f = ImagePreprocessing.from_dict(meta['preprocessing']), meta['features']
     classes = [str(c) for c in f['classes']]
-    rows = with_labels(catalog.images(dataset), LabelStore(catalog, dataset).read(), key='path').filter((pl.col('split') == split) & pl.col('label').is_not_null())
+    m = catalog.images(dataset)
+    if labels: m = m.drop('label').join(catalog.load(labels).collect().select('path', pl.col('label').cast(pl.String)).unique('path'), on='path', how='left')
+    else: m = with_labels(m, LabelStore(catalog, dataset).read(), key='path')
+    rows = m.filter((pl.col('split') == split) & pl.col('label').is_not_null())
     known = rows.filter(pl.col('label').is_in(classes))
     if not known.height: raise RegistryError(f"image dataset {dataset!r} has no labelled {split} image of the model's classes ({', '.join(classes)})")
     x = torch.stack([pre.decode(Path(file).read_bytes(), what=path) for file, path in zip(known['file'], known['path'])])

@@ -34,7 +34,7 @@ class ImageDataModule(ptl.LightningDataModule):
                  task: str = 'multiclass',  # 'binary' or 'multiclass'
                  size: list[int] | None = None,  # [height, width] of the model's input; default: the images' most common size
                  mode: str | None = None,  # 'L' or 'RGB'; default: 'L' when every image is grey, else 'RGB'
-                 labels: bool = True,  # apply the labels given in the notebook (`data.labels`) over the folder's
+                 labels: bool | str = True,  # True: the labels given in the notebook (`data.labels`) over the folder's; a dataset name: its path,label table (the etl stage's)
                  augment: dict | None = None,  # random changes of each training batch (`train.system.augmentation`), e.g. dict(degrees=10, translate=0.1)
                  batch_size: int = 256, seed: int = 0,
                  cache: str | Path | None = None,  # where decoded tensors are kept; default: a folder under the system's temporary directory
@@ -75,7 +75,11 @@ def setup(self: ImageDataModule, stage: str | None = None):
     if self.train_set is not None: return
     cat = self.catalog if isinstance(self.catalog, Catalog) else Catalog(self.catalog)
     m = cat.images(self.data)
-    if self.labels: m = with_labels(m, LabelStore(cat, self.data).read(), key='path')
+    if isinstance(self.labels, str):  # the final labels as a stage wrote them: a label (or none) per path
+        given = cat.load(self.labels).collect()
+        if missing := {'path', 'label'} - set(given.columns): raise TrainingError(f"labels dataset {self.labels!r} has no column {', '.join(sorted(missing))}: it needs path,label")
+        m = m.drop('label').join(given.select('path', pl.col('label').cast(pl.String)).unique('path'), on='path', how='left')
+    elif self.labels: m = with_labels(m, LabelStore(cat, self.data).read(), key='path')
     rows = m.filter(pl.col('label').is_not_null())
     self.unlabelled = m.height - rows.height
     if problem := task_named(self.task).target_problem(rows['label'].alias('label'), f' among the {rows.height:,} labelled images'): raise TrainingError(problem)
@@ -103,7 +107,7 @@ def network_inputs(self: ImageDataModule) -> dict:
 @patch
 def features(self: ImageDataModule) -> dict:
     "The model's input and target, as the registry keeps them (after `setup`)"
-    return dict(image=dict(size=self.preprocessor.size, mode=self.preprocessor.mode), target=self.target, task=self.task, classes=self.classes)
+    return dict(image=dict(dataset=self.data, size=self.preprocessor.size, mode=self.preprocessor.mode), target=self.target, task=self.task, classes=self.classes)
 
 @patch
 def train_dataloader(self: ImageDataModule): return indexed_loader(self.train_set, self.batch_size, True, self.seed, self.trainer)
