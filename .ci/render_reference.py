@@ -1,5 +1,5 @@
 """The flights pipeline of this repository is an instance of the project template: its train and evaluate notebooks are
-the template's, rendered with the answers below. Run it after changing template/nbs/pipelines/{train,evaluate}.ipynb.jinja;
+the template's, rendered with the answers below. Run it after changing the template's table notebooks (template/nbs/pipelines/, train and evaluate);
 with --check it fails instead when the repository's copies differ (so the two cannot drift apart)."""
 import shutil, sys, tempfile, warnings
 from pathlib import Path

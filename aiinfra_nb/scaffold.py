@@ -108,7 +108,7 @@ def _inferred(name: str, data: Path, target: str | None, task: str | None, label
     if data.is_dir():
         if target not in (None, 'label'): raise ScaffoldError(f"{data} is a folder of images: it has no target column (its labels are its subfolders, or --labels FILE)")
         if task not in (None, 'binary', 'multiclass'): raise ScaffoldError(f"task {task!r}: images are classified here (binary or multiclass)")
-        inference = infer_images(name, data, labels)
+        inference = infer_images(name, data, labels, progress=sys.stderr.isatty())  # a bar for a person, none in a log
         if task == 'binary' and len(inference.classes) != 2: raise ScaffoldError(f"task 'binary' needs two classes; {data} has {len(inference.classes)}")
         return inference
     if labels: raise ScaffoldError("--labels names the labels of a folder of images; a table's labels are its target column")

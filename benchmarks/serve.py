@@ -57,6 +57,11 @@ def wait_ready(url: str, proc: subprocess.Popen):
     sys.exit('server did not start')
 
 
+def ensure_wrk():
+    "wrk, installed from the Debian package when missing"
+    if not shutil.which('wrk'): subprocess.run(['apt-get', 'install', '-y', '-q', 'wrk'], check=True, capture_output=True)
+
+
 def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[float, float]:
     "(requests/s, p99 ms) of one wrk run"
     out = subprocess.run(['wrk', '-t2', f'-c{connections}', f'-d{seconds}s', '--latency', '-s', str(script), url],
@@ -109,7 +114,7 @@ def main():
     ap.add_argument('--rounds', type=int, default=2)
     ap.add_argument('--connections', type=int, default=16)
     a = ap.parse_args()
-    if not shutil.which('wrk'): subprocess.run(['apt-get', 'install', '-y', '-q', 'wrk'], check=True, capture_output=True)
+    ensure_wrk()
     tmp = Path(tempfile.mkdtemp())
     env, reg, key = delay_model(tmp)
     (tmp/'bare.py').write_text(BARE)

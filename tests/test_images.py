@@ -3,6 +3,7 @@ clients: Triton's `tritonclient` with its defaults (the files as binary BYTES) a
 and FP32 tensors, V1 `{"b64": ...}` instances through curl; bad images are 422s naming the instance, too many pixels or
 images 413s; the prediction log keeps each image's statistics, not its pixels."""
 import base64, io, json, subprocess
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -30,7 +31,7 @@ def digits_service(tmp_path, sqlite_url, monkeypatch):
     cat = Catalog(tmp_path/'data')
     cat.save_images(digits_folder(tmp_path/'digits'), 'raw/digits', progress=False)
     res = fit(ImageDataModule('raw/digits', catalog=cat, batch_size=64, cache=tmp_path/'cache', progress=False),
-              name='digits', lr=0.01, max_epochs=8, registry=svc.registry, progress=False, accelerator='cpu')
+              name='digits', lr=0.01, max_epochs=8, registry=svc.registry, validation_catalog=cat, progress=False, accelerator='cpu')
     assert res.status == 'finished', res
     svc.registry.promote('digits', res.model_version)
     svc.key = create_key('k', 'predict', engine=svc.registry.engine)['secret']
@@ -100,3 +101,9 @@ def test_digits_served_to_real_clients_in_every_form(digits_service):
     assert not [c for c in log.columns if 'pixel' in c or c == 'image']
     served = log.filter(pl.col('width').is_not_null())
     assert served.height >= 4 * len(files) and set(served['width']) == {8} and served['embedding_norm'].min() > 0
+
+    from aiinfra_nb.core import Project
+    from aiinfra_nb.monitor import monitor_model
+    checked = monitor_model(Project.here(), 'digits')  # the served images' statistics against the validation images'
+    assert {'drift/share', 'drift/brightness', 'drift/embedding_norm', 'drift/prediction'} <= set(checked['metrics']), checked
+    assert checked['metrics']['rows'] == served.height and Path(checked['report']).is_file()

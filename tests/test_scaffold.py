@@ -178,7 +178,7 @@ def test_upgrade_from_the_previous_template_keeps_a_local_edit(tmp_path, sqlite_
     etl.write_text(json.dumps(nb, indent=1) + '\n')
     _git(proj, 'commit', '-qam', 'our note')
 
-    train = template/'template/nbs/pipelines/train.ipynb.jinja'
+    train = template/'template/nbs/pipelines'/"{% if data_kind == 'table' %}train.ipynb{% endif %}.jinja"
     text = train.read_text()
     text = text.replace('"seed = 0  # seeds the split, the initialisation and the batch order"',
                         '"seed = 0  # seeds the split, the initialisation and the batch order\\n",\n    "gradient_clip_val = 1.0  # clip gradients above this norm (Lightning)"')
@@ -208,7 +208,7 @@ def test_a_hostile_file_name_or_column_cannot_inject_code(tmp_path, sqlite_url, 
     proj = tmp_path/'hostile'
     ingest = json.loads((proj/'nbs/pipelines/ingest.ipynb').read_text())
     import re
-    template_ids = re.findall(r'"id": "(\w+)"', (ROOT/'template/nbs/pipelines/ingest.ipynb.jinja').read_text())
+    template_ids = re.findall(r'"id": "(\w+)"', (ROOT/'template/nbs/pipelines'/"{% if data_kind == 'table' %}ingest.ipynb{% endif %}.jinja").read_text())
     assert [c['id'] for c in ingest['cells']] == template_ids  # the template's cells, and no other
     assert not any(''.join(c['source']).lstrip().startswith('__import__') for c in ingest['cells'])
     assert [p.name for p in (proj/'data/source').iterdir() if not p.name.endswith('.dvc') and p.name != '.gitignore'] == [
@@ -264,4 +264,27 @@ def test_a_folder_of_images_becomes_a_project_that_trains_and_serves_images(tmp_
         v2 = httpx.post(f'{base}/v2/models/digits/infer', json={'inputs': [{'name': 'image', 'datatype': 'BYTES', 'shape': [1], 'data': [base64.b64encode(files[0]).decode()]}]}, headers=auth)
         assert v2.status_code == 200 and v2.json()['outputs'][0]['shape'] == [1, 10], v2.text
         bad = httpx.post(f'{base}/v1/models/digits:predict', json={'instances': [{'image': {'b64': base64.b64encode(b'not a png').decode()}}]}, headers=auth)
-        assert bad.status_code == 422 and 'instance 0: not a PNG or JPEG image' in bad.json()['error']
+        assert bad.status_code == 422 and 'instance 0: not a PNG image' in bad.json()['error']  # the formats of its contract
+
+
+def test_bad_image_folders_create_nothing(tmp_path, sqlite_url, monkeypatch):
+    "A folder of images that breaks the contract, has one class, or is given a table's options: one line of error, nothing made"
+    from aiinfra_nb.data.imagesets import digits_folder, png_bomb
+    monkeypatch.setenv('AIINFRA_DB_URL', sqlite_url)
+    broken = digits_folder(tmp_path/'broken', limit=30)
+    (broken/'3'/'cut.png').write_bytes((broken/'0'/'0000.png').read_bytes()[:-20]); (broken/'3'/'notes.png').write_text('not a picture')
+    png_bomb(broken/'4'/'huge.png')
+    one = digits_folder(tmp_path/'one', limit=30)
+    for d in one.iterdir():
+        if d.name != '0': shutil.rmtree(d)
+    penguins = package_file('palmerpenguins', 'data/penguins.csv')
+    cases = [(['--data', broken], 'breaks image contract'), (['--data', broken], '1 unreadable or truncated, 1 not an image, 1 decompression bomb'),
+             (['--data', one], "1 class(es) labelled (0): a classifier needs two"),
+             (['--data', digits_folder(tmp_path/'ok', limit=30), '--target', 'species'], 'is a folder of images: it has no target column'),
+             (['--data', penguins, '--target', 'species', '--labels', tmp_path/'x.csv'], '--labels names the labels of a folder of images'),
+             (['--data', penguins], 'is a table: name the column to predict (--target)')]
+    for args, says in cases:
+        r = aiinfra('new', 'pictures', *args, '--dir', tmp_path/'pictures', check=False)
+        assert r.returncode == 1 and r.stderr.count('\n') == 1 and says in r.stderr, (args, r.stderr)
+        assert not (tmp_path/'pictures').exists()
+    assert query(sa.select(projects.c.name), get_engine(sqlite_url)) == []

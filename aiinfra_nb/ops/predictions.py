@@ -64,7 +64,7 @@ class PredictionLog(RowQueue):
         super().__init__(m.queue_rows, batch_rows=max(m.queue_rows // 4, 1), flush_s=m.flush_s, put_wait_s=0, name='aiinfra-predictions')
 
     def served(self, model: str, version: int,
-               frame: pl.DataFrame | None,  # the features, as validated
+               frame: pl.DataFrame | dict | None,  # the features, as validated: a frame, or columns as lists (cheaper to make per request)
                values: list,  # the answers, one per row
                request_id: str | None = None, key_id: str | None = None,
                classes: list | None = None) -> bool:  # the model's classes, in the order it was trained on
@@ -91,9 +91,12 @@ def _served_frame(requests: list[_Request], features: bool) -> pl.DataFrame:
                           'model_version': [r.version for r, k in zip(requests, n) for _ in range(k)], 'prediction': prediction, 'predicted': predicted},
                          schema={**SERVED, 'served_at': pl.Float64})
     fixed = fixed.with_columns((pl.col('served_at') * 1e6).cast(pl.Int64).cast(SERVED['served_at']))
-    frames = [r.frame for r in requests if r.frame is not None and r.frame.height == len(r.values)] if features else []
+    height = lambda f: f.height if isinstance(f, pl.DataFrame) else len(next(iter(f.values()), []))
+    frames = [r.frame for r in requests if r.frame is not None and height(r.frame) == len(r.values)] if features else []
     if len(frames) != len(requests): return fixed  # no features kept (or a frame that does not match its answers: none then)
-    f = pl.concat(frames, how='diagonal_relaxed')
+    if all(isinstance(f, dict) and f.keys() == frames[0].keys() for f in frames):  # columns as lists: one frame for the whole batch
+        f = pl.DataFrame({c: [v for fr in frames for v in fr[c]] for c in frames[0]}, strict=False)
+    else: f = pl.concat([fr if isinstance(fr, pl.DataFrame) else pl.DataFrame(fr, strict=False) for fr in frames], how='diagonal_relaxed')
     f = f.rename({c: feature_column(c) for c in f.columns})
     return pl.concat([fixed, f.with_columns([pl.col(c).cast(pl.Float64) if f.schema[c].is_numeric() else pl.col(c).cast(pl.String)
                                              for c in f.columns])], how='horizontal')

@@ -25,7 +25,7 @@ from .audit import AuditMiddleware
 from .auth import UNKNOWN, Key, KeyRing, RateLimits
 from .images import IMAGE_INPUT, Images, images_from_v1, images_from_v2
 from .codecs import ServiceError, encode_v2, frame_from_v1, frame_from_v2, inflated, read_feedback, read_v1, read_v2
-from ..models.images import IMAGE_STATISTICS, ImagePreprocessing, ImageTooLarge, observe
+from ..models.images import ImagePreprocessing, ImageTooLarge, observe
 from ..models.registry import Registry
 from ..models.tabular import Preprocessor, predict as predict_rows
 from ..models.task import Task, task_named
@@ -33,12 +33,12 @@ from ..models.task import Task, task_named
 __version__ = _dist_version('aiinfra_nb')  # the package root (band 99) is not imported from here
 
 # %% auto #0
-__all__ = ['IMAGE_SCHEMA', 'REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Administering', 'PREDICT',
-           'health_routes', 'v2_routes', 'v1_routes', 'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served',
-           'LiveModels', 'predict', 'predict_images', 'infer', 'lineage_parameters', 'error', 'authorize', 'needs',
-           'Guard', 'body_of', 'v2_metadata', 'create_app', 'model_for', 'live', 'ready', 'server_metadata',
-           'model_metadata', 'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'v1_card', 'v1_feedback',
-           'metrics', 'serve']
+__all__ = ['REQUESTS', 'LATENCY', 'V2_BODY', 'V1_BODY', 'Reading', 'Predicting', 'Administering', 'PREDICT', 'health_routes',
+           'v2_routes', 'v1_routes', 'FEEDBACK_BODY', 'admin_routes', 'LOG_DROPPED', 'Served', 'LiveModels', 'predict',
+           'predict_images', 'infer', 'lineage_parameters', 'error', 'authorize', 'needs', 'Guard', 'body_of',
+           'v2_metadata', 'create_app', 'model_for', 'live', 'ready', 'server_metadata', 'model_metadata',
+           'model_ready', 'v2_infer', 'v1_models', 'v1_model', 'v1_predict', 'v1_card', 'v1_feedback', 'metrics',
+           'serve']
 
 # %% ../../nbs/api/32_serve.app.ipynb #c81e4a71
 @dataclass(frozen=True)
@@ -110,12 +110,10 @@ def predict(served: Served, frame: pl.DataFrame) -> list:
     "Probabilities (binary: of the positive class; multiclass: one list per row) or values of `frame`'s rows"
     return predict_rows(served.model, served.pre, served.task.name, frame)
 
-IMAGE_SCHEMA = dict(zip(IMAGE_STATISTICS, (pl.Int64, pl.Int64, pl.Float64, pl.Float64, pl.Float64)))
-
-def predict_images(served: Served, images: Images) -> tuple[list, pl.DataFrame]:
-    "An image model's probabilities for `images`, and what the prediction log keeps of each image (`models.images.observe`)"
+def predict_images(served: Served, images: Images) -> tuple[list, dict]:
+    "An image model's probabilities for `images`, and what the prediction log keeps of each image (`models.images.observe`), as columns"
     out, stats = observe(served.model, images.x, images.sizes)
-    return served.task.activate(out).tolist(), pl.DataFrame(stats, schema=IMAGE_SCHEMA)
+    return served.task.activate(out).tolist(), stats
 
 # %% ../../nbs/api/32_serve.app.ipynb #23b46ccf
 def infer(request: Request, served: Served, frame: pl.DataFrame | Images,  # a table's rows, or an image model's images
