@@ -10,12 +10,11 @@ import torch
 from torchmetrics.functional.classification import binary_roc
 from ..core import Rows, file_hash
 from ..data.io import Catalog
-from ..data.imagesets import ImageContract  # noqa: F401 (with it, Catalog.images)
-from ..data.labels import LabelStore, with_labels
 from ..models.images import ImagePreprocessing
 from ..models.registry import Registry, RegistryError
 from ..models.tabular import Preprocessor
 from ..models.task import TASKS, task_named
+from .imagedata import labelled_manifest
 
 # %% auto #0
 __all__ = ['score', 'validation_frame', 'score_model', 'promote_if_better', 'confusion', 'per_class', 'score_images', 'evaluated']
@@ -106,10 +105,7 @@ def score_images(model: torch.nn.Module, meta: dict,  # a registered image model
     "An image model's metrics on a split of an image dataset, and its confusion matrix"
     pre, f = ImagePreprocessing.from_dict(meta['preprocessing']), meta['features']
     classes = [str(c) for c in f['classes']]
-    m = catalog.images(dataset)
-    if labels: m = m.drop('label').join(catalog.load(labels).collect().select('path', pl.col('label').cast(pl.String)).unique('path'), on='path', how='left')
-    else: m = with_labels(m, LabelStore(catalog, dataset).read(), key='path')
-    rows = m.filter((pl.col('split') == split) & pl.col('label').is_not_null())
+    rows = labelled_manifest(catalog, dataset, labels or True).filter((pl.col('split') == split) & pl.col('label').is_not_null())
     known = rows.filter(pl.col('label').is_in(classes))
     if not known.height: raise RegistryError(f"image dataset {dataset!r} has no labelled {split} image of the model's classes ({', '.join(classes)})")
     x = torch.stack([pre.decode(Path(file).read_bytes(), what=path) for file, path in zip(known['file'], known['path'])])

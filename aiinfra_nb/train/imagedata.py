@@ -21,7 +21,7 @@ from ..models.task import task_named
 from .datamodule import TensorBatches, TrainingError, indexed_loader
 
 # %% auto #0
-__all__ = ['ImageDataModule']
+__all__ = ['ImageDataModule', 'labelled_manifest']
 
 # %% ../../nbs/api/21a_train.imagedata.ipynb #a21a0006
 class ImageDataModule(ptl.LightningDataModule):
@@ -68,18 +68,25 @@ def _decoded(self: ImageDataModule, rows: pl.DataFrame) -> torch.Tensor:
     save_file({'x': x}, tmp); os.replace(tmp, path)
     return x
 
+# %% ../../nbs/api/21a_train.imagedata.ipynb #a21a0031
+def labelled_manifest(catalog: Catalog, dataset: str,  # an image dataset
+                      labels: bool | str = True,  # True: the folder's, the notebook's over them; False: the folder's; a dataset of path,label
+                     ) -> pl.DataFrame:
+    "The image dataset's manifest with each image's label (None: unlabelled)"
+    m = catalog.images(dataset)
+    if isinstance(labels, str):
+        given = catalog.load(labels).collect()
+        if missing := {'path', 'label'} - set(given.columns): raise TrainingError(f"labels dataset {labels!r} has no column {', '.join(sorted(missing))}: it needs path,label")
+        return m.drop('label').join(given.select('path', pl.col('label').cast(pl.String)).unique('path'), on='path', how='left')
+    return with_labels(m, LabelStore(catalog, dataset).read(), key='path') if labels else m
+
 # %% ../../nbs/api/21a_train.imagedata.ipynb #a21a0010
 @patch
 def setup(self: ImageDataModule, stage: str | None = None):
     "Read the manifest and labels, decode every labelled image once, split by the manifest"
     if self.train_set is not None: return
     cat = self.catalog if isinstance(self.catalog, Catalog) else Catalog(self.catalog)
-    m = cat.images(self.data)
-    if isinstance(self.labels, str):  # the final labels as a stage wrote them: a label (or none) per path
-        given = cat.load(self.labels).collect()
-        if missing := {'path', 'label'} - set(given.columns): raise TrainingError(f"labels dataset {self.labels!r} has no column {', '.join(sorted(missing))}: it needs path,label")
-        m = m.drop('label').join(given.select('path', pl.col('label').cast(pl.String)).unique('path'), on='path', how='left')
-    elif self.labels: m = with_labels(m, LabelStore(cat, self.data).read(), key='path')
+    m = labelled_manifest(cat, self.data, self.labels)
     rows = m.filter(pl.col('label').is_not_null())
     self.unlabelled = m.height - rows.height
     if problem := task_named(self.task).target_problem(rows['label'].alias('label'), f' among the {rows.height:,} labelled images'): raise TrainingError(problem)
